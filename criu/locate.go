@@ -1,0 +1,106 @@
+package criu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// DefaultPath is where `make deps` installs CRIU when the system's own is
+// missing or too old for the kernel: a wrapper that runs the unpacked
+// Debian package through its own dynamic loader.
+const DefaultPath = "/opt/phaul/criu/bin/criu"
+
+// EnvPath names the environment variable that overrides where CRIU is.
+const EnvPath = "PHAUL_CRIU"
+
+// Locate returns the CRIU binary to use: $PHAUL_CRIU if set, else
+// DefaultPath if it exists, else `criu` from $PATH.
+func Locate() (string, error) {
+	if p := os.Getenv(EnvPath); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", EnvPath, p, err)
+		}
+		return p, nil
+	}
+	if _, err := os.Stat(DefaultPath); err == nil {
+		return DefaultPath, nil
+	}
+	p, err := exec.LookPath("criu")
+	if err != nil {
+		return "", ErrNotFound
+	}
+	return p, nil
+}
+
+// Host describes the CRIU a Client runs and the machine it runs on.
+type Host struct {
+	Path    string
+	Version Version
+	Kernel  Kernel
+	// Breakpoints says whether hardware breakpoints reach a traced
+	// process here. Where they do not, CRIU before 4.2 hangs after
+	// "Waiting for PID to trap"; New then runs it with CRIU_FAULT=130.
+	Breakpoints bool
+	// FaultInjection is the CRIU_FAULT value the Client sets, if any.
+	FaultInjection string
+}
+
+// Options configure New.
+type Options struct {
+	Path     string       // the criu binary; empty means Locate()
+	LogLevel int32        // see Client.LogLevel
+	Logger   *slog.Logger // nil means slog.Default()
+}
+
+// New finds CRIU, asks its version, checks that this version works on
+// the running kernel (a *CompatError if not), and probes hardware
+// breakpoints for CRIU older than 4.2.
+func New(ctx context.Context, o Options) (*Client, *Host, error) {
+	path := o.Path
+	if path == "" {
+		var err error
+		if path, err = Locate(); err != nil {
+			return nil, nil, err
+		}
+	}
+	c := &Client{Path: path, LogLevel: o.LogLevel, Logger: o.Logger}
+	h := &Host{Path: path}
+	vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	v, err := c.Version(vctx)
+	if err != nil {
+		var ce *Error
+		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "vDSO") {
+			// CRIU older than 4.1 on Linux >= 6.13 dies before it can
+			// answer; say why.
+			k, _ := RunningKernel()
+			need, why := MinVersion(k)
+			return nil, nil, fmt.Errorf("criu at %s cannot start on Linux %s (needs >= %d.%d: %s): %w", path, k, need.Major, need.Minor, why, err)
+		}
+		return nil, nil, fmt.Errorf("criu at %s: %w", path, err)
+	}
+	h.Version = v
+	if h.Kernel, err = RunningKernel(); err != nil {
+		return nil, nil, err
+	}
+	if err := CheckCompat(v, h.Kernel); err != nil {
+		return nil, nil, err
+	}
+	h.Breakpoints, err = ProbeBreakpoints(ctx)
+	if err != nil {
+		c.logger().Warn("breakpoint probe failed; assuming breakpoints do not work", "err", err)
+	}
+	if !h.Breakpoints && v.Less(Version{Major: 4, Minor: 2}) {
+		// FI_NO_BREAKPOINTS: step with PTRACE_SYSCALL instead of a
+		// hardware breakpoint on sigreturn. CRIU 4.2 probes this itself.
+		h.FaultInjection = "130"
+		c.Env = append(c.Env, "CRIU_FAULT=130")
+	}
+	return c, h, nil
+}

@@ -1,0 +1,10 @@
+module github.com/phaul/phaul
+
+go 1.26.8
+
+require (
+	github.com/checkpoint-restore/go-criu/v7 v7.2.0
+	github.com/spf13/pflag v1.1.0
+	golang.org/x/sys v0.49.0
+	google.golang.org/protobuf v1.36.12
+)
