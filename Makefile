@@ -1,0 +1,54 @@
+# phaul: see README.md. Every target that needs CRIU runs `deps` first.
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
+BINS    := bin/phaul bin/phaul-service bin/phaul-workload
+
+.PHONY: all build deps test unit demo bench install clean fmt vet
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/phaul ./cmd/phaul
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/phaul-service ./cmd/phaul-service
+	$(GO) build -o bin/phaul-workload ./internal/workload
+
+# A CRIU that works on this kernel (fetched into /opt/phaul/criu if the
+# system has none), and the tools the two-host tests use.
+deps:
+	@command -v ip >/dev/null && command -v nsenter >/dev/null || { \
+		echo "deps: installing iproute2 and util-linux"; \
+		apt-get install -y -qq iproute2 util-linux >/dev/null; }
+	scripts/install-criu.sh
+
+vet:
+	$(GO) vet ./...
+
+# Unit and integration tests. As root with CRIU the integration tests run
+# for real; with CI=true a test that cannot run fails instead of skipping.
+test: deps vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Only the tests that need neither root nor CRIU.
+unit:
+	$(GO) test -race -count=1 -short ./...
+
+demo: deps build
+	scripts/demo.sh
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 bin/phaul bin/phaul-service $(DESTDIR)$(PREFIX)/bin/
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

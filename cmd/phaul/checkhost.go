@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/cgroups"
+	"github.com/phaul/phaul/internal/cli"
+)
+
+var checkHostCmd = &cli.Command{
+	Name:    "check-host",
+	Summary: "show what this host offers for migration: CRIU, kernel, breakpoints, features, cgroups",
+	Help: `Exits 0 when CRIU is usable here, 1 when it is not (missing, or too old for
+the kernel: the message says what to install).`,
+	Flags: func(fs *pflag.FlagSet) {
+		fs.Bool("json", false, "print one JSON object")
+	},
+	Run: runCheckHost,
+}
+
+// hostReport is the JSON form of check-host (stable field names).
+type hostReport struct {
+	CRIUPath       string          `json:"criu_path"`
+	CRIUVersion    string          `json:"criu_version"`
+	Kernel         string          `json:"kernel"`
+	MinCRIU        string          `json:"min_criu_for_kernel"`
+	Breakpoints    bool            `json:"hw_breakpoints"`
+	FaultInjection string          `json:"criu_fault_injection,omitempty"`
+	MemTrack       bool            `json:"mem_track"`
+	LazyPages      bool            `json:"lazy_pages"`
+	PidfdStore     bool            `json:"pidfd_store"`
+	Cgroups        *cgroups.Layout `json:"cgroups"`
+}
+
+func runCheckHost(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string) error {
+	if len(args) != 0 {
+		return cli.Usagef("check-host takes no arguments")
+	}
+	asJSON, _ := fs.GetBool("json")
+	c, h, err := criu.New(ctx, criu.Options{Logger: env.Logger})
+	if err != nil {
+		return fmt.Errorf("check-host: %w", err)
+	}
+	feat, err := c.Features(ctx)
+	if err != nil {
+		return fmt.Errorf("check-host: %w", err)
+	}
+	layout, err := cgroups.Detect()
+	if err != nil {
+		return fmt.Errorf("check-host: %w", err)
+	}
+	need, _ := criu.MinVersion(h.Kernel)
+	r := hostReport{
+		CRIUPath: h.Path, CRIUVersion: h.Version.String(), Kernel: h.Kernel.String(),
+		MinCRIU: fmt.Sprintf("%d.%d", need.Major, need.Minor), Breakpoints: h.Breakpoints,
+		FaultInjection: h.FaultInjection, MemTrack: feat.MemTrack, LazyPages: feat.LazyPages,
+		PidfdStore: feat.PidfdStore, Cgroups: layout,
+	}
+	if asJSON {
+		return cli.WriteJSON(env.Stdout, r)
+	}
+	w := env.Stdout
+	fmt.Fprintf(w, "criu          %s at %s\n", r.CRIUVersion, r.CRIUPath)
+	fmt.Fprintf(w, "kernel        %s (needs criu >= %s: ok)\n", r.Kernel, r.MinCRIU)
+	bp := "delivered"
+	if !r.Breakpoints {
+		bp = "NOT delivered"
+		if r.FaultInjection != "" {
+			bp += " (CRIU runs with CRIU_FAULT=" + r.FaultInjection + ")"
+		} else {
+			bp += " (CRIU >= 4.2 falls back by itself)"
+		}
+	}
+	fmt.Fprintf(w, "breakpoints   %s\n", bp)
+	fmt.Fprintf(w, "mem_track     %s\n", yesNo(r.MemTrack, "iterative pre-copy possible", "no soft-dirty tracking: iterative pre-copy impossible"))
+	fmt.Fprintf(w, "lazy_pages    %s\n", yesNo(r.LazyPages, "userfaultfd available", "post-copy impossible"))
+	fmt.Fprintf(w, "cgroups       %s\n", describeLayout(layout))
+	return nil
+}
+
+func yesNo(b bool, yes, no string) string {
+	if b {
+		return "yes (" + yes + ")"
+	}
+	return "no (" + no + ")"
+}
+
+func describeLayout(l *cgroups.Layout) string {
+	var parts []string
+	if len(l.V1) > 0 {
+		var ctrls []string
+		for k := range l.V1 {
+			ctrls = append(ctrls, k)
+		}
+		sort.Strings(ctrls)
+		parts = append(parts, "v1: "+strings.Join(ctrls, " "))
+	}
+	if l.V2 != "" {
+		v2 := "v2 at " + l.V2
+		if len(l.V2Controllers) > 0 {
+			v2 += ": " + strings.Join(l.V2Controllers, " ")
+		} else {
+			v2 += " (no controllers)"
+		}
+		parts = append(parts, v2)
+	}
+	return l.Kind + " (" + strings.Join(parts, "; ") + ")"
+}

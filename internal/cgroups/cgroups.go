@@ -1,0 +1,149 @@
+// Package cgroups reads the cgroup layout of a host and the cgroups of a
+// process from /proc.
+package cgroups
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Layout is how cgroups are mounted on a host.
+type Layout struct {
+	// Kind is "v1" (only v1 hierarchies), "v2" (only the unified
+	// hierarchy) or "hybrid" (both).
+	Kind string `json:"kind"`
+	// V1 maps each v1 hierarchy's controller list as /proc/PID/cgroup
+	// names it ("cpu", "cpu,cpuacct", "name=systemd") to its mount point.
+	V1 map[string]string `json:"v1,omitempty"`
+	// V2 is where the unified hierarchy is mounted, if it is.
+	V2 string `json:"v2,omitempty"`
+	// V2Controllers are the controllers enabled in the unified hierarchy.
+	V2Controllers []string `json:"v2_controllers,omitempty"`
+}
+
+// Detect reads the layout from /proc/self/mountinfo.
+func Detect() (*Layout, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("detect cgroups: %w", err)
+	}
+	defer f.Close()
+	l, err := ParseMountinfo(f)
+	if err != nil {
+		return nil, err
+	}
+	if l.V2 != "" {
+		if data, err := os.ReadFile(l.V2 + "/cgroup.controllers"); err == nil {
+			l.V2Controllers = strings.Fields(string(data))
+		}
+	}
+	return l, nil
+}
+
+// ParseMountinfo finds the cgroup mounts in a mountinfo file.
+func ParseMountinfo(r io.Reader) (*Layout, error) {
+	l := &Layout{V1: map[string]string{}}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		pf, qf := strings.Fields(pre), strings.Fields(post)
+		if len(pf) < 5 || len(qf) < 3 {
+			continue
+		}
+		mnt := unescape(pf[4])
+		switch qf[0] {
+		case "cgroup2":
+			if l.V2 == "" {
+				l.V2 = mnt
+			}
+		case "cgroup":
+			var ctrls []string
+			for _, o := range strings.Split(qf[2], ",") {
+				if isController(o) {
+					ctrls = append(ctrls, o)
+				}
+			}
+			sort.Strings(ctrls)
+			key := strings.Join(ctrls, ",")
+			if _, seen := l.V1[key]; !seen && key != "" {
+				l.V1[key] = mnt
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	switch {
+	case len(l.V1) > 0 && l.V2 != "":
+		l.Kind = "hybrid"
+	case len(l.V1) > 0:
+		l.Kind = "v1"
+	case l.V2 != "":
+		l.Kind = "v2"
+	default:
+		l.Kind = "none"
+	}
+	return l, nil
+}
+
+// isController tells controller names apart from the other super options
+// of a v1 cgroup mount.
+func isController(opt string) bool {
+	if strings.HasPrefix(opt, "name=") {
+		return true
+	}
+	switch opt {
+	case "rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "xattr", "clone_children", "noprefix", "cpuset_v2_mode", "favordynmods":
+		return false
+	}
+	return !strings.Contains(opt, "=")
+}
+
+func unescape(s string) string {
+	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}
+
+// Set is one line of /proc/PID/cgroup: a hierarchy and the process's path
+// in it.
+type Set struct {
+	ID          string `json:"id"`          // hierarchy ID ("0" for v2)
+	Controllers string `json:"controllers"` // "cpu,cpuacct", "name=systemd", "" for v2
+	Path        string `json:"path"`
+}
+
+// ProcessSets reads /proc/PID/cgroup.
+func ProcessSets(pid int) ([]Set, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return nil, fmt.Errorf("read cgroups of %d: %w", pid, err)
+	}
+	defer f.Close()
+	return ParseProcCgroup(f)
+}
+
+// ParseProcCgroup parses the format of /proc/PID/cgroup.
+func ParseProcCgroup(r io.Reader) ([]Set, error) {
+	var sets []Set
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" {
+			continue
+		}
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			return nil, fmt.Errorf("bad cgroup line %q", line)
+		}
+		sets = append(sets, Set{ID: parts[0], Controllers: parts[1], Path: parts[2]})
+	}
+	return sets, sc.Err()
+}

@@ -1,0 +1,187 @@
+// Package cli holds what phaul's commands share: subcommand dispatch,
+// common flags, logging setup, JSON output and exit statuses.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// Version is phaul's version, set at build time with
+// -ldflags "-X github.com/phaul/phaul/internal/cli.Version=...".
+var Version = ""
+
+// PhaulVersion returns Version, or the VCS revision the binary was built
+// from, or "devel".
+func PhaulVersion() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		var rev, dirty string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "-dirty"
+				}
+			}
+		}
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		if rev != "" {
+			return "devel-" + rev + dirty
+		}
+	}
+	return "devel"
+}
+
+// Exit statuses shared by phaul's commands.
+const (
+	ExitOK      = 0
+	ExitFailure = 1 // the operation failed
+	ExitUsage   = 2 // bad command line
+)
+
+// UsageError is a bad command line; it exits with ExitUsage.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+// Usagef returns a *UsageError.
+func Usagef(format string, args ...any) error {
+	return &UsageError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// ExitError carries a specific exit status.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitCode maps an error to the process exit status.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) || errors.Is(err, pflag.ErrHelp) {
+		return ExitUsage
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	return ExitFailure
+}
+
+// Env is what a command runs with.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Logger         *slog.Logger
+}
+
+// Command is one subcommand.
+type Command struct {
+	Name    string
+	Args    string // synopsis of the arguments, for help
+	Summary string
+	Help    string // more text after the flags in `--help`
+	// Flags adds the command's flags; Run receives the positional args.
+	Flags func(fs *pflag.FlagSet)
+	Run   func(ctx context.Context, env *Env, fs *pflag.FlagSet, args []string) error
+}
+
+// Main dispatches args (without the program name) to one of cmds.
+func Main(ctx context.Context, prog, about string, cmds []*Command, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		if len(args) > 1 {
+			return Main(ctx, prog, about, cmds, []string{args[1], "--help"}, stdout, stderr)
+		}
+		printUsage(stdout, prog, about, cmds)
+		if len(args) == 0 {
+			return Usagef("%s: no command given", prog)
+		}
+		return nil
+	}
+	var cmd *Command
+	for _, c := range cmds {
+		if c.Name == args[0] {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		return Usagef("%s: unknown command %q (see `%s help`)", prog, args[0], prog)
+	}
+	fs := pflag.NewFlagSet(prog+" "+cmd.Name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	verbose := fs.BoolP("verbose", "v", false, "log debug messages to stderr")
+	if cmd.Flags != nil {
+		cmd.Flags(fs)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "Usage: %s %s [flags] %s\n\n%s\n\nFlags:\n%s", prog, cmd.Name, cmd.Args, cmd.Summary, fs.FlagUsages())
+		if cmd.Help != "" {
+			fmt.Fprintf(stdout, "\n%s\n", strings.TrimSpace(cmd.Help))
+		}
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return Usagef("%s %s: %v", prog, cmd.Name, err)
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	env := &Env{Stdout: stdout, Stderr: stderr, Logger: NewLogger(stderr, level)}
+	return cmd.Run(ctx, env, fs, fs.Args())
+}
+
+func printUsage(w io.Writer, prog, about string, cmds []*Command) {
+	fmt.Fprintf(w, "%s\n\nUsage: %s COMMAND [flags] [args]\n\nCommands:\n", about, prog)
+	sorted := append([]*Command(nil), cmds...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
+	for _, c := range sorted {
+		fmt.Fprintf(w, "  %-12s %s\n", c.Name, c.Summary)
+	}
+	fmt.Fprintf(w, "\nRun `%s COMMAND --help` for a command's flags.\n\nExit status: 0 success, 1 failure, 2 bad command line (see each command's help for more).\n", prog)
+}
+
+// NewLogger returns a text logger on a terminal and a JSON logger
+// otherwise (under systemd, the journal gets one JSON object per line).
+func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if f, ok := w.(*os.File); ok && isTerminal(f) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// WriteJSON writes v as indented JSON.
+func WriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,126 @@
+// Package proc reads facts about processes from /proc and says whether a
+// PID may be the root of a checkpointed tree.
+package proc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Stat holds the fields of /proc/PID/stat that phaul uses.
+type Stat struct {
+	Pid     int
+	Comm    string
+	State   byte
+	PPid    int
+	PGrp    int
+	Session int
+	Flags   uint64
+}
+
+// pfKthread is PF_KTHREAD in /proc/PID/stat's flags.
+const pfKthread = 0x00200000
+
+// IsKernelThread reports whether the task is a kernel thread.
+func (s Stat) IsKernelThread() bool { return s.Flags&pfKthread != 0 }
+
+// ReadStat reads /proc/PID/stat.
+func ReadStat(pid int) (Stat, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return Stat{}, err
+	}
+	return ParseStat(string(data))
+}
+
+// ParseStat parses the content of /proc/PID/stat.
+func ParseStat(s string) (Stat, error) {
+	// pid (comm) state ppid pgrp session tty_nr tpgid flags ...; comm
+	// may hold spaces and parentheses, so split at the last ')'.
+	open := strings.IndexByte(s, '(')
+	closing := strings.LastIndexByte(s, ')')
+	if open < 0 || closing < open {
+		return Stat{}, fmt.Errorf("malformed stat %q", s)
+	}
+	var st Stat
+	var err error
+	if st.Pid, err = strconv.Atoi(strings.TrimSpace(s[:open])); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat pid: %w", err)
+	}
+	st.Comm = s[open+1 : closing]
+	f := strings.Fields(s[closing+1:])
+	if len(f) < 7 {
+		return Stat{}, fmt.Errorf("malformed stat: %d fields after comm", len(f))
+	}
+	st.State = f[0][0]
+	ints := []*int{&st.PPid, &st.PGrp, &st.Session}
+	for i, p := range ints {
+		if *p, err = strconv.Atoi(f[1+i]); err != nil {
+			return Stat{}, fmt.Errorf("malformed stat field %d: %w", 4+i, err)
+		}
+	}
+	if st.Flags, err = strconv.ParseUint(f[6], 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat flags: %w", err)
+	}
+	return st, nil
+}
+
+// ErrBadTarget is matched (errors.Is) by every refusal of ValidateTarget.
+var ErrBadTarget = errors.New("not a process tree phaul can checkpoint")
+
+// TargetError says why a PID cannot be checkpointed.
+type TargetError struct {
+	Pid    int
+	Reason string
+}
+
+func (e *TargetError) Error() string {
+	return fmt.Sprintf("pid %d: %s", e.Pid, e.Reason)
+}
+
+func (e *TargetError) Is(target error) bool { return target == ErrBadTarget }
+
+// ValidateTarget refuses PIDs that must never be checkpointed: PID 1, a
+// kernel thread, this process or one of its ancestors (freezing it would
+// freeze phaul), a PID that does not exist or has exited.
+func ValidateTarget(pid int) error {
+	bad := func(format string, args ...any) error {
+		return &TargetError{Pid: pid, Reason: fmt.Sprintf(format, args...)}
+	}
+	if pid <= 0 {
+		return bad("not a valid PID")
+	}
+	if pid == 1 {
+		return bad("is the init process of this PID namespace; migrating it would take the whole system with it")
+	}
+	st, err := ReadStat(pid)
+	if errors.Is(err, os.ErrNotExist) {
+		return bad("no such process")
+	}
+	if err != nil {
+		return bad("cannot read its state: %v", err)
+	}
+	if st.IsKernelThread() {
+		return bad("%q is a kernel thread; only user processes can be checkpointed", st.Comm)
+	}
+	if st.State == 'Z' || st.State == 'X' {
+		return bad("%q has exited (state %c)", st.Comm, st.State)
+	}
+	for p := os.Getpid(); p > 1; {
+		if p == pid {
+			if p == os.Getpid() {
+				return bad("is phaul itself")
+			}
+			return bad("%q is an ancestor of phaul (checkpointing it would freeze phaul too); run phaul from outside that tree", st.Comm)
+		}
+		ps, err := ReadStat(p)
+		if err != nil {
+			break
+		}
+		p = ps.PPid
+	}
+	return nil
+}

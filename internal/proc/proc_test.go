@@ -1,0 +1,72 @@
+package proc
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+func TestParseStat(t *testing.T) {
+	in := "1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 5 0 0\n"
+	st, err := ParseStat(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Stat{Pid: 1234, Comm: "a (weird) name", State: 'S', PPid: 1, PGrp: 1234, Session: 1234, Flags: 4194560}
+	if st != want {
+		t.Errorf("got %+v, want %+v", st, want)
+	}
+	for _, bad := range []string{"", "12 (x", "x (y) S 1 2 3 4 5 6", "1 (y) S 1 2"} {
+		if _, err := ParseStat(bad); err == nil {
+			t.Errorf("ParseStat(%q): no error", bad)
+		}
+	}
+}
+
+func TestValidateTarget(t *testing.T) {
+	sleeper := exec.Command("sleep", "30")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+
+	kthread := 0
+	if st, err := ReadStat(2); err == nil && st.IsKernelThread() {
+		kthread = 2 // kthreadd
+	}
+	tests := []struct {
+		name string
+		pid  int
+		want string // "" means accepted
+	}{
+		{"init", 1, "init process"},
+		{"self", os.Getpid(), "phaul itself"},
+		{"parent", os.Getppid(), "ancestor of phaul"},
+		{"missing", 1 << 30, "no such process"},
+		{"negative", -5, "not a valid PID"},
+		{"child", sleeper.Process.Pid, ""},
+	}
+	if kthread != 0 {
+		tests = append(tests, struct {
+			name string
+			pid  int
+			want string
+		}{"kthread", kthread, "kernel thread"})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateTarget(tt.pid)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrBadTarget) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want a refusal saying %q", err, tt.want)
+			}
+		})
+	}
+}
