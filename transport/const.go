@@ -1,0 +1,38 @@
+package transport
+
+import "time"
+
+// Wire constants. Changing any of them changes the protocol: they are
+// pinned by TestWireConstants and described in docs/protocol.md.
+const (
+	// ProtocolVersion is sent in Hello and Welcome; both sides must agree.
+	ProtocolVersion = 1
+
+	// MaxFrameSize bounds one control-stream message.
+	MaxFrameSize = 4 << 20
+
+	// Stream kinds: the first byte a stream's opener writes.
+	KindControl byte = 'C'
+	KindPages   byte = 'P'
+	KindImages  byte = 'I'
+
+	// MaxImageNameLen bounds an image file name on the images stream.
+	MaxImageNameLen = 255
+	// MaxImageFileSize bounds one image file on the images stream (the
+	// pages do not travel there).
+	MaxImageFileSize = 256 << 20
+	// MaxImagesTotal bounds all image files of one migration.
+	MaxImagesTotal = 1 << 30
+
+	// TLSServerName is the name the client verifies in the server's
+	// certificate unless told otherwise: `phaul certs` puts it in every
+	// server certificate, so that any host can serve under a private CA.
+	TLSServerName = "phaul-service"
+)
+
+// Timeouts of the connection itself (the migration's steps have their own).
+const (
+	handshakeTimeout = 15 * time.Second
+	keepAlive        = 5 * time.Second
+	writeTimeout     = 15 * time.Second
+)

@@ -1,0 +1,60 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/internal/pb"
+)
+
+// FuzzControlFrame feeds arbitrary bytes to the control stream's decoder.
+func FuzzControlFrame(f *testing.F) {
+	hello, _ := proto.Marshal(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{ProtocolVersion: 1, MigrationId: "x"}}})
+	f.Add(append(binary.BigEndian.AppendUint32(nil, uint32(len(hello))), hello...))
+	f.Add(binary.BigEndian.AppendUint32(nil, MaxFrameSize+1))
+	f.Add([]byte{0, 0, 0, 2, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		frame, err := ReadFrame(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if len(frame) > MaxFrameSize {
+			t.Fatalf("frame of %d bytes accepted", len(frame))
+		}
+		m, err := DecodeEnvelope(frame)
+		if err == nil && m.Msg == nil {
+			t.Fatal("empty envelope accepted")
+		}
+	})
+}
+
+// FuzzImages feeds arbitrary bytes to the images stream's receiver: it
+// must never write outside its directory nor past its limits.
+func FuzzImages(f *testing.F) {
+	f.Add(imageFrame("core-1.img", 3, "abc", true))
+	f.Add(imageFrame("../x", 1, "a", true))
+	f.Add(imageFrame("a.img", 1<<40, "", true))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		parent := t.TempDir()
+		dir := parent + "/img"
+		if err := mkdir(dir); err != nil {
+			t.Fatal(err)
+		}
+		_, total, _ := ReceiveImages(context.Background(), bytes.NewReader(data), dir, ImageLimits{MaxFileSize: 1 << 16, MaxTotal: 1 << 17})
+		if total > 1<<17 {
+			t.Fatalf("wrote %d bytes past the limit", total)
+		}
+		if entries, _ := readDir(parent); len(entries) != 1 {
+			t.Fatalf("wrote outside the directory: %v", entries)
+		}
+	})
+}
+
+func mkdir(dir string) error { return os.Mkdir(dir, 0o700) }
+
+func readDir(dir string) ([]os.DirEntry, error) { return os.ReadDir(dir) }

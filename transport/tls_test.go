@@ -1,0 +1,155 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func certDir(t *testing.T, hosts ...string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "tls")
+	if err := GenerateCerts(dir, hosts, time.Hour, false); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// serve accepts one connection on a loopback listener with the service's
+// TLS config from dir and reports the session or error.
+func serve(t *testing.T, dir string) (string, chan error) {
+	t.Helper()
+	conf, err := ServerTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan error, 1)
+	go func() {
+		raw, err := ln.Accept()
+		if err != nil {
+			ch <- err
+			return
+		}
+		s, err := Serve(context.Background(), raw, conf)
+		if err == nil {
+			s.Close()
+		}
+		ch <- err
+	}()
+	return ln.Addr().String(), ch
+}
+
+func TestMutualTLS(t *testing.T) {
+	dir := certDir(t)
+	addr, srv := serve(t, dir)
+	conf, err := ClientTLS(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Dial(context.Background(), addr, conf)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	if cn := s.PeerCommonName(); cn != "phaul-service" {
+		t.Errorf("peer CN %q", cn)
+	}
+	s.Close()
+	if err := <-srv; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+}
+
+func TestTLSRefusals(t *testing.T) {
+	good := certDir(t)
+	other := certDir(t) // another CA
+	// A client certificate from another CA: the service refuses it.
+	t.Run("client from another CA", func(t *testing.T) {
+		addr, srv := serve(t, good)
+		conf, _ := ClientTLS(other, "")
+		conf.RootCAs, _ = loadCA(good) // trusts the server, but is not trusted
+		_, err := Dial(context.Background(), addr, conf)
+		if !errors.Is(err, ErrAuth) {
+			t.Errorf("client: want ErrAuth, got %v", err)
+		}
+		if err := <-srv; !errors.Is(err, ErrAuth) {
+			t.Errorf("server: want ErrAuth, got %v", err)
+		}
+	})
+	t.Run("server from another CA", func(t *testing.T) {
+		addr, srv := serve(t, other)
+		conf, _ := ClientTLS(good, "")
+		_, err := Dial(context.Background(), addr, conf)
+		if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "same `phaul certs` directory") {
+			t.Errorf("client: want ErrAuth with advice, got %v", err)
+		}
+		<-srv
+	})
+	t.Run("no client certificate", func(t *testing.T) {
+		addr, srv := serve(t, good)
+		conf, _ := ClientTLS(good, "")
+		conf.Certificates = nil
+		_, err := Dial(context.Background(), addr, conf)
+		if err == nil {
+			t.Error("client without certificate connected")
+		}
+		if err := <-srv; !errors.Is(err, ErrAuth) {
+			t.Errorf("server: want ErrAuth, got %v", err)
+		}
+	})
+	t.Run("server certificate used as client", func(t *testing.T) {
+		addr, srv := serve(t, good)
+		conf, _ := ClientTLS(good, "")
+		conf.Certificates = nil
+		pair, err := loadPair(good, ServerCertFile, ServerKeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conf.Certificates = append(conf.Certificates, pair)
+		if _, err := Dial(context.Background(), addr, conf); err == nil {
+			t.Error("server certificate accepted as a client's")
+		}
+		if err := <-srv; err == nil {
+			t.Error("server accepted a server certificate from a client")
+		}
+	})
+	t.Run("unreachable", func(t *testing.T) {
+		conf, _ := ClientTLS(good, "")
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close()
+		_, err := Dial(context.Background(), addr, conf)
+		if err == nil || !strings.Contains(err.Error(), "is phaul-service running") {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("missing directory", func(t *testing.T) {
+		_, err := ClientTLS(filepath.Join(t.TempDir(), "nope"), "")
+		if err == nil || !strings.Contains(err.Error(), "phaul certs DIR") {
+			t.Errorf("got %v", err)
+		}
+	})
+}
+
+func TestGenerateCertsRefusesOverwrite(t *testing.T) {
+	dir := certDir(t)
+	if err := GenerateCerts(dir, nil, time.Hour, false); err == nil {
+		t.Fatal("overwrote existing certificates")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ca-key.pem")); err == nil {
+		t.Error("CA key kept without keepCAKey")
+	}
+	st, err := os.Stat(filepath.Join(dir, ServerKeyFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("server key mode: %v %v", st.Mode(), err)
+	}
+}
