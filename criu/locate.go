@@ -56,11 +56,14 @@ type Options struct {
 	Path     string       // the criu binary; empty means Locate()
 	LogLevel int32        // see Client.LogLevel
 	Logger   *slog.Logger // nil means slog.Default()
+	// ProbeBreakpoints probes hardware breakpoints (Host.Breakpoints)
+	// even for CRIU >= 4.2, which does not need phaul to.
+	ProbeBreakpoints bool
 }
 
 // New finds CRIU, asks its version, checks that this version works on
 // the running kernel (a *CompatError if not), and probes hardware
-// breakpoints for CRIU older than 4.2.
+// breakpoints for CRIU older than 4.2 (or when asked to).
 func New(ctx context.Context, o Options) (*Client, *Host, error) {
 	path := o.Path
 	if path == "" {
@@ -91,6 +94,10 @@ func New(ctx context.Context, o Options) (*Client, *Host, error) {
 	}
 	if err := CheckCompat(v, h.Kernel); err != nil {
 		return nil, nil, err
+	}
+	if !v.Less(Version{Major: 4, Minor: 2}) && !o.ProbeBreakpoints {
+		// CRIU 4.2 probes breakpoints itself and falls back.
+		return c, h, nil
 	}
 	h.Breakpoints, err = ProbeBreakpoints(ctx)
 	if err != nil {

@@ -11,6 +11,11 @@ const (
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20
 
+	// Accepted is the byte the server sends right after the TLS handshake:
+	// the client knows it was accepted (a refused client gets the TLS
+	// alert on the same read instead).
+	Accepted byte = 'A'
+
 	// Stream kinds: the first byte a stream's opener writes.
 	KindControl byte = 'C'
 	KindPages   byte = 'P'

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/phaul/phaul/internal/pb"
 )
 
 func certDir(t *testing.T, hosts ...string) string {
@@ -42,6 +44,21 @@ func serve(t *testing.T, dir string) (string, chan error) {
 		}
 		s, err := Serve(context.Background(), raw, conf)
 		if err == nil {
+			// The client's first message must arrive.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err = s.Control().Recv(ctx)
+			if err == nil {
+				// The client asserts it got the reply; yamux may report
+				// a delivered last write as failed if the client hangs
+				// up at once, so its error is not the test's.
+				s.Control().Send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: 1}}})
+			}
+			cancel()
+			// Hang up after the client, as phaul-service does.
+			select {
+			case <-s.Done():
+			case <-time.After(5 * time.Second):
+			}
 			s.Close()
 		}
 		ch <- err
@@ -62,6 +79,12 @@ func TestMutualTLS(t *testing.T) {
 	}
 	if cn := s.PeerCommonName(); cn != "phaul-service" {
 		t.Errorf("peer CN %q", cn)
+	}
+	if err := s.Control().Send(context.Background(), &pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}}); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if m, err := s.Control().Recv(context.Background()); err != nil || m.GetDone() == nil {
+		t.Fatalf("reply: %v %v", m, err)
 	}
 	s.Close()
 	if err := <-srv; err != nil {

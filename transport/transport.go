@@ -17,7 +17,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -60,8 +59,17 @@ func Dial(ctx context.Context, addr string, conf *tls.Config) (*Session, error) 
 		return nil, fmt.Errorf("connect to %s: %w", addr, classifyTLS(err))
 	}
 	// TLS 1.3: a server that rejects our certificate says so only on the
-	// first read. Open the control stream and wait for the service's
-	// first byte of acknowledgement before calling it a session.
+	// first read, so the server's first byte says it accepted us.
+	tc.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	var b [1]byte
+	if _, err := io.ReadFull(tc, b[:]); err != nil || b[0] != Accepted {
+		tc.Close()
+		if err == nil {
+			err = fmt.Errorf("%w: first byte %q, want %q", errBadAccept, b[0], Accepted)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", addr, classifyTLS(err))
+	}
+	tc.SetReadDeadline(time.Time{})
 	s, err := NewClientSession(ctx, tc)
 	if err != nil {
 		tc.Close()
@@ -99,39 +107,11 @@ func isRemoteAlert(err error) bool {
 	return errors.As(err, &oe) && oe.Op == "remote error"
 }
 
-// recConn remembers the first read error of a connection: yamux reads the
-// connection itself and reports only "session shutdown", while the cause
-// (a TLS alert from a server that refused our certificate) is here.
-type recConn struct {
-	net.Conn
-	mu  sync.Mutex
-	err error
-}
-
-func (c *recConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.mu.Lock()
-		if c.err == nil {
-			c.err = err
-		}
-		c.mu.Unlock()
-	}
-	return n, err
-}
-
-func (c *recConn) readErr() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
-
 // NewClientSession starts the client side of a session on conn, which
-// must already be authenticated (Dial does TLS; tests may pass a pipe).
-// It opens the control stream and waits for the server to accept it.
+// must already be authenticated (Dial does TLS; tests may pass a pipe),
+// and opens the control stream.
 func NewClientSession(ctx context.Context, conn net.Conn) (*Session, error) {
-	rc := &recConn{Conn: conn}
-	mux, err := yamux.Client(rc, yamuxConfig())
+	mux, err := yamux.Client(conn, yamuxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("yamux: %w", err)
 	}
@@ -141,29 +121,11 @@ func NewClientSession(ctx context.Context, conn net.Conn) (*Session, error) {
 		mux.Close()
 		return nil, err
 	}
-	// The server answers the control stream's kind byte with its own:
-	// this is where a TLS 1.3 client learns that its certificate was
-	// refused.
-	var ack [1]byte
-	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
-	st.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	_, err = io.ReadFull(st, ack[:])
-	stop()
-	if err != nil || ack[0] != KindControl {
-		mux.Close()
-		if err == nil {
-			err = fmt.Errorf("bad control acknowledgement %q", ack[0])
-		}
-		// The real cause, a TLS alert, is on the connection.
-		if rerr := rc.readErr(); isRemoteAlert(rerr) {
-			err = classifyTLS(rerr)
-		}
-		return nil, fmt.Errorf("open control stream: %w", err)
-	}
-	st.SetReadDeadline(time.Time{})
 	s.control = newControl(st)
 	return s, nil
 }
+
+var errBadAccept = errors.New("not a phaul-service")
 
 // Serve authenticates an accepted connection with conf and accepts its
 // control stream. The handshake is bounded by a timeout so that a client
@@ -176,6 +138,12 @@ func Serve(ctx context.Context, raw net.Conn, conf *tls.Config) (*Session, error
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake with %s: %w", raw.RemoteAddr(), classifyTLS(err))
 	}
+	tc.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+	if _, err := tc.Write([]byte{Accepted}); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("session with %s: %w", raw.RemoteAddr(), err)
+	}
+	tc.SetWriteDeadline(time.Time{})
 	s, err := NewServerSession(hctx, tc)
 	if err != nil {
 		tc.Close()
@@ -200,10 +168,6 @@ func NewServerSession(ctx context.Context, conn net.Conn) (*Session, error) {
 	if kind != KindControl {
 		mux.Close()
 		return nil, fmt.Errorf("first stream is of kind %q, want the control stream", kind)
-	}
-	if _, err := st.Write([]byte{KindControl}); err != nil {
-		mux.Close()
-		return nil, fmt.Errorf("acknowledge control stream: %w", err)
 	}
 	s.control = newControl(st)
 	return s, nil

@@ -1,19 +1,28 @@
 // Command phaul-service is the destination side of phaul: it accepts
-// migrations from `phaul migrate` and restores them on this host.
+// migrations from `phaul migrate` over mutual TLS and restores them on
+// this host under its cgroup root, until SIGTERM.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
+	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/migrate"
+	"github.com/phaul/phaul/transport"
 )
 
 func main() {
@@ -26,22 +35,105 @@ func main() {
 	os.Exit(cli.ExitCode(err))
 }
 
+// options are phaul-service's flags.
+type options struct {
+	listen, tlsDir, workDir, cgroupRoot, manageCgroups string
+	timeout, shutdownTimeout                           time.Duration
+	verbose, version                                   bool
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
 	fs := pflag.NewFlagSet("phaul-service", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	version := fs.Bool("version", false, "print the version and exit")
+	fs.SortFlags = false
+	fs.StringVar(&o.listen, "listen", ":7070", "ADDR:PORT to accept migrations on")
+	fs.StringVar(&o.tlsDir, "tls-dir", "/etc/phaul/tls", "directory made by `phaul certs` (uses ca.pem, server.pem, server-key.pem)")
+	fs.StringVar(&o.workDir, "work-dir", "/var/lib/phaul", "one directory per migration (images, CRIU logs, state) below it")
+	fs.StringVar(&o.cgroupRoot, "cgroup-root", "/phaul", "cgroup root for restored trees: each goes to ROOT/phaul-ID in every controller it uses")
+	fs.StringVar(&o.manageCgroups, "manage-cgroups", "soft", "CRIU's cgroup mode on restore: ignore, none, props, soft, full, strict")
+	fs.DurationVar(&o.timeout, "timeout", migrate.DefaultTimeout, "longest wait for the source at each step")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 60*time.Second, "on SIGTERM, how long migrations in flight may take to finish before they are aborted")
+	fs.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: phaul-service [flags]\n\nThe destination of phaul migrations.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stdout, `Usage: phaul-service [flags]
+
+Accepts migrations from `+"`phaul migrate`"+` and restores them on this host. Runs
+until SIGTERM or SIGINT, then lets migrations in flight finish (or aborts
+them after --shutdown-timeout: one not yet restored is rolled back, one
+restored and waiting for the source's commit is kept stopped, in doubt).
+
+Flags:
+%s
+Exit status: 0 after a clean shutdown, 1 on failure, 2 on a bad command line.
+`, fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
-		if err == pflag.ErrHelp {
+		if errors.Is(err, pflag.ErrHelp) {
 			return nil
 		}
 		return cli.Usagef("%v", err)
 	}
-	if *version {
+	if fs.NArg() > 0 {
+		return cli.Usagef("unexpected arguments %q", fs.Args())
+	}
+	if o.version {
 		fmt.Fprintf(stdout, "phaul-service %s (%s)\n", cli.PhaulVersion(), runtime.Version())
 		return nil
 	}
-	return cli.Usagef("phaul-service: serving migrations is not implemented yet")
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := cli.NewLogger(stderr, level)
+	return serve(ctx, o, log)
+}
+
+func serve(ctx context.Context, o options, log *slog.Logger) error {
+	mode, err := migrate.ParseCgroupMode(o.manageCgroups)
+	if err != nil {
+		return cli.Usagef("--manage-cgroups: %v", err)
+	}
+	tlsConf, err := transport.ServerTLS(o.tlsDir)
+	if err != nil {
+		return err
+	}
+	c, host, err := criu.New(ctx, criu.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	// Restored trees are re-parented to us when CRIU exits, so that the
+	// service can reap them (some inits do not).
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		log.Warn("cannot become a child subreaper", "err", err)
+	}
+	dest, err := migrate.NewDestination(migrate.DestOptions{
+		WorkDir: o.workDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout,
+		CRIU: migrate.CRIU{Client: c}, CRIUVersion: host.Version.String(), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	srv := &migrate.Server{TLS: tlsConf, Dest: dest, Logger: log}
+	log.Info("listening", "addr", ln.Addr().String(), "criu", host.Version.String(), "cgroup_root", o.cgroupRoot, "manage_cgroups", o.manageCgroups, "work_dir", o.workDir)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "in_flight", srv.Active())
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("migrations in flight were aborted", "err", err)
+	}
+	<-errc
+	return nil
 }

@@ -43,7 +43,7 @@ func runCheckHost(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []s
 		return cli.Usagef("check-host takes no arguments")
 	}
 	asJSON, _ := fs.GetBool("json")
-	c, h, err := criu.New(ctx, criu.Options{Logger: env.Logger})
+	c, h, err := criu.New(ctx, criu.Options{Logger: env.Logger, ProbeBreakpoints: true})
 	if err != nil {
 		return fmt.Errorf("check-host: %w", err)
 	}

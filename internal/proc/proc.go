@@ -124,3 +124,18 @@ func ValidateTarget(pid int) error {
 	}
 	return nil
 }
+
+// TracerPid returns the PID tracing pid (from /proc/PID/status), or 0.
+func TracerPid(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}

@@ -153,9 +153,10 @@ func (w *Workload) Kill() {
 	}
 }
 
-// KillPid sends SIGKILL to pid if it is positive.
+// KillPid sends SIGKILL to pid, unless it is not a real process (<= 1:
+// a state file written inside a PID namespace holds 1).
 func KillPid(pid int) {
-	if pid > 0 {
+	if pid > 1 {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }

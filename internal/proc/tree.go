@@ -1,0 +1,76 @@
+package proc
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Children returns the PIDs of the children of every thread of pid.
+func Children(pid int) ([]int, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, t := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Tree returns pid and all its descendants, parents before children.
+func Tree(pid int) []int {
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		kids, _ := Children(out[i])
+		out = append(out, kids...)
+	}
+	return out
+}
+
+// SignalTree sends sig to pid and all its descendants.
+func SignalTree(pid int, sig unix.Signal) error {
+	var first error
+	for _, p := range Tree(pid) {
+		if p <= 1 {
+			continue
+		}
+		if err := unix.Kill(p, sig); err != nil && err != unix.ESRCH && first == nil {
+			first = fmt.Errorf("signal %d: %w", p, err)
+		}
+	}
+	return first
+}
+
+// RSS returns the resident memory of pid and its descendants, in bytes.
+func RSS(pid int) uint64 {
+	var total uint64
+	for _, p := range Tree(pid) {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += kb * 1024
+			}
+		}
+		f.Close()
+	}
+	return total
+}

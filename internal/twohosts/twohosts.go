@@ -1,0 +1,356 @@
+// Package twohosts is the test harness for real migrations: two "hosts"
+// on one machine as network namespaces joined by a veth pair (made by
+// scripts/two-hosts.sh), phaul-service running in one, workloads in their
+// own PID namespace in the other, and the real binaries between them.
+package twohosts
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/testutil"
+)
+
+// Addresses of the two hosts (they exist only inside the namespaces).
+const (
+	AddrA = "10.77.0.1"
+	AddrB = "10.77.0.2"
+)
+
+// Hosts is a pair of network-namespace hosts and the binaries to run.
+type Hosts struct {
+	Name string // netns NAME-a and NAME-b
+	Bin  string // directory with phaul, phaul-service, phaul-workload
+	TLS  string // certificates from `phaul certs`
+	Dir  string // scratch directory of the test
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binaries builds phaul, phaul-service and the workload once per test
+// binary.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "phaul-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, b := range []struct{ out, pkg string }{
+			{"phaul", "github.com/phaul/phaul/cmd/phaul"},
+			{"phaul-service", "github.com/phaul/phaul/cmd/phaul-service"},
+			{"phaul-workload", "github.com/phaul/phaul/internal/workload"},
+		} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, b.out), b.pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildDir
+}
+
+// repoRoot finds the module's root from this file's location.
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// New creates the two hosts (removed when the test ends) and a TLS
+// directory.
+func New(t testing.TB) *Hosts {
+	t.Helper()
+	testutil.CRIU(t)
+	var b [3]byte
+	rand.Read(b[:])
+	h := &Hosts{Name: "ph" + hex.EncodeToString(b[:]), Bin: Binaries(t), Dir: t.TempDir()}
+	script := filepath.Join(repoRoot(), "scripts", "two-hosts.sh")
+	if out, err := exec.Command(script, "up", h.Name).CombinedOutput(); err != nil {
+		t.Fatalf("two-hosts up: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(script, "down", h.Name).CombinedOutput(); err != nil {
+			t.Logf("two-hosts down: %v\n%s", err, out)
+		}
+	})
+	h.TLS = filepath.Join(h.Dir, "tls")
+	if out, err := exec.Command(filepath.Join(h.Bin, "phaul"), "certs", h.TLS).CombinedOutput(); err != nil {
+		t.Fatalf("phaul certs: %v\n%s", err, out)
+	}
+	return h
+}
+
+// NetnsPath is the network namespace file of host "a" or "b".
+func (h *Hosts) NetnsPath(host string) string { return "/run/netns/" + h.Name + "-" + host }
+
+// Command runs argv on host "a" or "b".
+func (h *Hosts) Command(host string, argv ...string) *exec.Cmd {
+	return h.CommandContext(context.Background(), host, argv...)
+}
+
+// CommandContext runs argv on host "a" or "b" until ctx ends.
+func (h *Hosts) CommandContext(ctx context.Context, host string, argv ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + h.NetnsPath(host)}, argv...)...)
+}
+
+// LinkDown takes host a's end of the veth pair down: the network between
+// the hosts is cut without either side being told.
+func (h *Hosts) LinkDown(t testing.TB) {
+	t.Helper()
+	if out, err := h.Command("a", "ip", "link", "set", "dev", h.Name[:min(8, len(h.Name))]+"-va", "down").CombinedOutput(); err != nil {
+		t.Fatalf("link down: %v\n%s", err, out)
+	}
+}
+
+// Service is a phaul-service running on host b.
+type Service struct {
+	Cmd     *exec.Cmd
+	Addr    string
+	WorkDir string
+	log     *lockedBuffer
+}
+
+// StartService runs phaul-service on host b with extra flags and waits
+// until it listens. It is stopped (SIGTERM, then SIGKILL) when the test
+// ends.
+func (h *Hosts) StartService(t testing.TB, extra ...string) *Service {
+	t.Helper()
+	s := &Service{Addr: AddrB + ":7070", WorkDir: filepath.Join(h.Dir, "service"), log: &lockedBuffer{}}
+	args := append([]string{filepath.Join(h.Bin, "phaul-service"), "--listen", s.Addr, "--tls-dir", h.TLS,
+		"--work-dir", s.WorkDir, "--cgroup-root", "/" + h.Name, "--timeout", "30s"}, extra...)
+	s.Cmd = h.Command("b", args...)
+	pr, pw := io.Pipe()
+	s.Cmd.Stderr = pw
+	s.Cmd.Stdout = pw
+	if err := s.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := sync.Once{}
+		for sc.Scan() {
+			s.log.WriteLine(sc.Text())
+			if strings.Contains(sc.Text(), "msg=listening") {
+				once.Do(func() { close(listening) })
+			}
+		}
+	}()
+	exited := make(chan struct{})
+	go func() { s.Cmd.Wait(); pw.Close(); close(exited) }()
+	t.Cleanup(func() {
+		s.Cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			s.Cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("phaul-service log:\n%s", s.Log())
+		}
+	})
+	select {
+	case <-listening:
+	case <-exited:
+		t.Fatalf("phaul-service exited:\n%s", s.Log())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("phaul-service did not listen:\n%s", s.Log())
+	}
+	return s
+}
+
+// Log is what the service logged so far.
+func (s *Service) Log() string { return s.log.String() }
+
+// Migrations lists the migration directories in the service's work dir.
+func (s *Service) Migrations() []string {
+	entries, _ := os.ReadDir(s.WorkDir)
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// Workload is an internal/workload process on host a, in its own PID
+// namespace (so that its PIDs are free for the restore on this machine).
+type Workload struct {
+	Cmd   *exec.Cmd
+	Pid   int    // host PID of the workload (the init of its PID namespace)
+	State string // its counter file
+}
+
+// WorkloadOptions configure StartWorkload.
+type WorkloadOptions struct {
+	Args   []string // workload flags (--child, --listen, --mem ...)
+	Cgroup string   // if set, start it in this cgroup (memory, cpu, cpuacct, pids), created for the test
+}
+
+// V1Controllers the harness places a workload's own cgroup in.
+var V1Controllers = []string{"memory", "cpu", "cpuacct", "pids"}
+
+// StartWorkload starts the workload on host a and waits until it counts.
+func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
+	t.Helper()
+	w := &Workload{State: filepath.Join(h.Dir, fmt.Sprintf("state-%d", time.Now().UnixNano()))}
+	argv := append([]string{"unshare", "-p", "-f", "setsid", filepath.Join(h.Bin, "phaul-workload"), "--state", w.State, "--interval", "20ms"}, o.Args...)
+	if o.Cgroup != "" {
+		var moves []string
+		for _, c := range V1Controllers {
+			dir := filepath.Join("/sys/fs/cgroup", c, o.Cgroup)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { RemoveCgroup(dir) })
+			moves = append(moves, fmt.Sprintf("echo $$ > %s/cgroup.procs", dir))
+		}
+		argv = append([]string{"sh", "-c", strings.Join(moves, "; ") + `; exec "$@"`, "sh"}, argv...)
+	}
+	w.Cmd = h.Command("a", argv...)
+	w.Cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := w.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go w.Cmd.Wait()
+	t.Cleanup(func() { w.Cmd.Process.Kill(); testutil.KillPid(w.Pid) })
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Pid == 0 {
+		if kids, _ := proc.Children(w.Cmd.Process.Pid); len(kids) > 0 {
+			w.Pid = kids[0]
+		} else if time.Now().After(deadline) {
+			t.Fatal("workload did not start")
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if _, err := testutil.WaitCount(w.State, 3, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// RemoveCgroup removes a test cgroup and the cgroups below it.
+func RemoveCgroup(dir string) {
+	var dirs []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Remove(dirs[i])
+	}
+}
+
+// Result is one run of `phaul migrate`.
+type Result struct {
+	Report   map[string]any // its --json output
+	Stderr   string
+	ExitCode int
+}
+
+// Num returns a number of the JSON report.
+func (r *Result) Num(key string) float64 {
+	f, _ := r.Report[key].(float64)
+	return f
+}
+
+// Str returns a string of the JSON report.
+func (r *Result) Str(key string) string {
+	s, _ := r.Report[key].(string)
+	return s
+}
+
+// Migrate runs `phaul migrate --json` on host a with the given flags and
+// the arguments pid and addr.
+func (h *Hosts) Migrate(t testing.TB, ctx context.Context, pid int, addr string, flags ...string) *Result {
+	t.Helper()
+	args := append([]string{filepath.Join(h.Bin, "phaul"), "migrate", "--json", "--tls-dir", h.TLS,
+		"--work-dir", filepath.Join(h.Dir, "source"), "--timeout", "30s"}, flags...)
+	args = append(args, strconv.Itoa(pid), addr)
+	cmd := h.CommandContext(ctx, "a", args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	err := cmd.Run()
+	r := &Result{Stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.ExitCode = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run phaul migrate: %v", err)
+	}
+	if err := json.Unmarshal(out.Bytes(), &r.Report); err != nil {
+		t.Fatalf("phaul migrate --json printed no JSON (%v):\nstdout %s\nstderr %s", err, out.String(), r.Stderr)
+	}
+	return r
+}
+
+// Request sends one line to a workload's TCP server from host.
+func (h *Hosts) Request(host, addr, line string) (string, error) {
+	out, err := h.Command(host, "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%s && echo %s >&3 && timeout 5 head -n1 <&3", hostOf(addr), portOf(addr), line)).Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+func hostOf(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+func portOf(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+
+// InNetns reports whether pid lives in the network namespace at path.
+func InNetns(pid int, path string) bool {
+	var a, b syscall.Stat_t
+	if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &a) != nil || syscall.Stat(path, &b) != nil {
+		return false
+	}
+	return a.Ino == b.Ino && a.Dev == b.Dev
+}
+
+// Stopped reports whether pid is stopped (state T).
+func Stopped(pid int) bool {
+	st, err := proc.ReadStat(pid)
+	return err == nil && (st.State == 'T' || st.State == 't')
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) WriteLine(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.WriteString(s)
+	l.b.WriteByte('\n')
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

@@ -1,0 +1,450 @@
+package migrate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/cgroups"
+	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/transport"
+)
+
+// DestOptions configure the destination side.
+type DestOptions struct {
+	WorkDir       string         // one directory per migration below it
+	CgroupRoot    string         // default root for restored trees
+	ManageCgroups rpc.CriuCgMode // CRIU's cgroup mode on restore
+	Timeout       time.Duration  // bound on each wait for the source
+	CRIU          Restorer
+	CRIUVersion   string
+	Logger        *slog.Logger
+}
+
+// Destination restores migrations on this host.
+type Destination struct {
+	o      DestOptions
+	layout *cgroups.Layout
+}
+
+// NewDestination checks the options and the host's cgroup layout.
+func NewDestination(o DestOptions) (*Destination, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.CRIU == nil {
+		return nil, errors.New("destination: no CRIU")
+	}
+	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("destination: work dir: %w", err)
+	}
+	if _, err := CgroupRoots(nil, o.CgroupRoot, &cgroups.Layout{}); err != nil {
+		return nil, fmt.Errorf("destination: %w", err)
+	}
+	layout, err := cgroups.Detect()
+	if err != nil {
+		return nil, err
+	}
+	return &Destination{o: o, layout: layout}, nil
+}
+
+// errAborted: the source called the migration off.
+var errAborted = errors.New("the source aborted")
+
+// incoming is one migration being received.
+type incoming struct {
+	d     *Destination
+	sess  *transport.Session
+	log   *slog.Logger
+	id    string
+	dir   string // work dir of this migration
+	imgs  string // its images
+	prep  *pb.Prepare
+	roots []*pb.CgroupRoot
+	phase string
+
+	ps        PageServer
+	pagesDone chan error
+	imgsDone  chan error
+	pagesSock *os.File
+	restored  int // root pid of the restored, stopped tree
+	state     string
+}
+
+// Serve runs one migration on sess until it is done, failed or in doubt.
+func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error {
+	in := &incoming{d: d, sess: sess, log: d.o.Logger.With("peer", sess.RemoteAddr().String()),
+		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1)}
+	err := in.run(ctx)
+	in.finish(err)
+	return err
+}
+
+func (in *incoming) fail(phase string, err error) error {
+	f := &pb.Failure{Phase: phase, Message: err.Error()}
+	var ce *criu.Error
+	if errors.As(err, &ce) {
+		f.CriuLines = ce.Lines
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in.sess.Control().Send(ctx, &pb.Envelope{Msg: &pb.Envelope_Failure{Failure: f}})
+	return fmt.Errorf("%s: %w", phase, err)
+}
+
+func (in *incoming) recv(ctx context.Context) (*pb.Envelope, error) {
+	ctx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
+	defer cancel()
+	msg, err := in.sess.Control().Recv(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connection to the source: %w", err)
+	}
+	if a := msg.GetAbort(); a != nil {
+		return nil, fmt.Errorf("%w: %s", errAborted, a.Reason)
+	}
+	return msg, nil
+}
+
+func (in *incoming) send(ctx context.Context, e *pb.Envelope) error {
+	ctx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
+	defer cancel()
+	return in.sess.Control().Send(ctx, e)
+}
+
+func (in *incoming) setPhase(p string) {
+	in.phase = p
+	in.log.Info("phase", "phase", p)
+}
+
+func (in *incoming) run(ctx context.Context) error {
+	o := in.d.o
+	in.setPhase("connect")
+	msg, err := in.recv(ctx)
+	if err != nil {
+		return err
+	}
+	hello := msg.GetHello()
+	if hello == nil {
+		return in.fail("connect", unexpected(msg, "Hello"))
+	}
+	if hello.ProtocolVersion != transport.ProtocolVersion {
+		return in.fail("connect", fmt.Errorf("source speaks protocol %d, this phaul-service %d: install the same phaul version on both hosts", hello.ProtocolVersion, transport.ProtocolVersion))
+	}
+	if err := validID(hello.MigrationId); err != nil {
+		return in.fail("connect", err)
+	}
+	in.id = hello.MigrationId
+	in.log = in.log.With("migration", in.id)
+	in.log.Info("migration offered", "source_host", hello.GetHost().GetHostname())
+	host, _ := os.Hostname()
+	kernel, _ := criu.RunningKernel()
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Welcome{Welcome: &pb.Welcome{
+		ProtocolVersion: transport.ProtocolVersion,
+		Host:            &pb.HostInfo{Hostname: host, Kernel: kernel.String(), CriuVersion: o.CRIUVersion, PhaulVersion: cli.PhaulVersion()},
+	}}}); err != nil {
+		return err
+	}
+
+	in.setPhase("checks")
+	if msg, err = in.recv(ctx); err != nil {
+		return err
+	}
+	in.prep = msg.GetPrepare()
+	if in.prep == nil {
+		return in.fail("checks", unexpected(msg, "Prepare"))
+	}
+	root := o.CgroupRoot
+	if in.prep.CgroupRoot != "" {
+		root = in.prep.CgroupRoot
+	}
+	if o.ManageCgroups != rpc.CriuCgMode_IGNORE {
+		// Each migration gets its own cgroup below the root.
+		if in.roots, err = CgroupRoots(in.prep.Cgroups, pathJoin(root, "phaul-"+in.id), in.d.layout); err != nil {
+			return in.fail("checks", err)
+		}
+		if err := prepareCpuset(in.d.layout, in.roots); err != nil {
+			return in.fail("checks", err)
+		}
+	}
+	in.dir = filepath.Join(o.WorkDir, in.id)
+	in.imgs = filepath.Join(in.dir, "images")
+	if err := os.Mkdir(in.dir, 0o700); err != nil {
+		return in.fail("checks", fmt.Errorf("work dir: %w", err))
+	}
+	if err := os.Mkdir(in.imgs, 0o700); err != nil {
+		return in.fail("checks", fmt.Errorf("work dir: %w", err))
+	}
+	in.record("receiving")
+	if err := in.startPages(ctx); err != nil {
+		return in.fail("checks", err)
+	}
+	go in.acceptStreams(ctx)
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{CgroupRoots: in.roots}}}); err != nil {
+		return err
+	}
+
+	in.setPhase("transfer")
+	if msg, err = in.recv(ctx); err != nil {
+		return err
+	}
+	sent := msg.GetImagesSent()
+	if sent == nil {
+		return in.fail("transfer", unexpected(msg, "ImagesSent"))
+	}
+	if err := in.waitStreams(ctx, sent); err != nil {
+		return in.fail("transfer", err)
+	}
+
+	in.setPhase("restore")
+	t0 := time.Now()
+	opts := &rpc.CriuOpts{
+		ShellJob:          proto.Bool(in.prep.ShellJob),
+		TcpEstablished:    proto.Bool(in.prep.TcpEstablished),
+		LeaveStopped:      proto.Bool(true),
+		ManageCgroupsMode: o.ManageCgroups.Enum(),
+		CgRoot:            criuRoots(in.roots),
+	}
+	res, err := o.CRIU.Restore(ctx, criu.Request{Opts: opts, ImagesDir: in.imgs})
+	if err != nil {
+		return in.fail("restore", err)
+	}
+	in.restored = res.Pid
+	if moved, err := placeTree(in.d.layout, in.roots, res.Pid); err != nil {
+		return in.fail("restore", err)
+	} else if len(moved) > 0 {
+		in.log.Info("placed the tree under the cgroup root (CRIU had no cgroups for it)", "cgroups", moved)
+	}
+	in.record("restored")
+	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: &pb.Restored{Pid: int32(res.Pid), RestoreNanos: int64(time.Since(t0))}}}); err != nil {
+		return err
+	}
+
+	in.setPhase("commit")
+	if msg, err = in.recv(ctx); err != nil {
+		return err
+	}
+	if msg.GetCommit() == nil {
+		return in.fail("commit", unexpected(msg, "Commit"))
+	}
+	in.setPhase("resume")
+	if err := proc.SignalTree(res.Pid, unix.SIGCONT); err != nil {
+		return in.fail("resume", err)
+	}
+	in.record("running")
+	reap(res.Pid)
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: int32(res.Pid)}}}); err != nil {
+		in.log.Warn("could not confirm to the source", "err", err)
+	}
+	return nil
+}
+
+// finish cleans up: on success only the logs stay; on failure before the
+// restored tree was handed over, it is killed and the directory removed;
+// in the window after Restored was sent and before Commit or Abort
+// arrived, the stopped tree is kept and recorded as in doubt.
+func (in *incoming) finish(err error) {
+	if in.ps != nil {
+		in.ps.Close()
+	}
+	if in.dir == "" {
+		return
+	}
+	switch {
+	case err == nil:
+		in.log.Info("migration done", "pid", in.restored)
+		removeImages(in.imgs)
+	case in.restored > 0 && (in.phase == "commit" || in.phase == "resume") && !errors.Is(err, errAborted):
+		in.record("in-doubt")
+		in.log.Error("lost the source after restoring: keeping the stopped tree, in doubt", "pid", in.restored, "err", err, "state", filepath.Join(in.dir, "state.json"))
+	default:
+		if in.restored > 0 {
+			proc.SignalTree(in.restored, unix.SIGKILL)
+			in.log.Info("killed the restored tree", "pid", in.restored)
+		}
+		in.log.Error("migration failed", "phase", in.phase, "err", err)
+		os.RemoveAll(in.dir)
+	}
+}
+
+// record writes the migration's state to disk, so that an in-doubt
+// migration survives a restart of the service.
+func (in *incoming) record(state string) {
+	in.state = state
+	data, _ := json.Marshal(map[string]any{"id": in.id, "state": state, "pid": in.restored, "time": time.Now().UTC()})
+	tmp := filepath.Join(in.dir, "state.json.tmp")
+	if os.WriteFile(tmp, data, 0o600) == nil {
+		os.Rename(tmp, filepath.Join(in.dir, "state.json"))
+	}
+}
+
+// startPages starts CRIU's page server on one end of a socketpair whose
+// other end is fed from the pages stream.
+func (in *incoming) startPages(ctx context.Context) error {
+	ours, theirs, err := socketpair()
+	if err != nil {
+		return err
+	}
+	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, PageServer: theirs})
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return err
+	}
+	in.ps = ps
+	in.pagesSock = ours
+	return nil
+}
+
+// acceptStreams takes the pages and images streams of this migration.
+func (in *incoming) acceptStreams(ctx context.Context) {
+	var gotPages, gotImages bool
+	for !gotPages || !gotImages {
+		kind, st, err := in.sess.Accept(ctx)
+		if err != nil {
+			if !gotPages {
+				in.pagesDone <- err
+			}
+			if !gotImages {
+				in.imgsDone <- err
+			}
+			return
+		}
+		switch {
+		case kind == transport.KindPages && !gotPages:
+			gotPages = true
+			go in.pumpPages(st)
+		case kind == transport.KindImages && !gotImages:
+			gotImages = true
+			go func() {
+				_, _, err := transport.ReceiveImages(ctx, st, in.imgs, transport.ImageLimits{})
+				st.Close()
+				in.imgsDone <- err
+			}()
+		default:
+			in.log.Warn("unexpected stream refused", "kind", transport.KindName(kind))
+			st.Close()
+		}
+	}
+}
+
+func (in *incoming) pumpPages(st io.ReadWriteCloser) {
+	sock := in.pagesSock
+	var counts transport.Counts
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		io.Copy(st, sock) // answers of the page server
+		st.Close()
+	}()
+	err := transport.ReceiveCompressed(sock, st, &counts)
+	unix.Shutdown(int(sock.Fd()), unix.SHUT_WR)
+	if err == nil {
+		in.log.Info("pages received", "raw", counts.Raw.Load(), "wire", counts.Wire.Load())
+	}
+	in.pagesDone <- err
+	wg.Wait()
+	sock.Close()
+}
+
+// waitStreams waits until the pages are written by the page server and the
+// images received.
+func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error {
+	ctx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
+	defer cancel()
+	for _, ch := range []chan error{in.pagesDone, in.imgsDone} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("streams did not complete: %w", ctx.Err())
+		}
+	}
+	if err := in.ps.Wait(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// removeImages deletes the image files of a finished migration, keeping
+// CRIU's logs.
+func removeImages(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".log") {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// reap waits for a restored root once it is our child (it becomes one when
+// CRIU exits, because the service is a child subreaper), so that it does
+// not linger as a zombie when it ends.
+func reap(pid int) {
+	go func() {
+		for {
+			var ws unix.WaitStatus
+			_, err := unix.Wait4(pid, &ws, 0, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.ECHILD {
+				// Not (yet) ours: look again while it exists.
+				if _, serr := os.Stat(fmt.Sprintf("/proc/%d", pid)); serr != nil {
+					return
+				}
+				time.Sleep(time.Second)
+				continue
+			}
+			return
+		}
+	}()
+}
+
+func pathJoin(root, name string) string {
+	if root == "/" {
+		return "/" + name
+	}
+	return root + "/" + name
+}
+
+// prepareCpuset creates the parents of a cpuset root with cpus and mems
+// copied from above: CRIU would create them empty, and then cannot put a
+// task in them. The root itself is left to CRIU (strict mode wants to
+// create it).
+func prepareCpuset(l *cgroups.Layout, roots []*pb.CgroupRoot) error {
+	mnt, ok := l.V1["cpuset"]
+	if !ok {
+		return nil
+	}
+	for _, r := range roots {
+		if r.Controllers == "cpuset" {
+			if err := mkdirCgroup(mnt, path.Dir(r.Path), true); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

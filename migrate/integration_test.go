@@ -1,0 +1,298 @@
+package migrate_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/phaul/phaul/internal/cgroups"
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/internal/twohosts"
+)
+
+// Real migrations between two network-namespace hosts with the real
+// binaries. Need root and CRIU; under CI=true they fail instead of
+// skipping.
+
+func cgroupPath(t *testing.T, pid int, ctrl string) string {
+	t.Helper()
+	sets, err := cgroups.ProcessSets(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sets {
+		if s.Controllers == ctrl {
+			return s.Path
+		}
+	}
+	return ""
+}
+
+// assertRunsOnB checks that the migrated tree runs on the destination,
+// counts on from where it was, and is gone from the source.
+func assertRunsOnB(t *testing.T, h *twohosts.Hosts, w *twohosts.Workload, r *twohosts.Result, before testutil.State) int {
+	t.Helper()
+	if r.ExitCode != 0 || r.Report["running"] != true || r.Report["committed"] != true {
+		t.Fatalf("migrate failed (exit %d): %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
+	}
+	dest := int(r.Num("dest_pid"))
+	t.Cleanup(func() { testutil.KillPid(dest) })
+	if dest <= 1 || !testutil.Alive(dest) {
+		t.Fatalf("destination pid %d not alive", dest)
+	}
+	if testutil.Alive(w.Pid) && twohosts.InNetns(w.Pid, h.NetnsPath("a")) {
+		t.Errorf("source pid %d still alive on host a", w.Pid)
+	}
+	if !twohosts.InNetns(dest, h.NetnsPath("b")) {
+		t.Errorf("restored tree is not in host b's network namespace")
+	}
+	if twohosts.Stopped(dest) {
+		t.Errorf("restored tree is stopped")
+	}
+	first, err := testutil.ReadState(w.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Count < before.Count {
+		t.Fatalf("counter went back from %d to %d: not the same process state", before.Count, first.Count)
+	}
+	if _, err := testutil.WaitCount(w.State, first.Count+10, 10*time.Second); err != nil {
+		t.Fatalf("migrated workload does not count on: %v", err)
+	}
+	for _, k := range []string{"downtime", "total", "dump", "restore", "page_bytes", "wire_bytes"} {
+		if r.Num(k) <= 0 {
+			t.Errorf("report: %s = %v", k, r.Report[k])
+		}
+	}
+	if r.Num("downtime") > r.Num("total") {
+		t.Errorf("downtime %v > total %v", r.Report["downtime"], r.Report["total"])
+	}
+	return dest
+}
+
+func TestMigrateLiveTreeToOtherHost(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	srcCg := h.Name + "/src"
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: srcCg, Args: []string{"--child", "--listen", "0.0.0.0:9000", "--mem", "32"}})
+	// A memory limit on the source cgroup, which CRIU carries (soft mode
+	// creates the destination cgroup and sets its properties).
+	limit := "104857600"
+	if err := os.WriteFile(filepath.Join("/sys/fs/cgroup/memory", srcCg, "memory.limit_in_bytes"), []byte(limit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before, err := h.Request("a", twohosts.AddrA+":9000", "GET")
+	if err != nil {
+		t.Fatalf("workload server on a: %v", err)
+	}
+	kids, _ := proc.Children(w.Pid)
+	if len(kids) != 1 {
+		t.Fatalf("workload has %d children, want 1", len(kids))
+	}
+	st, _ := testutil.ReadState(w.State)
+
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	dest := assertRunsOnB(t, h, w, r, st)
+	t.Logf("downtime %.3fs, total %.3fs, pages %.0f, wire %.0f", r.Num("downtime"), r.Num("total"), r.Num("page_bytes"), r.Num("wire_bytes"))
+
+	// Same process, same memory: the token it made at start, the data
+	// it holds, now on b's address.
+	after, err := h.Request("b", twohosts.AddrB+":9000", "GET")
+	if err != nil {
+		t.Fatalf("migrated server does not answer on b: %v", err)
+	}
+	if tok := strings.Fields(before)[1]; !strings.Contains(after, tok) {
+		t.Errorf("server on b answered %q, want the token of %q", after, before)
+	}
+	if sum, err := h.Request("b", twohosts.AddrB+":9000", "SUM"); err != nil || !strings.HasPrefix(sum, "sum=ok") {
+		t.Errorf("memory check on b: %q %v", sum, err)
+	}
+	if kids, _ := proc.Children(dest); len(kids) != 1 {
+		t.Errorf("migrated tree has %d children, want 1", len(kids))
+	}
+	// Under the service's cgroup root, in its own cgroup, with the limit.
+	want := "/" + h.Name + "/phaul-" + r.Str("id")
+	for _, c := range twohosts.V1Controllers {
+		if got := cgroupPath(t, dest, c); got != want {
+			t.Errorf("%s cgroup = %q, want %q", c, got, want)
+		}
+	}
+	t.Cleanup(func() {
+		for _, c := range twohosts.V1Controllers {
+			twohosts.RemoveCgroup(filepath.Join("/sys/fs/cgroup", c, h.Name))
+		}
+	})
+	if got, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", want, "memory.limit_in_bytes")); strings.TrimSpace(string(got)) != limit {
+		t.Errorf("memory limit on b = %q, want %s", got, limit)
+	}
+	// Only CRIU's logs stay on the destination.
+	imgs, _ := filepath.Glob(filepath.Join(svc.WorkDir, r.Str("id"), "images", "*.img"))
+	if len(imgs) != 0 {
+		t.Errorf("images left on the destination: %v", imgs)
+	}
+}
+
+func TestMigratePlacesTreeSharingCRIUsCgroups(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	// This workload lives in the same cgroups as phaul and CRIU: CRIU
+	// records none, and the service must place it under its root itself.
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	dest := assertRunsOnB(t, h, w, r, st)
+	t.Cleanup(func() {
+		for _, c := range twohosts.V1Controllers {
+			twohosts.RemoveCgroup(filepath.Join("/sys/fs/cgroup", c, h.Name))
+		}
+	})
+	want := "/" + h.Name + "/phaul-" + r.Str("id")
+	for _, c := range []string{"memory", "pids"} {
+		if got := cgroupPath(t, dest, c); got != want {
+			t.Errorf("%s cgroup = %q, want %q", c, got, want)
+		}
+	}
+}
+
+// assertUntouched checks that a workload still runs on host a, unchanged
+// and not stopped, after a failed migration.
+func assertUntouched(t *testing.T, h *twohosts.Hosts, w *twohosts.Workload) {
+	t.Helper()
+	if !testutil.Alive(w.Pid) || !twohosts.InNetns(w.Pid, h.NetnsPath("a")) {
+		t.Fatalf("source workload %d is gone", w.Pid)
+	}
+	if twohosts.Stopped(w.Pid) {
+		t.Fatalf("source workload %d left stopped", w.Pid)
+	}
+	st, err := testutil.ReadState(w.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.WaitCount(w.State, st.Count+10, 10*time.Second); err != nil {
+		t.Fatalf("source workload does not count on: %v", err)
+	}
+}
+
+// assertDestinationClean checks that the service kept nothing of a failed
+// migration: no work directory, no restored process.
+func assertDestinationClean(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service, w *twohosts.Workload) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(svc.Migrations()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m := svc.Migrations(); len(m) != 0 {
+		t.Errorf("destination kept %v", m)
+	}
+	// No copy of the workload on b.
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == w.Pid {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmdline), w.State) && twohosts.InNetns(pid, h.NetnsPath("b")) && testutil.Alive(pid) {
+			t.Errorf("a copy of the workload runs on b as pid %d", pid)
+		}
+	}
+}
+
+func TestRestoreFailureRollsBack(t *testing.T) {
+	h := twohosts.New(t)
+	// A cgroup root below a file: CRIU cannot create the tree's cgroup.
+	svc := h.StartService(t, "--cgroup-root", "/cgroup.procs")
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: h.Name + "/src", Args: []string{"--child"}})
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	if r.ExitCode != 1 {
+		t.Fatalf("exit %d, want 1: %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
+	}
+	msg := r.Str("error")
+	if !strings.Contains(msg, "restore") || !strings.Contains(msg, "Error (criu/") || !strings.Contains(msg, "still runs on the source") {
+		t.Errorf("error does not name the phase, CRIU's lines and the outcome: %s", msg)
+	}
+	assertUntouched(t, h, w)
+	assertDestinationClean(t, h, svc, w)
+}
+
+func TestConnectionCutDuringPagesRollsBack(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--mem", "768"}})
+	// Cut the link as soon as the dump starts: the pages are streaming.
+	go func() {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if strings.Contains(svc.Log(), "phase=transfer") || strings.Contains(svc.Log(), "phase=checks") && pagesStarted(svc) {
+				h.LinkDown(t)
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--timeout", "20s")
+	if r.ExitCode != 1 {
+		t.Fatalf("exit %d, want 1: %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
+	}
+	t.Logf("failed as expected: %s", r.Str("error"))
+	assertUntouched(t, h, w)
+	assertDestinationClean(t, h, svc, w)
+}
+
+// pagesStarted reports whether the service has begun receiving pages:
+// its migration directory has a pages image.
+func pagesStarted(svc *twohosts.Service) bool {
+	m, _ := filepath.Glob(filepath.Join(svc.WorkDir, "*", "images", "pages-*.img"))
+	return len(m) > 0
+}
+
+func TestClientWithoutValidCertificateIsRefused(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
+	// Certificates from another CA.
+	other := filepath.Join(h.Dir, "other-tls")
+	if out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "certs", other).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	h.TLS, other = other, h.TLS
+	defer func() { h.TLS = other }()
+	start := time.Now()
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	if r.ExitCode != 1 || !strings.Contains(r.Str("error"), "tls authentication failed") {
+		t.Fatalf("exit %d, error %q", r.ExitCode, r.Str("error"))
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("refusal took %v", d)
+	}
+	assertUntouched(t, h, w)
+	if m := svc.Migrations(); len(m) != 0 {
+		t.Errorf("service made migration directories for an unauthenticated client: %v", m)
+	}
+	if !strings.Contains(svc.Log(), "connection refused") {
+		t.Errorf("service did not log the refusal:\n%s", svc.Log())
+	}
+	if strings.Contains(svc.Log(), "phase=") {
+		t.Errorf("service started a migration for an unauthenticated client:\n%s", svc.Log())
+	}
+}
+
+func TestUnreachableDestinationFailsFast(t *testing.T) {
+	h := twohosts.New(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
+	start := time.Now()
+	r := h.Migrate(t, context.Background(), w.Pid, twohosts.AddrB+":7071")
+	if r.ExitCode != 1 || !strings.Contains(r.Str("error"), "is phaul-service running") {
+		t.Fatalf("exit %d, error %q", r.ExitCode, r.Str("error"))
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("took %v", d)
+	}
+	assertUntouched(t, h, w)
+}

@@ -1,0 +1,75 @@
+package migrate
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Report is what one migration did, as `phaul migrate` prints it. The
+// JSON field names are stable.
+type Report struct {
+	ID          string   `json:"id"`
+	Pid         int      `json:"pid"`          // the tree's root on the source
+	Destination string   `json:"destination"`  // HOST:PORT
+	DestPid     int      `json:"dest_pid"`     // the tree's root on the destination
+	Committed   bool     `json:"committed"`    // the source copy is gone
+	Running     bool     `json:"running"`      // the destination confirmed the tree runs
+	ShellJob    bool     `json:"shell_job"`    // dumped and restored as a shell job
+	CgroupRoots []string `json:"cgroup_roots"` // as passed to CRIU on restore
+
+	Connect  Duration `json:"connect"`  // TCP, TLS, Hello
+	Checks   Duration `json:"checks"`   // Prepare until Ready
+	Dump     Duration `json:"dump"`     // freeze until CRIU's post-dump (pages sent)
+	Transfer Duration `json:"transfer"` // post-dump until the images were sent
+	Restore  Duration `json:"restore"`  // CRIU restore on the destination
+	Downtime Duration `json:"downtime"` // frozen on the source until running on the destination
+	Total    Duration `json:"total"`
+
+	PageBytes  int64 `json:"page_bytes"`  // page-server traffic as CRIU wrote it
+	WireBytes  int64 `json:"wire_bytes"`  // the same, compressed, on the network
+	ImageBytes int64 `json:"image_bytes"` // the other image files
+	ImageFiles int   `json:"image_files"`
+}
+
+// Duration marshals as seconds (a JSON number).
+type Duration time.Duration
+
+// MarshalJSON writes seconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(fmt.Sprintf("%.6f", time.Duration(d).Seconds())), nil
+}
+
+func (d Duration) String() string { return time.Duration(d).Round(time.Millisecond).String() }
+
+// WriteText prints the report for people.
+func (r *Report) WriteText(w io.Writer) {
+	fmt.Fprintf(w, "migrated pid %d to %s as pid %d (migration %s)\n", r.Pid, r.Destination, r.DestPid, r.ID)
+	if r.ShellJob {
+		fmt.Fprintln(w, "  as a shell job")
+	}
+	if len(r.CgroupRoots) > 0 {
+		fmt.Fprintf(w, "  cgroups    %s\n", strings.Join(r.CgroupRoots, " "))
+	}
+	fmt.Fprintf(w, "  connect    %v\n  checks     %v\n  dump       %v\n  transfer   %v\n  restore    %v\n  downtime   %v\n  total      %v\n",
+		r.Connect, r.Checks, r.Dump, r.Transfer, r.Restore, r.Downtime, r.Total)
+	ratio := 0.0
+	if r.PageBytes > 0 {
+		ratio = float64(r.WireBytes) / float64(r.PageBytes)
+	}
+	fmt.Fprintf(w, "  pages      %s raw, %s on the wire (%.2f)\n  images     %d files, %s\n",
+		bytesStr(r.PageBytes), bytesStr(r.WireBytes), ratio, r.ImageFiles, bytesStr(r.ImageBytes))
+}
+
+func bytesStr(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

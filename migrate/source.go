@@ -1,0 +1,444 @@
+package migrate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/cgroups"
+	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/transport"
+)
+
+// DefaultTimeout bounds each wait for the other side.
+const DefaultTimeout = 2 * time.Minute
+
+// Options configure the source side of one migration.
+type Options struct {
+	Pid            int         // root of the tree to move
+	Addr           string      // HOST:PORT of phaul-service
+	TLS            *tls.Config // transport.ClientTLS
+	ShellJob       bool        // the root is not a session leader
+	TCPEstablished bool        // checkpoint established TCP connections
+	CgroupRoot     string      // ask the destination for this cgroup root
+	Timeout        time.Duration
+	ID             string // migration ID; empty means NewID()
+	WorkDir        string // where the source writes its (small) images; default /var/tmp/phaul
+	CRIU           Checkpointer
+	Logger         *slog.Logger
+}
+
+// Migrate moves the tree rooted at o.Pid to the phaul-service at o.Addr.
+// On success the tree runs on the destination and no longer on the
+// source. On failure the returned *Error says where the workload is.
+func Migrate(ctx context.Context, o Options) (*Report, error) {
+	start := time.Now()
+	if o.ID == "" {
+		o.ID = NewID()
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.WorkDir == "" {
+		o.WorkDir = "/var/tmp/phaul"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	m := &source{o: o, log: o.Logger.With("migration", o.ID), r: &Report{ID: o.ID, Pid: o.Pid, Destination: o.Addr, ShellJob: o.ShellJob}}
+	err := m.run(ctx)
+	m.r.Total = Duration(time.Since(start))
+	if err != nil {
+		var me *Error
+		if !errors.As(err, &me) {
+			err = &Error{Phase: m.phase, Err: err, SourceRunning: proc.ValidateTarget(o.Pid) == nil}
+		}
+		m.log.Error("migration failed", "phase", m.phase, "err", err)
+		return m.r, err
+	}
+	m.log.Info("migration done", "dest_pid", m.r.DestPid, "downtime", m.r.Downtime, "total", m.r.Total)
+	return m.r, nil
+}
+
+type source struct {
+	o     Options
+	log   *slog.Logger
+	r     *Report
+	phase string
+	sess  *transport.Session
+}
+
+func (m *source) setPhase(p string) {
+	m.phase = p
+	m.log.Info("phase", "phase", p)
+}
+
+// refuse fails before anything was frozen.
+func (m *source) refuse(err error) error {
+	return &Error{Phase: m.phase, SourceRunning: true, Err: err}
+}
+
+func (m *source) run(ctx context.Context) error {
+	o := m.o
+	m.setPhase("checks")
+	if err := proc.ValidateTarget(o.Pid); err != nil {
+		return m.refuse(err)
+	}
+	unlock, err := lockTree(o.Pid)
+	if err != nil {
+		return m.refuse(err)
+	}
+	defer unlock()
+	if tracer := proc.TracerPid(o.Pid); tracer != 0 {
+		return m.refuse(fmt.Errorf("pid %d is being traced by pid %d (a debugger, or CRIU from another migration); retry when it is not", o.Pid, tracer))
+	}
+	st, err := proc.ReadStat(o.Pid)
+	if err != nil {
+		return m.refuse(err)
+	}
+	sets, err := cgroups.ProcessSets(o.Pid)
+	if err != nil {
+		return m.refuse(err)
+	}
+
+	m.setPhase("connect")
+	t0 := time.Now()
+	sess, err := transport.Dial(ctx, o.Addr, o.TLS)
+	if err != nil {
+		return m.refuse(err)
+	}
+	m.sess = sess
+	defer sess.Close()
+	host, _ := os.Hostname()
+	kernel, _ := criu.RunningKernel()
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{
+		ProtocolVersion: transport.ProtocolVersion, MigrationId: o.ID,
+		Host: &pb.HostInfo{Hostname: host, Kernel: kernel.String(), PhaulVersion: cli.PhaulVersion()},
+	}}}); err != nil {
+		return m.refuse(err)
+	}
+	msg, err := m.recv(ctx)
+	if err != nil {
+		return m.refuse(err)
+	}
+	welcome := msg.GetWelcome()
+	if welcome == nil {
+		return m.refuse(unexpected(msg, "Welcome"))
+	}
+	if welcome.ProtocolVersion != transport.ProtocolVersion {
+		return m.refuse(fmt.Errorf("the destination speaks protocol %d, this phaul %d: install the same phaul version on both hosts", welcome.ProtocolVersion, transport.ProtocolVersion))
+	}
+	m.log.Info("connected", "dest", o.Addr, "dest_host", welcome.GetHost().GetHostname(), "dest_criu", welcome.GetHost().GetCriuVersion())
+	m.r.Connect = Duration(time.Since(t0))
+
+	m.setPhase("checks")
+	t0 = time.Now()
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
+		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished,
+		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: proc.RSS(o.Pid),
+	}}}); err != nil {
+		return m.refuse(err)
+	}
+	if msg, err = m.recv(ctx); err != nil {
+		return m.refuse(err)
+	}
+	ready := msg.GetReady()
+	if ready == nil {
+		return m.refuse(unexpected(msg, "Ready"))
+	}
+	for _, cr := range ready.CgroupRoots {
+		m.r.CgroupRoots = append(m.r.CgroupRoots, strings.TrimPrefix(cr.Controllers+":"+cr.Path, ":"))
+	}
+	m.r.Checks = Duration(time.Since(t0))
+
+	return m.dump(ctx)
+}
+
+// dump runs CRIU with the pages streamed to the destination and holds it
+// at post-dump until the destination has restored the tree.
+func (m *source) dump(ctx context.Context) error {
+	o := m.o
+	m.setPhase("dump")
+	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
+		return m.refuse(err)
+	}
+	dir, err := os.MkdirTemp(o.WorkDir, o.ID+"-")
+	if err != nil {
+		return m.refuse(err)
+	}
+	keepDir := true // for CRIU's log, unless all went well
+	defer func() {
+		if !keepDir {
+			os.RemoveAll(dir)
+		}
+	}()
+
+	pages, err := m.sess.Open(ctx, transport.KindPages)
+	if err != nil {
+		return m.refuse(err)
+	}
+	ours, theirs, err := socketpair()
+	if err != nil {
+		pages.Close()
+		return m.refuse(err)
+	}
+	var counts transport.Counts
+	pumpDone := make(chan error, 1)
+	go func() {
+		err := transport.SendCompressed(pages, ours, &counts)
+		pages.Close() // half-close: the destination still answers
+		if err != nil {
+			// CRIU must not block writing pages nobody reads: make its
+			// writes fail, so that it aborts the dump and resumes.
+			unix.Shutdown(int(ours.Fd()), unix.SHUT_RDWR)
+		}
+		pumpDone <- err
+	}()
+	// The page server's answers come back uncompressed; this copy ends
+	// when the stream or the session does.
+	go io.Copy(ours, pages)
+	// CRIU may be blocked reading an answer that will never come (the
+	// network died): when the session or ctx ends, make its socket fail
+	// so that it aborts the dump and resumes the tasks.
+	unblock := context.AfterFunc(ctx, func() { unix.Shutdown(int(ours.Fd()), unix.SHUT_RDWR) })
+	defer unblock()
+	watchDone := make(chan struct{})
+	defer close(watchDone)
+	go func() {
+		select {
+		case <-m.sess.Done():
+			unix.Shutdown(int(ours.Fd()), unix.SHUT_RDWR)
+		case <-watchDone:
+		}
+	}()
+	defer func() {
+		theirs.Close()
+		ours.Close()
+		pages.Close()
+	}()
+
+	var (
+		frozen, dumped time.Time
+		restored       *pb.Restored
+		cause          error // why we refused post-dump
+	)
+	notify := func(ctx context.Context, n criu.Notification) error {
+		switch n.Name {
+		case criu.NotifyPreDump:
+			frozen = time.Now()
+			theirs.Close() // CRIU holds its own copy now
+		case criu.NotifyPostDump:
+			dumped = time.Now()
+			m.r.Dump = Duration(dumped.Sub(frozen))
+			var err error
+			restored, err = m.transfer(ctx, dir, pumpDone, &counts)
+			if err != nil {
+				cause = err
+				return err
+			}
+		}
+		return nil
+	}
+	opts := &rpc.CriuOpts{
+		Pid:               proto.Int32(int32(o.Pid)),
+		ShellJob:          proto.Bool(o.ShellJob),
+		TcpEstablished:    proto.Bool(o.TCPEstablished),
+		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
+	}
+	if o.TCPEstablished {
+		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
+	}
+	_, err = o.CRIU.Dump(ctx, criu.Request{Opts: opts, ImagesDir: dir, PageServer: theirs, Notify: notify})
+	m.r.PageBytes, m.r.WireBytes = counts.Raw.Load(), counts.Wire.Load()
+	if err != nil {
+		running := proc.ValidateTarget(o.Pid) == nil
+		reason := err
+		if cause != nil {
+			reason = cause
+		}
+		select {
+		case <-m.sess.Done():
+			reason = fmt.Errorf("connection to the destination lost: %w", reason)
+		default:
+		}
+		m.abort(reason)
+		if !running && restored != nil {
+			// CRIU failed after we let it commit: the source is gone
+			// and the destination holds the stopped copy.
+			return &Error{Phase: "commit", InDoubt: true, Err: err}
+		}
+		return &Error{Phase: m.phase, SourceRunning: running, Err: reason}
+	}
+	keepDir = false
+	m.r.Committed = true
+
+	// The source tree is gone: only the destination's stopped copy is
+	// left. Tell it to resume.
+	m.setPhase("resume")
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}}); err != nil {
+		return &Error{Phase: "resume", InDoubt: true, Err: err}
+	}
+	msg, err := m.recv(ctx)
+	if err != nil {
+		return &Error{Phase: "resume", InDoubt: true, Err: err}
+	}
+	done := msg.GetDone()
+	if done == nil {
+		return &Error{Phase: "resume", InDoubt: true, Err: unexpected(msg, "Done")}
+	}
+	m.r.DestPid = int(done.Pid)
+	m.r.Running = true
+	m.r.Downtime = Duration(time.Since(frozen))
+	return nil
+}
+
+// transfer runs at post-dump: the pages are through, the tasks frozen.
+// It sends the other images and waits for the destination's restore.
+func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error, counts *transport.Counts) (*pb.Restored, error) {
+	m.setPhase("transfer")
+	t0 := time.Now()
+	select {
+	case err := <-pumpDone:
+		if err != nil {
+			return nil, fmt.Errorf("page stream: %w", err)
+		}
+	case <-time.After(m.o.Timeout):
+		return nil, fmt.Errorf("page stream did not end %v after the dump", m.o.Timeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	names, err := imageNames(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := m.sess.Open(ctx, transport.KindImages)
+	if err != nil {
+		return nil, err
+	}
+	files, total, err := transport.SendImages(ctx, st, dir, names)
+	st.Close()
+	if err != nil {
+		return nil, err
+	}
+	m.r.ImageFiles, m.r.ImageBytes = files, total
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_ImagesSent{ImagesSent: &pb.ImagesSent{Files: uint32(files), Bytes: uint64(total)}}}); err != nil {
+		return nil, err
+	}
+	m.r.Transfer = Duration(time.Since(t0))
+	m.log.Info("dumped", "page_bytes", counts.Raw.Load(), "wire_bytes", counts.Wire.Load(), "image_files", files)
+
+	m.setPhase("restore")
+	msg, err := m.recv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	restored := msg.GetRestored()
+	if restored == nil {
+		return nil, unexpected(msg, "Restored")
+	}
+	m.r.Restore = Duration(time.Duration(restored.RestoreNanos))
+	m.log.Info("restored on the destination, committing", "dest_pid", restored.Pid)
+	m.setPhase("commit")
+	return restored, nil
+}
+
+// imageNames lists the image files to send: everything CRIU wrote but its
+// log.
+func imageNames(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() && !strings.HasSuffix(e.Name(), ".log") {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}
+
+// abort tells the destination to drop the migration (best effort).
+func (m *source) abort(reason error) {
+	if m.sess == nil {
+		return
+	}
+	var re *RemoteError
+	if errors.As(reason, &re) {
+		return // the destination failed it itself
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m.sess.Control().Send(ctx, &pb.Envelope{Msg: &pb.Envelope_Abort{Abort: &pb.Abort{Reason: reason.Error()}}})
+}
+
+func (m *source) send(ctx context.Context, e *pb.Envelope) error {
+	ctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
+	defer cancel()
+	return m.sess.Control().Send(ctx, e)
+}
+
+// recv waits for the next message; a Failure becomes a *RemoteError.
+func (m *source) recv(ctx context.Context) (*pb.Envelope, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
+	defer cancel()
+	msg, err := m.sess.Control().Recv(ctx)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("no answer from the destination within %v: %w", m.o.Timeout, err)
+		}
+		return nil, fmt.Errorf("connection to the destination: %w", err)
+	}
+	if f := msg.GetFailure(); f != nil {
+		return nil, &RemoteError{Phase: f.Phase, Message: f.Message, CRIULines: f.CriuLines}
+	}
+	return msg, nil
+}
+
+func unexpected(msg *pb.Envelope, want string) error {
+	return fmt.Errorf("%w: got %s, want %s", ErrProtocol, transport.MessageName(msg), want)
+}
+
+func socketpair() (ours, theirs *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "pages"), os.NewFile(uintptr(fds[1]), "pages-criu"), nil
+}
+
+// lockTree takes a lock on pid that a second migration of the same tree
+// cannot take. The kernel drops it if phaul dies.
+func lockTree(pid int) (func(), error) {
+	dir := "/run/phaul"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		dir = os.TempDir()
+	}
+	path := filepath.Join(dir, fmt.Sprintf("migrate-%d.lock", pid))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("pid %d is already being migrated by another phaul (lock %s); wait for it to finish", pid, path)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
