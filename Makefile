@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
 BINS    := bin/phaul bin/phaul-service bin/phaul-workload
 
-.PHONY: all build deps test unit demo bench install clean fmt vet
+.PHONY: all build deps test unit demo demo-local bench install clean fmt vet proto
 
 all: build
 
@@ -37,8 +37,13 @@ test: deps vet
 unit:
 	$(GO) test -race -count=1 -short ./...
 
+# A live migration between two network-namespace hosts on this machine.
 demo: deps build
 	scripts/demo.sh
+
+# Checkpoint and restore on this host only.
+demo-local: deps build
+	scripts/demo-local.sh
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
@@ -49,6 +54,11 @@ install: build
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# Regenerate internal/pb from phaul.proto (needs protoc and protoc-gen-go;
+# the generated code is committed).
+proto:
+	protoc --go_out=. --go_opt=paths=source_relative internal/pb/phaul.proto
 
 clean:
 	rm -rf bin

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -34,7 +33,10 @@ type DestOptions struct {
 	Timeout       time.Duration  // bound on each wait for the source
 	CRIU          Restorer
 	CRIUVersion   string
-	Logger        *slog.Logger
+	// ImagesOnDisk keeps the images in the work dir instead of a tmpfs
+	// per migration; for tests that cannot mount.
+	ImagesOnDisk bool
+	Logger       *slog.Logger
 }
 
 // Destination restores migrations on this host.
@@ -82,12 +84,14 @@ type incoming struct {
 	roots []*pb.CgroupRoot
 	phase string
 
-	ps        PageServer
-	pagesDone chan error
-	imgsDone  chan error
-	pagesSock *os.File
-	restored  int // root pid of the restored, stopped tree
-	state     string
+	ps         PageServer
+	pagesDone  chan error
+	imgsDone   chan error
+	pagesSock  *os.File
+	pageCounts transport.Counts
+	mounted    bool // a tmpfs is mounted on imgs
+	restored   int  // root pid of the restored, stopped tree
+	state      string
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
@@ -112,7 +116,11 @@ func (in *incoming) fail(phase string, err error) error {
 }
 
 func (in *incoming) recv(ctx context.Context) (*pb.Envelope, error) {
-	ctx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
+	return in.recvWithin(ctx, in.d.o.Timeout)
+}
+
+func (in *incoming) recvWithin(ctx context.Context, d time.Duration) (*pb.Envelope, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	msg, err := in.sess.Control().Recv(ctx)
 	if err != nil {
@@ -193,6 +201,17 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := os.Mkdir(in.imgs, 0o700); err != nil {
 		return in.fail("checks", fmt.Errorf("work dir: %w", err))
 	}
+	// The pages never touch a disk: they go to a tmpfs of this
+	// migration, sized from the memory the source announced, which also
+	// bounds what a source can make the service store.
+	size := imagesTmpfsSize(in.prep.MemoryBytes)
+	if o.ImagesOnDisk {
+		// only for tests without the privilege to mount
+	} else if err := unix.Mount("phaul-"+in.id, in.imgs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
+		fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		return in.fail("checks", fmt.Errorf("mount a tmpfs of %d bytes for the images: %w", size, err))
+	}
+	in.mounted = true
 	in.record("receiving")
 	if err := in.startPages(ctx); err != nil {
 		return in.fail("checks", err)
@@ -203,6 +222,17 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 
 	in.setPhase("transfer")
+	// The dump takes as long as the tree's size and the link make it
+	// take: wait for the pages as long as they keep coming.
+	if err := in.waitPages(ctx); err != nil {
+		// The source may have said why; prefer its Abort.
+		if msg, rerr := in.recvWithin(ctx, time.Second); rerr != nil && errors.Is(rerr, errAborted) {
+			return rerr
+		} else if rerr == nil && msg.GetImagesSent() == nil {
+			return in.fail("transfer", unexpected(msg, "ImagesSent"))
+		}
+		return in.fail("transfer", fmt.Errorf("page stream: %w", err))
+	}
 	if msg, err = in.recv(ctx); err != nil {
 		return err
 	}
@@ -223,7 +253,7 @@ func (in *incoming) run(ctx context.Context) error {
 		ManageCgroupsMode: o.ManageCgroups.Enum(),
 		CgRoot:            criuRoots(in.roots),
 	}
-	res, err := o.CRIU.Restore(ctx, criu.Request{Opts: opts, ImagesDir: in.imgs})
+	res, err := o.CRIU.Restore(ctx, criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.dir})
 	if err != nil {
 		return in.fail("restore", err)
 	}
@@ -269,11 +299,20 @@ func (in *incoming) finish(err error) {
 	if in.dir == "" {
 		return
 	}
+	unmount := func() {
+		if in.mounted {
+			if err := unix.Unmount(in.imgs, unix.MNT_DETACH); err != nil {
+				in.log.Warn("unmount images", "err", err)
+			}
+			in.mounted = false
+		}
+	}
 	switch {
 	case err == nil:
 		in.log.Info("migration done", "pid", in.restored)
-		removeImages(in.imgs)
+		unmount()
 	case in.restored > 0 && (in.phase == "commit" || in.phase == "resume") && !errors.Is(err, errAborted):
+		unmount() // the restored tree holds its memory; the images are not needed
 		in.record("in-doubt")
 		in.log.Error("lost the source after restoring: keeping the stopped tree, in doubt", "pid", in.restored, "err", err, "state", filepath.Join(in.dir, "state.json"))
 	default:
@@ -282,6 +321,7 @@ func (in *incoming) finish(err error) {
 			in.log.Info("killed the restored tree", "pid", in.restored)
 		}
 		in.log.Error("migration failed", "phase", in.phase, "err", err)
+		unmount()
 		os.RemoveAll(in.dir)
 	}
 }
@@ -304,7 +344,7 @@ func (in *incoming) startPages(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, PageServer: theirs})
+	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, WorkDir: in.dir, PageServer: theirs})
 	theirs.Close()
 	if err != nil {
 		ours.Close()
@@ -349,7 +389,7 @@ func (in *incoming) acceptStreams(ctx context.Context) {
 
 func (in *incoming) pumpPages(st io.ReadWriteCloser) {
 	sock := in.pagesSock
-	var counts transport.Counts
+	counts := &in.pageCounts
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -357,8 +397,8 @@ func (in *incoming) pumpPages(st io.ReadWriteCloser) {
 		io.Copy(st, sock) // answers of the page server
 		st.Close()
 	}()
-	err := transport.ReceiveCompressed(sock, st, &counts)
-	unix.Shutdown(int(sock.Fd()), unix.SHUT_WR)
+	err := transport.ReceiveCompressed(sock, st, counts)
+	shutdown(sock, unix.SHUT_WR)
 	if err == nil {
 		in.log.Info("pages received", "raw", counts.Raw.Load(), "wire", counts.Wire.Load())
 	}
@@ -367,36 +407,52 @@ func (in *incoming) pumpPages(st io.ReadWriteCloser) {
 	sock.Close()
 }
 
-// waitStreams waits until the pages are written by the page server and the
-// images received.
+// waitPages waits for the end of the pages stream. There is no bound on
+// the whole: only on a stall, when no byte arrived for the timeout (a
+// dead connection is found sooner by the session's keepalive).
+func (in *incoming) waitPages(ctx context.Context) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last, since := int64(-1), time.Now()
+	for {
+		select {
+		case err := <-in.pagesDone:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-in.sess.Done():
+			return errors.New("connection to the source lost")
+		case <-tick.C:
+			if n := in.pageCounts.Wire.Load(); n != last {
+				last, since = n, time.Now()
+			} else if time.Since(since) > in.d.o.Timeout {
+				return fmt.Errorf("no pages for %v", in.d.o.Timeout)
+			}
+		}
+	}
+}
+
+// waitStreams waits until the images are received and the page server has
+// written the pages.
 func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error {
 	ctx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
 	defer cancel()
-	for _, ch := range []chan error{in.pagesDone, in.imgsDone} {
-		select {
-		case err := <-ch:
-			if err != nil {
-				return err
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("streams did not complete: %w", ctx.Err())
+	select {
+	case err := <-in.imgsDone:
+		if err != nil {
+			return err
 		}
+	case <-ctx.Done():
+		return fmt.Errorf("images did not arrive: %w", ctx.Err())
 	}
-	if err := in.ps.Wait(ctx); err != nil {
-		return err
-	}
-	return nil
+	return in.ps.Wait(ctx)
 }
 
-// removeImages deletes the image files of a finished migration, keeping
-// CRIU's logs.
-func removeImages(dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".log") {
-			os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
+// imagesTmpfsSize is the size of a migration's images tmpfs: the memory
+// the source announced (an upper bound of the pages, which CRIU does not
+// compress) plus room for the other images.
+func imagesTmpfsSize(memoryBytes uint64) uint64 {
+	return memoryBytes + memoryBytes/8 + 64<<20
 }
 
 // reap waits for a restored root once it is our child (it becomes one when

@@ -2,6 +2,7 @@ package migrate_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -145,14 +146,15 @@ func TestMigratePlacesTreeSharingCRIUsCgroups(t *testing.T) {
 	// records none, and the service must place it under its root itself.
 	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
 	st, _ := testutil.ReadState(w.State)
-	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	// The source asks for another root than the service's default.
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--cgroup-root", "/"+h.Name+"/asked")
 	dest := assertRunsOnB(t, h, w, r, st)
 	t.Cleanup(func() {
 		for _, c := range twohosts.V1Controllers {
 			twohosts.RemoveCgroup(filepath.Join("/sys/fs/cgroup", c, h.Name))
 		}
 	})
-	want := "/" + h.Name + "/phaul-" + r.Str("id")
+	want := "/" + h.Name + "/asked/phaul-" + r.Str("id")
 	for _, c := range []string{"memory", "pids"} {
 		if got := cgroupPath(t, dest, c); got != want {
 			t.Errorf("%s cgroup = %q, want %q", c, got, want)
@@ -295,4 +297,64 @@ func TestUnreachableDestinationFailsFast(t *testing.T) {
 		t.Errorf("took %v", d)
 	}
 	assertUntouched(t, h, w)
+}
+
+// TestSourceLostAfterRestoreKeepsStoppedCopy kills the source agent once
+// the destination has restored the tree: the destination cannot know
+// whether the source committed, so it must keep the stopped copy, in
+// doubt, rather than kill what may be the only one.
+func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child"}})
+	cmd := h.Command("a", filepath.Join(h.Bin, "phaul"), "migrate", "--tls-dir", h.TLS,
+		"--work-dir", filepath.Join(h.Dir, "source"), strconv.Itoa(w.Pid), svc.Addr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(svc.Log(), "restored, stopped") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no restore:\n%s", svc.Log())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cmd.Process.Kill() // the source agent dies in the window
+	cmd.Wait()
+
+	var state struct {
+		State string
+		Pid   int
+	}
+	for time.Now().Before(deadline) {
+		m := svc.Migrations()
+		if len(m) == 1 {
+			data, _ := os.ReadFile(filepath.Join(svc.WorkDir, m[0], "state.json"))
+			if json.Unmarshal(data, &state) == nil && state.State == "in-doubt" {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if state.State != "in-doubt" {
+		t.Fatalf("destination state %q, want in-doubt:\n%s", state.State, svc.Log())
+	}
+	t.Cleanup(func() { testutil.KillPid(state.Pid) })
+	if !testutil.Alive(state.Pid) || !twohosts.Stopped(state.Pid) {
+		t.Fatalf("destination copy %d not kept stopped", state.Pid)
+	}
+	if !twohosts.InNetns(state.Pid, h.NetnsPath("b")) {
+		t.Error("kept copy is not on b")
+	}
+	// On the source, CRIU lost its caller before the commit and resumed
+	// the tree; if the commit got through first, the source copy is gone.
+	// Either way there are never two running copies.
+	if testutil.Alive(w.Pid) {
+		assertUntouched(t, h, w)
+	} else {
+		t.Log("the source had committed before it died: only the stopped copy on b is left")
+	}
+	if !strings.Contains(svc.Log(), "in doubt") {
+		t.Errorf("service did not log the doubt:\n%s", svc.Log())
+	}
 }

@@ -204,7 +204,7 @@ func (m *source) dump(ctx context.Context) error {
 		if err != nil {
 			// CRIU must not block writing pages nobody reads: make its
 			// writes fail, so that it aborts the dump and resumes.
-			unix.Shutdown(int(ours.Fd()), unix.SHUT_RDWR)
+			shutdown(ours, unix.SHUT_RDWR)
 		}
 		pumpDone <- err
 	}()
@@ -214,14 +214,14 @@ func (m *source) dump(ctx context.Context) error {
 	// CRIU may be blocked reading an answer that will never come (the
 	// network died): when the session or ctx ends, make its socket fail
 	// so that it aborts the dump and resumes the tasks.
-	unblock := context.AfterFunc(ctx, func() { unix.Shutdown(int(ours.Fd()), unix.SHUT_RDWR) })
+	unblock := context.AfterFunc(ctx, func() { shutdown(ours, unix.SHUT_RDWR) })
 	defer unblock()
 	watchDone := make(chan struct{})
 	defer close(watchDone)
 	go func() {
 		select {
 		case <-m.sess.Done():
-			unix.Shutdown(int(ours.Fd()), unix.SHUT_RDWR)
+			shutdown(ours, unix.SHUT_RDWR)
 		case <-watchDone:
 		}
 	}()
@@ -411,6 +411,14 @@ func (m *source) recv(ctx context.Context) (*pb.Envelope, error) {
 
 func unexpected(msg *pb.Envelope, want string) error {
 	return fmt.Errorf("%w: got %s, want %s", ErrProtocol, transport.MessageName(msg), want)
+}
+
+// shutdown shuts a socket down; safe against a concurrent Close (then it
+// does nothing).
+func shutdown(f *os.File, how int) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), how) })
+	}
 }
 
 func socketpair() (ours, theirs *os.File, err error) {

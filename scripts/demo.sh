@@ -1,39 +1,55 @@
 #!/usr/bin/env bash
-# demo.sh: checkpoint a live process with phaul and restore it, showing that
-# it carries on counting from where it was. Run by `make demo` (as root).
+# demo.sh: a live migration between two hosts on this machine. Host a and
+# host b are network namespaces joined by a veth pair (scripts/two-hosts.sh);
+# phaul-service runs on b, a workload (a counter, a child process, a TCP
+# server holding a random token and 256 MiB of verifiable memory) runs on a,
+# and `phaul migrate` moves it to b. Run by `make demo` (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin
+name=phauldemo
 work=$(mktemp -d /tmp/phaul-demo.XXXXXX)
-pid=
+svc=
 cleanup() {
-	[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+	set +e
+	[ -n "$svc" ] && kill "$svc" 2>/dev/null && wait "$svc" 2>/dev/null
+	for pid in $(pgrep -f "phaul-workload --state $work/" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+	scripts/two-hosts.sh down "$name"
+	for c in memory cpu cpuacct pids blkio systemd; do
+		find "/sys/fs/cgroup/$c/$name" -depth -type d -exec rmdir {} + 2>/dev/null
+	done
 	rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+on() { local host=$1; shift; scripts/two-hosts.sh "$host" "$name" "$@"; }
+ask() { on "$1" bash -c "exec 3<>/dev/tcp/$2/9000 && echo $3 >&3 && timeout 5 head -n1 <&3"; }
 
-state=$work/state
-count() { cut -d' ' -f1 "$state"; }
+scripts/two-hosts.sh down "$name" >/dev/null 2>&1 || true
+echo "== two hosts: a = 10.77.0.1, b = 10.77.0.2 (network namespaces $name-a, $name-b)"
+scripts/two-hosts.sh up "$name" >/dev/null
+"$bin/phaul" certs "$work/tls" >/dev/null
+echo "== phaul-service on b"
+on b "$bin/phaul-service" --listen 10.77.0.2:7070 --tls-dir "$work/tls" --work-dir "$work/service" \
+	--cgroup-root "/$name" >"$work/service.log" 2>&1 &
+svc=$!
+for _ in $(seq 100); do grep -q msg=listening "$work/service.log" && break; sleep 0.05; done
 
-echo "== starting a workload that counts every 20 ms"
-setsid "$bin/phaul-workload" --state "$state" --interval 20ms --mem 64 </dev/null >/dev/null 2>&1 &
-pid=$!
-disown "$pid"
-sleep 1
-echo "   pid $pid, counter at $(count)"
+echo "== a workload on a: counter, child, TCP server on 0.0.0.0:9000, 256 MiB"
+on a setsid unshare -p -f setsid "$bin/phaul-workload" --state "$work/state" --interval 20ms \
+	--child --listen 0.0.0.0:9000 --mem 256 --dirty 2000 </dev/null >/dev/null 2>&1 &
+for _ in $(seq 200); do [ -s "$work/state" ] && break; sleep 0.05; done
+sleep 0.5
+pid=$(pgrep -f "phaul-workload --state $work/state --interval" | while read -r p; do
+	grep -qE '^NSpid:\s+[0-9]+\s+1$' "/proc/$p/status" && echo "$p"; done | head -n1)
+echo "   pid $pid; asked from a: $(ask a 10.77.0.1 GET)"
 
-echo "== phaul dump $pid $work/images"
-"$bin/phaul" dump "$pid" "$work/images"
-while [ -e "/proc/$pid" ]; do sleep 0.02; done # reaped: its PID is free again
-at_dump=$(count)
-echo "   the process is gone; its counter stopped at $at_dump"
+echo "== phaul migrate $pid 10.77.0.2:7070   (run on a)"
+on a "$bin/phaul" migrate --tls-dir "$work/tls" --work-dir "$work/source" "$pid" 10.77.0.2:7070
 
-echo "== phaul restore $work/images"
-"$bin/phaul" restore "$work/images"
-sleep 1
-now=$(count)
-echo "   counter now at $now (dumped at $at_dump)"
-kill -USR1 "$pid"; sleep 0.5
-echo "   memory check by the workload itself: $(cat "$state.sum")"
-[ "$now" -gt "$at_dump" ] || { echo "demo: the restored process does not count on" >&2; exit 1; }
-echo "== the process carried on from where it was"
+echo "== after the migration"
+if [ -e "/proc/$pid" ]; then echo "   the source process still exists!" >&2; exit 1; fi
+echo "   pid $pid is gone from a"
+echo "   asked on b's address:  $(ask b 10.77.0.2 GET)"
+echo "   its own memory check:  $(ask b 10.77.0.2 SUM)"
+echo "   (same token: the same process, with its memory, now on host b)"

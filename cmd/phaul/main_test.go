@@ -39,6 +39,14 @@ func TestUsage(t *testing.T) {
 		{[]string{"dump", "1", "/tmp/x"}, cli.ExitFailure, "init process"},
 		{[]string{"dump", strconv.Itoa(os.Getpid()), "/tmp/x"}, cli.ExitFailure, "phaul itself"},
 		{[]string{"version", "extra"}, cli.ExitUsage, "no arguments"},
+		{[]string{"migrate", "1"}, cli.ExitUsage, "needs PID and HOST:PORT"},
+		{[]string{"migrate", "x", "h:1"}, cli.ExitUsage, `bad PID "x"`},
+		{[]string{"migrate", "1", "h:1"}, cli.ExitFailure, "init process"},
+		{[]string{"migrate", strconv.Itoa(os.Getpid()), "h:1"}, cli.ExitFailure, "phaul itself"},
+		{[]string{"migrate", strconv.Itoa(os.Getppid()), "h:1"}, cli.ExitFailure, "ancestor of phaul"},
+		{[]string{"migrate", "999999999", "h:1"}, cli.ExitFailure, "no such process"},
+		{[]string{"migrate", "--help"}, cli.ExitOK, "in doubt"},
+		{[]string{"certs"}, cli.ExitUsage, "certs needs DIR"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/migrate"
 	"github.com/phaul/phaul/transport"
 )
@@ -59,6 +60,10 @@ func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	pid, err := strconv.Atoi(args[0])
 	if err != nil || pid <= 0 {
 		return cli.Usagef("migrate: bad PID %q", args[0])
+	}
+	// Refuse what can never be migrated before anything else.
+	if err := proc.ValidateTarget(pid); err != nil {
+		return fmt.Errorf("migrate: %w", err)
 	}
 	o := migrate.Options{Pid: pid, Addr: args[1], Logger: env.Logger}
 	tlsDir, _ := fs.GetString("tls-dir")

@@ -132,7 +132,7 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 	fs := pflag.NewFlagSet(prog+" "+cmd.Name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
-	verbose := fs.BoolP("verbose", "v", false, "log debug messages to stderr")
+	verbose := fs.CountP("verbose", "v", "log progress to stderr (-v: phases, -vv: debug)")
 	if cmd.Flags != nil {
 		cmd.Flags(fs)
 	}
@@ -148,9 +148,12 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 		}
 		return Usagef("%s %s: %v", prog, cmd.Name, err)
 	}
-	level := slog.LevelInfo
-	if *verbose {
+	level := slog.LevelWarn
+	switch {
+	case *verbose >= 2:
 		level = slog.LevelDebug
+	case *verbose == 1:
+		level = slog.LevelInfo
 	}
 	env := &Env{Stdout: stdout, Stderr: stderr, Logger: NewLogger(stderr, level)}
 	return cmd.Run(ctx, env, fs, fs.Args())

@@ -70,30 +70,40 @@ func CRIU(t testing.TB) (*criu.Client, *criu.Host) {
 
 var (
 	buildOnce sync.Once
-	buildPath string
+	buildDir  string
 	buildErr  error
 )
 
-// WorkloadBinary builds internal/workload once per test binary and returns
-// its path.
-func WorkloadBinary(t testing.TB) string {
+// Binaries builds phaul, phaul-service and phaul-workload (internal/workload)
+// once per test binary and returns the directory holding them.
+func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "phaul-workload-")
-		if err != nil {
-			buildErr = err
+		if buildDir, buildErr = os.MkdirTemp("", "phaul-bin-"); buildErr != nil {
 			return
 		}
-		buildPath = filepath.Join(dir, "workload")
-		out, err := exec.Command("go", "build", "-o", buildPath, "github.com/phaul/phaul/internal/workload").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build workload: %v\n%s", err, out)
+		for _, b := range []struct{ out, pkg string }{
+			{"phaul", "github.com/phaul/phaul/cmd/phaul"},
+			{"phaul-service", "github.com/phaul/phaul/cmd/phaul-service"},
+			{"phaul-workload", "github.com/phaul/phaul/internal/workload"},
+		} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, b.out), b.pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+				return
+			}
 		}
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	return buildPath
+	return buildDir
+}
+
+// WorkloadBinary returns the path of the built workload program.
+func WorkloadBinary(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(Binaries(t), "phaul-workload")
 }
 
 // Workload is a running internal/workload process.

@@ -43,39 +43,6 @@ type Hosts struct {
 	Dir  string // scratch directory of the test
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// Binaries builds phaul, phaul-service and the workload once per test
-// binary.
-func Binaries(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "phaul-bin-")
-		if buildErr != nil {
-			return
-		}
-		for _, b := range []struct{ out, pkg string }{
-			{"phaul", "github.com/phaul/phaul/cmd/phaul"},
-			{"phaul-service", "github.com/phaul/phaul/cmd/phaul-service"},
-			{"phaul-workload", "github.com/phaul/phaul/internal/workload"},
-		} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, b.out), b.pkg).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildDir
-}
-
 // repoRoot finds the module's root from this file's location.
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -89,21 +56,50 @@ func New(t testing.TB) *Hosts {
 	testutil.CRIU(t)
 	var b [3]byte
 	rand.Read(b[:])
-	h := &Hosts{Name: "ph" + hex.EncodeToString(b[:]), Bin: Binaries(t), Dir: t.TempDir()}
+	h := &Hosts{Name: "ph" + hex.EncodeToString(b[:]), Bin: testutil.Binaries(t), Dir: t.TempDir()}
 	script := filepath.Join(repoRoot(), "scripts", "two-hosts.sh")
 	if out, err := exec.Command(script, "up", h.Name).CombinedOutput(); err != nil {
 		t.Fatalf("two-hosts up: %v\n%s", err, out)
 	}
+	// Registered first, so run last: whatever the test left in the two
+	// hosts is killed, then the test's cgroups are removed.
 	t.Cleanup(func() {
 		if out, err := exec.Command(script, "down", h.Name).CombinedOutput(); err != nil {
 			t.Logf("two-hosts down: %v\n%s", err, out)
 		}
+		h.removeCgroups(t)
 	})
 	h.TLS = filepath.Join(h.Dir, "tls")
 	if out, err := exec.Command(filepath.Join(h.Bin, "phaul"), "certs", h.TLS).CombinedOutput(); err != nil {
 		t.Fatalf("phaul certs: %v\n%s", err, out)
 	}
 	return h
+}
+
+// removeCgroups removes the cgroups named after the test (the source's
+// and the service's root) in every v1 hierarchy, retrying while killed
+// tasks are leaving them.
+func (h *Hosts) removeCgroups(t testing.TB) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", h.Name))
+	dirs2, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "*", "phaul-*"))
+	for _, d := range dirs2 {
+		if strings.Contains(d, "/"+h.Name) {
+			dirs = append(dirs, d)
+		}
+	}
+	for _, d := range dirs {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			RemoveCgroup(d)
+			if _, err := os.Stat(d); err != nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := os.Stat(d); err == nil {
+			t.Logf("could not remove cgroup %s", d)
+		}
+	}
 }
 
 // NetnsPath is the network namespace file of host "a" or "b".
@@ -163,12 +159,19 @@ func (h *Hosts) StartService(t testing.TB, extra ...string) *Service {
 		}
 	}()
 	exited := make(chan struct{})
-	go func() { s.Cmd.Wait(); pw.Close(); close(exited) }()
+	var waitErr error
+	go func() { waitErr = s.Cmd.Wait(); pw.Close(); close(exited) }()
 	t.Cleanup(func() {
+		// SIGTERM stops the service cleanly (exit 0) once the
+		// migrations in flight are done.
 		s.Cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(10 * time.Second):
+			if waitErr != nil {
+				t.Errorf("phaul-service after SIGTERM: %v", waitErr)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("phaul-service did not stop on SIGTERM")
 			s.Cmd.Process.Kill()
 			<-exited
 		}
