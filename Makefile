@@ -6,16 +6,18 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
-BINS    := bin/phaul bin/phaul-service bin/phaul-workload
+# Static binaries: they run on any Linux host of the architecture, and do
+# not depend on the libraries of the host. (Not exported: -race needs cgo.)
+GOBUILD := CGO_ENABLED=0 $(GO) build
 
 .PHONY: all build deps test unit demo demo-local bench install clean fmt vet proto
 
 all: build
 
 build:
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/phaul ./cmd/phaul
-	$(GO) build -ldflags '$(LDFLAGS)' -o bin/phaul-service ./cmd/phaul-service
-	$(GO) build -o bin/phaul-workload ./internal/workload
+	$(GOBUILD) -ldflags '$(LDFLAGS)' -o bin/phaul ./cmd/phaul
+	$(GOBUILD) -ldflags '$(LDFLAGS)' -o bin/phaul-service ./cmd/phaul-service
+	$(GOBUILD) -o bin/phaul-workload ./internal/workload
 
 # A CRIU that works on this kernel (fetched into /opt/phaul/criu if the
 # system has none), and the tools the two-host tests use.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -24,6 +25,7 @@ const DefaultKillGrace = 10 * time.Second
 // is safe for concurrent use.
 type Client struct {
 	Path      string        // the criu binary (or a wrapper that execs it)
+	Args      []string      // arguments before CRIU's own (see Command)
 	Env       []string      // added to CRIU's environment (e.g. CRIU_FAULT=130)
 	LogLevel  int32         // CRIU's log level, 0..4; 0 means 4 (debug)
 	KillGrace time.Duration // see DefaultKillGrace; 0 means the default
@@ -42,6 +44,13 @@ func (c *Client) logger() *slog.Logger {
 		return c.Logger
 	}
 	return slog.Default()
+}
+
+// Command returns the command that runs CRIU with args.
+func (c *Client) Command(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, c.Path, append(append([]string(nil), c.Args...), args...)...)
+	cmd.Env = append(os.Environ(), c.Env...)
+	return cmd
 }
 
 // Request describes the files and callbacks of one operation; CRIU's own

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -329,7 +328,7 @@ func TestVersionAndFeaturesMatchCLI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(c.Path, "--version").Output()
+	out, err := c.Command(ctx, "--version").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +347,7 @@ func TestVersionAndFeaturesMatchCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	cliFeature := func(name string) bool {
-		return exec.Command(c.Path, "check", "--feature", name).Run() == nil
+		return c.Command(ctx, "check", "--feature", name).Run() == nil
 	}
 	if want := cliFeature("mem_dirty_track"); f.MemTrack != want {
 		t.Errorf("mem_track: rpc %v, `criu check --feature mem_dirty_track` %v", f.MemTrack, want)
@@ -367,7 +366,7 @@ func TestBreakpointProbeAgreesWithCRIU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := exec.Command(c.Path, "check", "--feature", "breakpoints").Run() == nil
+	want := c.Command(context.Background(), "check", "--feature", "breakpoints").Run() == nil
 	if got != want {
 		t.Errorf("probe says breakpoints work = %v, criu check says %v", got, want)
 	}

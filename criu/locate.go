@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -72,7 +73,8 @@ func New(ctx context.Context, o Options) (*Client, *Host, error) {
 			return nil, nil, err
 		}
 	}
-	c := &Client{Path: path, LogLevel: o.LogLevel, Logger: o.Logger}
+	c := ClientFor(path, o.Logger)
+	c.LogLevel = o.LogLevel
 	h := &Host{Path: path}
 	vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -110,4 +112,32 @@ func New(ctx context.Context, o Options) (*Client, *Host, error) {
 		c.Env = append(c.Env, "CRIU_FAULT=130")
 	}
 	return c, h, nil
+}
+
+// ClientFor returns a client of the CRIU at path, without the checks of
+// New.
+func ClientFor(path string, logger *slog.Logger) *Client {
+	c := &Client{Logger: logger}
+	c.Path, c.Args = direct(path)
+	return c
+}
+
+// direct turns the wrapper that `make deps` installs (PREFIX/bin/criu, a
+// shell script) into the command it runs: CRIU through the prefix's own
+// loader and libraries. phaul then needs neither /bin/sh nor any library
+// of the host to run CRIU.
+func direct(path string) (string, []string) {
+	prefix := filepath.Dir(filepath.Dir(path))
+	loader := filepath.Join(prefix, "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+	bin := filepath.Join(prefix, "usr/sbin/criu")
+	if filepath.Base(filepath.Dir(path)) != "bin" {
+		return path, nil
+	}
+	for _, p := range []string{loader, bin} {
+		if _, err := os.Stat(p); err != nil {
+			return path, nil
+		}
+	}
+	libs := filepath.Join(prefix, "usr/lib/x86_64-linux-gnu") + ":" + filepath.Join(prefix, "lib/x86_64-linux-gnu")
+	return loader, []string{"--library-path", libs, bin}
 }

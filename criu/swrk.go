@@ -90,9 +90,8 @@ func (c *Client) start(ctx context.Context, op string, files []*os.File) (*sessi
 		buf:    make([]byte, maxMsgSize),
 		oob:    make([]byte, unix.CmsgSpace(4*16)),
 	}
-	cmd := exec.CommandContext(ctx, c.Path, "swrk", fmt.Sprint(swrkFd))
+	cmd := c.Command(ctx, "swrk", fmt.Sprint(swrkFd))
 	cmd.ExtraFiles = append([]*os.File{theirs}, files...)
-	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Stdin = nil
 	cmd.Stdout = s.stderr
 	cmd.Stderr = s.stderr

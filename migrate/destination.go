@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -176,22 +178,27 @@ func (in *incoming) run(ctx context.Context) error {
 	if msg, err = in.recv(ctx); err != nil {
 		return err
 	}
+	if chk := msg.GetCheck(); chk != nil {
+		if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_CheckReport{CheckReport: &pb.CheckReport{Verdicts: in.judge(ctx, chk)}}}); err != nil {
+			return err
+		}
+		if chk.Only {
+			in.log.Info("checks answered", "only", true)
+			return nil
+		}
+		if msg, err = in.recv(ctx); err != nil {
+			return err
+		}
+	}
 	in.prep = msg.GetPrepare()
 	if in.prep == nil {
 		return in.fail("checks", unexpected(msg, "Prepare"))
 	}
-	root := o.CgroupRoot
-	if in.prep.CgroupRoot != "" {
-		root = in.prep.CgroupRoot
+	if in.roots, err = in.cgroupRoots(in.prep.Cgroups, in.prep.CgroupRoot); err != nil {
+		return in.fail("checks", err)
 	}
-	if o.ManageCgroups != rpc.CriuCgMode_IGNORE {
-		// Each migration gets its own cgroup below the root.
-		if in.roots, err = CgroupRoots(in.prep.Cgroups, pathJoin(root, "phaul-"+in.id), in.d.layout); err != nil {
-			return in.fail("checks", err)
-		}
-		if err := prepareCpuset(in.d.layout, in.roots); err != nil {
-			return in.fail("checks", err)
-		}
+	if err := prepareCpuset(in.d.layout, in.roots); err != nil {
+		return in.fail("checks", err)
 	}
 	in.dir = filepath.Join(o.WorkDir, in.id)
 	in.imgs = filepath.Join(in.dir, "images")
@@ -477,6 +484,44 @@ func reap(pid int) {
 			return
 		}
 	}()
+}
+
+// cgroupRoots computes where the tree goes: exactly the root the source
+// asked for, or else a cgroup of its own, phaul-ID, below the service's
+// root (so that trees moved to one host do not share limits).
+func (in *incoming) cgroupRoots(sets []*pb.CgroupSet, requested string) ([]*pb.CgroupRoot, error) {
+	if in.d.o.ManageCgroups == rpc.CriuCgMode_IGNORE {
+		return nil, nil
+	}
+	root := pathJoin(in.d.o.CgroupRoot, "phaul-"+in.id)
+	if requested != "" {
+		root = requested
+	}
+	return CgroupRoots(sets, root, in.d.layout)
+}
+
+// judge runs the destination's checks on the source's facts.
+func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
+	env := &precheck.Env{Layout: in.d.layout, CgroupMode: in.d.o.ManageCgroups, TempDir: in.d.o.WorkDir}
+	if v, err := criu.ParseVersion(in.d.o.CRIUVersion); err == nil {
+		env.CRIUVersion = v
+	}
+	if c, ok := in.d.o.CRIU.(precheck.CPUChecker); ok {
+		env.CRIU = c
+	}
+	env.CgroupRoots, env.CgroupErr = in.cgroupRoots(chk.GetFacts().GetCgroups(), chk.CgroupRoot)
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				env.Addrs = append(env.Addrs, ipn.IP)
+			}
+		}
+	}
+	opts := precheck.Options{ShellJob: chk.ShellJob, TCPEstablished: chk.TcpEstablished, CPUCap: chk.CpuCap, Skip: chk.Skip}
+	t0 := time.Now()
+	vs := precheck.JudgeDestination(ctx, chk.GetFacts(), opts, env)
+	in.log.Info("checks judged", "took", time.Since(t0), "outcome", precheck.Judge(vs))
+	return vs
 }
 
 func pathJoin(root, name string) string {

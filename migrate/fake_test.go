@@ -232,7 +232,15 @@ func TestFakeMigrationCommits(t *testing.T) {
 	if !strings.Contains(string(state), `"running"`) {
 		t.Errorf("state.json: %s", state)
 	}
-	if imgs, _ := filepath.Glob(filepath.Join(dest.o.WorkDir, r.ID, "images", "*.img")); len(imgs) != 0 {
+	// The destination cleans up right after sending Done.
+	var imgs []string
+	for i := 0; i < 200; i++ {
+		if imgs, _ = filepath.Glob(filepath.Join(dest.o.WorkDir, r.ID, "images", "*.img")); len(imgs) == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(imgs) != 0 {
 		t.Errorf("images kept after success: %v", imgs)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/phaul/phaul/precheck"
 )
 
 // Report is what one migration did, as `phaul migrate` prints it. The
@@ -19,8 +21,10 @@ type Report struct {
 	ShellJob    bool     `json:"shell_job"`    // dumped and restored as a shell job
 	CgroupRoots []string `json:"cgroup_roots"` // as passed to CRIU on restore
 
+	Verdicts []precheck.Verdict `json:"verdicts"` // of the checks, one per check
+
 	Connect  Duration `json:"connect"`  // TCP, TLS, Hello
-	Checks   Duration `json:"checks"`   // Prepare until Ready
+	Checks   Duration `json:"checks"`   // the checks, then Prepare until Ready
 	Dump     Duration `json:"dump"`     // freeze until CRIU's post-dump (pages sent)
 	Transfer Duration `json:"transfer"` // post-dump until the images were sent
 	Restore  Duration `json:"restore"`  // CRIU restore on the destination
@@ -51,6 +55,11 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	if len(r.CgroupRoots) > 0 {
 		fmt.Fprintf(w, "  cgroups    %s\n", strings.Join(r.CgroupRoots, " "))
+	}
+	for _, v := range r.Verdicts {
+		if v.Result != "pass" {
+			fmt.Fprintf(w, "  check      %s: %s: %s\n", v.Check, v.Result, v.Detail)
+		}
 	}
 	fmt.Fprintf(w, "  connect    %v\n  checks     %v\n  dump       %v\n  transfer   %v\n  restore    %v\n  downtime   %v\n  total      %v\n",
 		r.Connect, r.Checks, r.Dump, r.Transfer, r.Restore, r.Downtime, r.Total)

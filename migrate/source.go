@@ -21,6 +21,7 @@ import (
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -40,6 +41,27 @@ type Options struct {
 	WorkDir        string // where the source writes its (small) images; default /var/tmp/phaul
 	CRIU           Checkpointer
 	Logger         *slog.Logger
+
+	Skip           []string      // checks not to run (precheck.Names)
+	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
+	RetryTransient int           // retry this many times when only transient checks fail
+	RetryDelay     time.Duration // between retries; default 5s
+	checkOnly      bool
+}
+
+// CPUInfoDumper is implemented by a Checkpointer that can dump this host's
+// CPU description (criu.Client can); the CPU check then uses CRIU's own
+// comparison too.
+type CPUInfoDumper interface {
+	CPUInfoDump(ctx context.Context, dir string) error
+}
+
+// Check runs the checks of a migration of o.Pid to o.Addr without freezing
+// anything. The report holds the verdicts; the error is a *precheck.Error
+// when they say the migration cannot work.
+func Check(ctx context.Context, o Options) (*Report, error) {
+	o.checkOnly = true
+	return Migrate(ctx, o)
 }
 
 // Migrate moves the tree rooted at o.Pid to the phaul-service at o.Addr.
@@ -59,9 +81,44 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = 5 * time.Second
+	}
+	for _, n := range o.Skip {
+		if !precheck.ValidName(n) {
+			return nil, &Error{Phase: "checks", SourceRunning: true, Err: fmt.Errorf("unknown check %q: the checks are %s", n, strings.Join(precheck.Names, ", "))}
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		r, err := migrateOnce(ctx, o, start)
+		var pe *precheck.Error
+		if err == nil || !errors.As(err, &pe) || pe.Outcome != precheck.Transient || attempt >= o.RetryTransient {
+			return r, err
+		}
+		o.Logger.Warn("transient check failure; retrying", "attempt", attempt+1, "of", o.RetryTransient, "in", o.RetryDelay, "err", err)
+		select {
+		case <-time.After(o.RetryDelay):
+		case <-ctx.Done():
+			return r, err
+		}
+	}
+}
+
+func migrateOnce(ctx context.Context, o Options, start time.Time) (*Report, error) {
 	m := &source{o: o, log: o.Logger.With("migration", o.ID), r: &Report{ID: o.ID, Pid: o.Pid, Destination: o.Addr, ShellJob: o.ShellJob}}
 	err := m.run(ctx)
 	m.r.Total = Duration(time.Since(start))
+	if o.checkOnly {
+		var pe *precheck.Error
+		if errors.As(err, &pe) {
+			m.log.Info("checks failed", "err", err)
+			return m.r, pe
+		}
+		if err != nil {
+			m.log.Error("checks could not run", "phase", m.phase, "err", err)
+		}
+		return m.r, err
+	}
 	if err != nil {
 		var me *Error
 		if !errors.As(err, &me) {
@@ -147,6 +204,17 @@ func (m *source) run(ctx context.Context) error {
 
 	m.setPhase("checks")
 	t0 = time.Now()
+	verdicts, err := m.check(ctx)
+	m.r.Verdicts = precheck.ForReport(verdicts)
+	m.r.Checks = Duration(time.Since(t0))
+	if err != nil {
+		m.abort(err)
+		return m.refuse(err)
+	}
+	if o.checkOnly {
+		return nil
+	}
+	t0 = time.Now()
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: proc.RSS(o.Pid),
@@ -163,9 +231,64 @@ func (m *source) run(ctx context.Context) error {
 	for _, cr := range ready.CgroupRoots {
 		m.r.CgroupRoots = append(m.r.CgroupRoots, strings.TrimPrefix(cr.Controllers+":"+cr.Path, ":"))
 	}
-	m.r.Checks = Duration(time.Since(t0))
+	m.r.Checks += Duration(time.Since(t0))
 
 	return m.dump(ctx)
+}
+
+// check gathers the facts of the tree and this host, judges what only the
+// source can, and has the destination judge the rest.
+func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
+	o := m.o
+	host, _ := os.Hostname()
+	kernel, _ := criu.RunningKernel()
+	info := &pb.HostInfo{Hostname: host, Kernel: kernel.String(), PhaulVersion: cli.PhaulVersion()}
+	var img []byte
+	if d, ok := o.CRIU.(CPUInfoDumper); ok {
+		if v, ok := o.CRIU.(interface {
+			Version(context.Context) (criu.Version, error)
+		}); ok {
+			if cv, err := v.Version(ctx); err == nil {
+				info.CriuVersion = cv.String()
+			}
+		}
+		if dir, err := os.MkdirTemp("", "phaul-cpuinfo-"); err == nil {
+			if err := d.CPUInfoDump(ctx, dir); err == nil {
+				img, _ = os.ReadFile(filepath.Join(dir, "cpuinfo.img"))
+			} else {
+				m.log.Warn("cpuinfo dump failed; the CPU check compares flags only", "err", err)
+			}
+			os.RemoveAll(dir)
+		}
+	}
+	facts, err := precheck.GatherSource(ctx, o.Pid, info, img)
+	if err != nil {
+		return nil, fmt.Errorf("gather facts: %w", err)
+	}
+	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
+	local := precheck.JudgeSource(facts, popts)
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
+		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
+		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly,
+	}}}); err != nil {
+		return nil, err
+	}
+	msg, err := m.recv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep := msg.GetCheckReport()
+	if rep == nil {
+		return nil, unexpected(msg, "CheckReport")
+	}
+	vs := precheck.Merge(o.Skip, local, rep.Verdicts)
+	for _, v := range vs {
+		m.log.Info("check", "check", v.Check, "result", v.Result.String(), "transient", v.Transient, "detail", v.Detail)
+	}
+	if out := precheck.Judge(vs); out != precheck.OK {
+		return vs, &precheck.Error{Outcome: out, Verdicts: vs}
+	}
+	return vs, nil
 }
 
 // dump runs CRIU with the pages streamed to the destination and holds it

@@ -121,6 +121,10 @@ func MessageName(m *pb.Envelope) string {
 		return "Abort"
 	case *pb.Envelope_Failure:
 		return "Failure"
+	case *pb.Envelope_Check:
+		return "Check"
+	case *pb.Envelope_CheckReport:
+		return "CheckReport"
 	}
 	return "unknown"
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -13,6 +14,7 @@ import (
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/migrate"
+	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -21,49 +23,70 @@ const (
 	// exitInDoubt: the source copy is gone and the destination did not
 	// confirm that its copy runs.
 	exitInDoubt = 3
+	// exitPermanent: the checks say the migration cannot work.
+	exitPermanent = 4
+	// exitTransient: the checks say it cannot work now; retry later.
+	exitTransient = 5
 )
 
-const defaultTLSDir = "/etc/phaul/tls"
-
-var migrateCmd = &cli.Command{
-	Name:    "migrate",
-	Args:    "PID HOST:PORT",
-	Summary: "move the process tree rooted at PID to the phaul-service at HOST:PORT",
-	Help: `The tree is checked, frozen and dumped with CRIU while its memory streams
-(compressed) to the destination, which restores it. The source copy is
-destroyed only once the destination has restored the tree; any failure
-before that leaves the workload running on the source, unchanged.
-
-Exit status:
+const exitHelp = `Exit status:
   0  the workload runs on the destination and not on the source
   1  the migration failed; the workload still runs on the source
   2  bad command line
   3  in doubt: the source copy is gone but the destination did not confirm
-     that its copy runs (it keeps it stopped; see its logs and state.json)`,
-	Flags: func(fs *pflag.FlagSet) {
-		fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
-		fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")
-		fs.Bool("json", false, "print the report as one JSON object")
-		fs.Bool("shell-job", false, "the tree's root is not a session leader (started from a shell)")
-		fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
-		fs.String("cgroup-root", "", "restore under this cgroup root on the destination (default: the service's --cgroup-root)")
-		fs.Duration("timeout", migrate.DefaultTimeout, "longest wait for the destination at each step")
-		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")
-	},
-	Run: runMigrate,
+     that its copy runs (it keeps it stopped; see its logs and state.json)
+  4  the checks failed for good (nothing was frozen): see the failed checks
+  5  the checks failed for now (nothing was frozen): retry later, or use
+     --retry-transient N`
+
+// checkFlags are the flags migrate and check share.
+func checkFlags(fs *pflag.FlagSet) {
+	fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
+	fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")
+	fs.Bool("json", false, "print the report as one JSON object")
+	fs.Bool("shell-job", false, "the tree's root is not a session leader (started from a shell)")
+	fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
+	fs.String("cgroup-root", "", "restore in exactly this cgroup on the destination (default: a cgroup of its own below the service's --cgroup-root)")
+	fs.StringSlice("skip-check", nil, "skip a check (repeatable): "+strings.Join(precheck.Names, ", "))
+	fs.String("cpu-cap", "fpu,cpu,ins", "what CRIU's CPU check compares: fpu, cpu, ins (comma separated), or none")
+	fs.Int("retry-transient", 0, "when only transient checks fail, retry this many times (5 s apart)")
+	fs.Duration("timeout", migrate.DefaultTimeout, "longest wait for the destination at each step")
 }
 
-func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string) error {
+// parseCPUCap turns --cpu-cap into CRIU's bits.
+func parseCPUCap(s string) (uint32, error) {
+	var caps uint32
+	for _, p := range strings.Split(s, ",") {
+		switch strings.TrimSpace(p) {
+		case "fpu":
+			caps |= criu.CPUCapFPU
+		case "cpu":
+			caps |= criu.CPUCapCPU
+		case "ins":
+			caps |= criu.CPUCapINS
+		case "none":
+			caps |= criu.CPUCapNone
+		case "all":
+			caps |= criu.CPUCapAll
+		default:
+			return 0, fmt.Errorf("--cpu-cap: unknown %q (want fpu, cpu, ins, all or none)", p)
+		}
+	}
+	return caps, nil
+}
+
+// options builds migrate.Options from the shared flags.
+func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string) (migrate.Options, error) {
 	if len(args) != 2 {
-		return cli.Usagef("migrate needs PID and HOST:PORT")
+		return migrate.Options{}, cli.Usagef("%s needs PID and HOST:PORT", fs.Name())
 	}
 	pid, err := strconv.Atoi(args[0])
 	if err != nil || pid <= 0 {
-		return cli.Usagef("migrate: bad PID %q", args[0])
+		return migrate.Options{}, cli.Usagef("bad PID %q", args[0])
 	}
 	// Refuse what can never be migrated before anything else.
 	if err := proc.ValidateTarget(pid); err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return migrate.Options{}, err
 	}
 	o := migrate.Options{Pid: pid, Addr: args[1], Logger: env.Logger}
 	tlsDir, _ := fs.GetString("tls-dir")
@@ -72,39 +95,104 @@ func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	o.TCPEstablished, _ = fs.GetBool("tcp-established")
 	o.CgroupRoot, _ = fs.GetString("cgroup-root")
 	o.Timeout, _ = fs.GetDuration("timeout")
-	o.WorkDir, _ = fs.GetString("work-dir")
-	asJSON, _ := fs.GetBool("json")
-
+	o.Skip, _ = fs.GetStringSlice("skip-check")
+	o.RetryTransient, _ = fs.GetInt("retry-transient")
+	for _, n := range o.Skip {
+		if !precheck.ValidName(n) {
+			return o, cli.Usagef("--skip-check: unknown check %q (the checks are %s)", n, strings.Join(precheck.Names, ", "))
+		}
+	}
+	capStr, _ := fs.GetString("cpu-cap")
+	if o.CPUCap, err = parseCPUCap(capStr); err != nil {
+		return o, cli.Usagef("%v", err)
+	}
 	if o.TLS, err = transport.ClientTLS(tlsDir, serverName); err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return o, err
 	}
 	c, _, err := criu.New(ctx, criu.Options{Logger: env.Logger})
 	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
+		return o, err
 	}
 	o.CRIU = c
+	return o, nil
+}
+
+// exitFor maps a migration's error to phaul's exit status.
+func exitFor(err error) int {
+	var pe *precheck.Error
+	switch {
+	case errors.As(err, &pe) && pe.Outcome == precheck.Transient:
+		return exitTransient
+	case errors.As(err, &pe):
+		return exitPermanent
+	case errors.Is(err, migrate.ErrInDoubt):
+		return exitInDoubt
+	}
+	return cli.ExitFailure
+}
+
+const defaultTLSDir = "/etc/phaul/tls"
+
+var migrateCmd = &cli.Command{
+	Name:    "migrate",
+	Args:    "PID HOST:PORT",
+	Summary: "move the process tree rooted at PID to the phaul-service at HOST:PORT",
+	Help: `The two sides first check that the move can work (the checks of
+` + "`phaul check`" + `); then the tree is frozen and dumped with CRIU while its memory
+streams (compressed) to the destination, which restores it. The source copy
+is destroyed only once the destination has restored the tree; any failure
+before that leaves the workload running on the source, unchanged.
+
+` + exitHelp,
+	Flags: func(fs *pflag.FlagSet) {
+		checkFlags(fs)
+		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")
+	},
+	Run: runMigrate,
+}
+
+func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string) error {
+	o, err := options(ctx, env, fs, args)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	o.WorkDir, _ = fs.GetString("work-dir")
+	asJSON, _ := fs.GetBool("json")
 	start := time.Now()
 	report, err := migrate.Migrate(ctx, o)
 	if asJSON {
-		out := struct {
-			*migrate.Report
-			Error string `json:"error,omitempty"`
-		}{Report: report}
-		if err != nil {
-			out.Error = err.Error()
-		}
-		if werr := cli.WriteJSON(env.Stdout, out); werr != nil {
+		if werr := writeJSONReport(env, report, err); werr != nil {
 			return werr
 		}
 	} else if err == nil {
 		report.WriteText(env.Stdout)
+	} else if report != nil {
+		printFailedChecks(env, report)
 	}
 	if err != nil {
-		code := cli.ExitFailure
-		if errors.Is(err, migrate.ErrInDoubt) {
-			code = exitInDoubt
-		}
-		return &cli.ExitError{Code: code, Err: fmt.Errorf("migrate: %w (after %v)", err, time.Since(start).Round(time.Millisecond))}
+		return &cli.ExitError{Code: exitFor(err), Err: fmt.Errorf("migrate: %w (after %v)", err, time.Since(start).Round(time.Millisecond))}
 	}
 	return nil
+}
+
+func writeJSONReport(env *cli.Env, report *migrate.Report, err error) error {
+	out := struct {
+		*migrate.Report
+		Error string `json:"error,omitempty"`
+	}{Report: report}
+	if out.Report == nil {
+		out.Report = &migrate.Report{}
+	}
+	if err != nil {
+		out.Error = err.Error()
+	}
+	return cli.WriteJSON(env.Stdout, out)
+}
+
+func printFailedChecks(env *cli.Env, r *migrate.Report) {
+	for _, v := range r.Verdicts {
+		if v.Result == "fail" {
+			fmt.Fprintln(env.Stdout, verdictLine(v))
+		}
+	}
 }

@@ -33,7 +33,7 @@ var versionCmd = &cli.Command{
 			out.CRIUError = err.Error()
 		} else {
 			out.CRIUPath = path
-			c := &criu.Client{Path: path, Logger: env.Logger}
+			c := criu.ClientFor(path, env.Logger)
 			if v, err := c.Version(ctx); err != nil {
 				out.CRIUError = err.Error()
 			} else {

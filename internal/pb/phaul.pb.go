@@ -24,6 +24,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Verdict_Result int32
+
+const (
+	Verdict_PASS    Verdict_Result = 0
+	Verdict_WARN    Verdict_Result = 1
+	Verdict_FAIL    Verdict_Result = 2
+	Verdict_SKIPPED Verdict_Result = 3
+)
+
+// Enum value maps for Verdict_Result.
+var (
+	Verdict_Result_name = map[int32]string{
+		0: "PASS",
+		1: "WARN",
+		2: "FAIL",
+		3: "SKIPPED",
+	}
+	Verdict_Result_value = map[string]int32{
+		"PASS":    0,
+		"WARN":    1,
+		"FAIL":    2,
+		"SKIPPED": 3,
+	}
+)
+
+func (x Verdict_Result) Enum() *Verdict_Result {
+	p := new(Verdict_Result)
+	*p = x
+	return p
+}
+
+func (x Verdict_Result) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Verdict_Result) Descriptor() protoreflect.EnumDescriptor {
+	return file_internal_pb_phaul_proto_enumTypes[0].Descriptor()
+}
+
+func (Verdict_Result) Type() protoreflect.EnumType {
+	return &file_internal_pb_phaul_proto_enumTypes[0]
+}
+
+func (x Verdict_Result) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Verdict_Result.Descriptor instead.
+func (Verdict_Result) EnumDescriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16, 0}
+}
+
 // Envelope is the one message type on the control stream: exactly one of
 // its fields is set. Unknown or unset fields are a protocol error.
 type Envelope struct {
@@ -40,6 +92,8 @@ type Envelope struct {
 	//	*Envelope_Done
 	//	*Envelope_Abort
 	//	*Envelope_Failure
+	//	*Envelope_Check
+	//	*Envelope_CheckReport
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -172,6 +226,24 @@ func (x *Envelope) GetFailure() *Failure {
 	return nil
 }
 
+func (x *Envelope) GetCheck() *Check {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Check); ok {
+			return x.Check
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetCheckReport() *CheckReport {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_CheckReport); ok {
+			return x.CheckReport
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -216,6 +288,14 @@ type Envelope_Failure struct {
 	Failure *Failure `protobuf:"bytes,10,opt,name=failure,proto3,oneof"`
 }
 
+type Envelope_Check struct {
+	Check *Check `protobuf:"bytes,11,opt,name=check,proto3,oneof"`
+}
+
+type Envelope_CheckReport struct {
+	CheckReport *CheckReport `protobuf:"bytes,12,opt,name=check_report,json=checkReport,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Welcome) isEnvelope_Msg() {}
@@ -235,6 +315,10 @@ func (*Envelope_Done) isEnvelope_Msg() {}
 func (*Envelope_Abort) isEnvelope_Msg() {}
 
 func (*Envelope_Failure) isEnvelope_Msg() {}
+
+func (*Envelope_Check) isEnvelope_Msg() {}
+
+func (*Envelope_CheckReport) isEnvelope_Msg() {}
 
 // HostInfo describes one side.
 type HostInfo struct {
@@ -961,11 +1045,666 @@ func (x *Failure) GetCriuLines() []string {
 	return nil
 }
 
+// Check carries the source's facts, before anything is frozen (source to
+// destination). The destination judges them against its own and answers
+// CheckReport. With only set, the conversation ends there (`phaul check`).
+type Check struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Facts          *SourceFacts           `protobuf:"bytes,1,opt,name=facts,proto3" json:"facts,omitempty"`
+	ShellJob       bool                   `protobuf:"varint,2,opt,name=shell_job,json=shellJob,proto3" json:"shell_job,omitempty"`
+	TcpEstablished bool                   `protobuf:"varint,3,opt,name=tcp_established,json=tcpEstablished,proto3" json:"tcp_established,omitempty"`
+	CgroupRoot     string                 `protobuf:"bytes,4,opt,name=cgroup_root,json=cgroupRoot,proto3" json:"cgroup_root,omitempty"`
+	CpuCap         uint32                 `protobuf:"varint,5,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"` // CRIU's cpu_cap bits for the CPU check; 0: fpu|cpu|ins
+	Skip           []string               `protobuf:"bytes,6,rep,name=skip,proto3" json:"skip,omitempty"`                    // checks not to run (--skip-check)
+	Only           bool                   `protobuf:"varint,7,opt,name=only,proto3" json:"only,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Check) Reset() {
+	*x = Check{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Check) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Check) ProtoMessage() {}
+
+func (x *Check) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Check.ProtoReflect.Descriptor instead.
+func (*Check) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Check) GetFacts() *SourceFacts {
+	if x != nil {
+		return x.Facts
+	}
+	return nil
+}
+
+func (x *Check) GetShellJob() bool {
+	if x != nil {
+		return x.ShellJob
+	}
+	return false
+}
+
+func (x *Check) GetTcpEstablished() bool {
+	if x != nil {
+		return x.TcpEstablished
+	}
+	return false
+}
+
+func (x *Check) GetCgroupRoot() string {
+	if x != nil {
+		return x.CgroupRoot
+	}
+	return ""
+}
+
+func (x *Check) GetCpuCap() uint32 {
+	if x != nil {
+		return x.CpuCap
+	}
+	return 0
+}
+
+func (x *Check) GetSkip() []string {
+	if x != nil {
+		return x.Skip
+	}
+	return nil
+}
+
+func (x *Check) GetOnly() bool {
+	if x != nil {
+		return x.Only
+	}
+	return false
+}
+
+// CheckReport is the destination's verdicts.
+type CheckReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Verdicts      []*Verdict             `protobuf:"bytes,1,rep,name=verdicts,proto3" json:"verdicts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckReport) Reset() {
+	*x = CheckReport{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckReport) ProtoMessage() {}
+
+func (x *CheckReport) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
+func (*CheckReport) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CheckReport) GetVerdicts() []*Verdict {
+	if x != nil {
+		return x.Verdicts
+	}
+	return nil
+}
+
+type Verdict struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Check         string                 `protobuf:"bytes,1,opt,name=check,proto3" json:"check,omitempty"` // cpu, modules, files, network, cgroups, criu, transient
+	Result        Verdict_Result         `protobuf:"varint,2,opt,name=result,proto3,enum=phaul.v1.Verdict_Result" json:"result,omitempty"`
+	Transient     bool                   `protobuf:"varint,3,opt,name=transient,proto3" json:"transient,omitempty"` // waiting may help
+	Detail        string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`        // one line
+	Items         []string               `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`          // one per problem
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Verdict) Reset() {
+	*x = Verdict{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Verdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Verdict) ProtoMessage() {}
+
+func (x *Verdict) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
+func (*Verdict) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Verdict) GetCheck() string {
+	if x != nil {
+		return x.Check
+	}
+	return ""
+}
+
+func (x *Verdict) GetResult() Verdict_Result {
+	if x != nil {
+		return x.Result
+	}
+	return Verdict_PASS
+}
+
+func (x *Verdict) GetTransient() bool {
+	if x != nil {
+		return x.Transient
+	}
+	return false
+}
+
+func (x *Verdict) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *Verdict) GetItems() []string {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// SourceFacts describe the source host and the tree.
+type SourceFacts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          *HostInfo              `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	CpuFlags      []string               `protobuf:"bytes,2,rep,name=cpu_flags,json=cpuFlags,proto3" json:"cpu_flags,omitempty"`       // /proc/cpuinfo flags
+	CpuinfoImg    []byte                 `protobuf:"bytes,3,opt,name=cpuinfo_img,json=cpuinfoImg,proto3" json:"cpuinfo_img,omitempty"` // CRIU's cpuinfo dump
+	Files         []*FileFact            `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	Sockets       []*SocketFact          `protobuf:"bytes,5,rep,name=sockets,proto3" json:"sockets,omitempty"`
+	Needs         []*Need                `protobuf:"bytes,6,rep,name=needs,proto3" json:"needs,omitempty"` // kernel features the tree uses
+	Cgroups       []*CgroupSet           `protobuf:"bytes,7,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
+	MemoryBytes   uint64                 `protobuf:"varint,8,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Tasks         []*TaskFact            `protobuf:"bytes,9,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	CgroupKind    string                 `protobuf:"bytes,10,opt,name=cgroup_kind,json=cgroupKind,proto3" json:"cgroup_kind,omitempty"` // v1, v2, hybrid
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceFacts) Reset() {
+	*x = SourceFacts{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceFacts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceFacts) ProtoMessage() {}
+
+func (x *SourceFacts) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceFacts.ProtoReflect.Descriptor instead.
+func (*SourceFacts) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SourceFacts) GetHost() *HostInfo {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetCpuFlags() []string {
+	if x != nil {
+		return x.CpuFlags
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetCpuinfoImg() []byte {
+	if x != nil {
+		return x.CpuinfoImg
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetFiles() []*FileFact {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetSockets() []*SocketFact {
+	if x != nil {
+		return x.Sockets
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetNeeds() []*Need {
+	if x != nil {
+		return x.Needs
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetCgroups() []*CgroupSet {
+	if x != nil {
+		return x.Cgroups
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *SourceFacts) GetTasks() []*TaskFact {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetCgroupKind() string {
+	if x != nil {
+		return x.CgroupKind
+	}
+	return ""
+}
+
+type FileFact struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`                     // permission bits
+	Sha256        string                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`                  // "" when not hashed (written by the tree, or too large)
+	BuildId       string                 `protobuf:"bytes,5,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"` // ELF build-id, hex
+	Use           string                 `protobuf:"bytes,6,opt,name=use,proto3" json:"use,omitempty"`                        // exe, map, open
+	Written       bool                   `protobuf:"varint,7,opt,name=written,proto3" json:"written,omitempty"`               // open for writing by the tree
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileFact) Reset() {
+	*x = FileFact{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileFact) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileFact) ProtoMessage() {}
+
+func (x *FileFact) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
+func (*FileFact) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FileFact) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FileFact) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileFact) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FileFact) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *FileFact) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *FileFact) GetUse() string {
+	if x != nil {
+		return x.Use
+	}
+	return ""
+}
+
+func (x *FileFact) GetWritten() bool {
+	if x != nil {
+		return x.Written
+	}
+	return false
+}
+
+type SocketFact struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Family        string                 `protobuf:"bytes,1,opt,name=family,proto3" json:"family,omitempty"` // inet, inet6, unix, packet, netlink
+	Proto         string                 `protobuf:"bytes,2,opt,name=proto,proto3" json:"proto,omitempty"`   // tcp, udp, ...
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`   // LISTEN, ESTABLISHED, SYN_SENT, ...
+	LocalAddr     string                 `protobuf:"bytes,4,opt,name=local_addr,json=localAddr,proto3" json:"local_addr,omitempty"`
+	LocalPort     uint32                 `protobuf:"varint,5,opt,name=local_port,json=localPort,proto3" json:"local_port,omitempty"`
+	RemoteAddr    string                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	RemotePort    uint32                 `protobuf:"varint,7,opt,name=remote_port,json=remotePort,proto3" json:"remote_port,omitempty"`
+	Pid           int32                  `protobuf:"varint,8,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketFact) Reset() {
+	*x = SocketFact{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketFact) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketFact) ProtoMessage() {}
+
+func (x *SocketFact) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
+func (*SocketFact) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SocketFact) GetFamily() string {
+	if x != nil {
+		return x.Family
+	}
+	return ""
+}
+
+func (x *SocketFact) GetProto() string {
+	if x != nil {
+		return x.Proto
+	}
+	return ""
+}
+
+func (x *SocketFact) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *SocketFact) GetLocalAddr() string {
+	if x != nil {
+		return x.LocalAddr
+	}
+	return ""
+}
+
+func (x *SocketFact) GetLocalPort() uint32 {
+	if x != nil {
+		return x.LocalPort
+	}
+	return 0
+}
+
+func (x *SocketFact) GetRemoteAddr() string {
+	if x != nil {
+		return x.RemoteAddr
+	}
+	return ""
+}
+
+func (x *SocketFact) GetRemotePort() uint32 {
+	if x != nil {
+		return x.RemotePort
+	}
+	return 0
+}
+
+func (x *SocketFact) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+// Need is a kernel feature the tree uses: a filesystem type, a protocol, a
+// device.
+type Need struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"` // fs, proto, dev
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"` // ext4, TCPv6, tun, ...
+	Why           string                 `protobuf:"bytes,3,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Need) Reset() {
+	*x = Need{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Need) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Need) ProtoMessage() {}
+
+func (x *Need) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Need.ProtoReflect.Descriptor instead.
+func (*Need) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Need) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Need) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Need) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+type TaskFact struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Comm          string                 `protobuf:"bytes,2,opt,name=comm,proto3" json:"comm,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Tracer        int32                  `protobuf:"varint,4,opt,name=tracer,proto3" json:"tracer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskFact) Reset() {
+	*x = TaskFact{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskFact) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskFact) ProtoMessage() {}
+
+func (x *TaskFact) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
+func (*TaskFact) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TaskFact) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *TaskFact) GetComm() string {
+	if x != nil {
+		return x.Comm
+	}
+	return ""
+}
+
+func (x *TaskFact) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *TaskFact) GetTracer() int32 {
+	if x != nil {
+		return x.Tracer
+	}
+	return 0
+}
+
 var File_internal_pb_phaul_proto protoreflect.FileDescriptor
 
 const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
-	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xd6\x03\n" +
+	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xbb\x04\n" +
 	"\bEnvelope\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.phaul.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\awelcome\x18\x02 \x01(\v2\x11.phaul.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -978,7 +1717,9 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04done\x18\b \x01(\v2\x0e.phaul.v1.DoneH\x00R\x04done\x12'\n" +
 	"\x05abort\x18\t \x01(\v2\x0f.phaul.v1.AbortH\x00R\x05abort\x12-\n" +
 	"\afailure\x18\n" +
-	" \x01(\v2\x11.phaul.v1.FailureH\x00R\afailureB\x05\n" +
+	" \x01(\v2\x11.phaul.v1.FailureH\x00R\afailure\x12'\n" +
+	"\x05check\x18\v \x01(\v2\x0f.phaul.v1.CheckH\x00R\x05check\x12:\n" +
+	"\fcheck_report\x18\f \x01(\v2\x15.phaul.v1.CheckReportH\x00R\vcheckReportB\x05\n" +
 	"\x03msg\"\x86\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
@@ -1026,7 +1767,74 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"criu_lines\x18\x03 \x03(\tR\tcriuLinesB$Z\"github.com/phaul/phaul/internal/pbb\x06proto3"
+	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\xdc\x01\n" +
+	"\x05Check\x12+\n" +
+	"\x05facts\x18\x01 \x01(\v2\x15.phaul.v1.SourceFactsR\x05facts\x12\x1b\n" +
+	"\tshell_job\x18\x02 \x01(\bR\bshellJob\x12'\n" +
+	"\x0ftcp_established\x18\x03 \x01(\bR\x0etcpEstablished\x12\x1f\n" +
+	"\vcgroup_root\x18\x04 \x01(\tR\n" +
+	"cgroupRoot\x12\x17\n" +
+	"\acpu_cap\x18\x05 \x01(\rR\x06cpuCap\x12\x12\n" +
+	"\x04skip\x18\x06 \x03(\tR\x04skip\x12\x12\n" +
+	"\x04only\x18\a \x01(\bR\x04only\"<\n" +
+	"\vCheckReport\x12-\n" +
+	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xd2\x01\n" +
+	"\aVerdict\x12\x14\n" +
+	"\x05check\x18\x01 \x01(\tR\x05check\x120\n" +
+	"\x06result\x18\x02 \x01(\x0e2\x18.phaul.v1.Verdict.ResultR\x06result\x12\x1c\n" +
+	"\ttransient\x18\x03 \x01(\bR\ttransient\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x14\n" +
+	"\x05items\x18\x05 \x03(\tR\x05items\"3\n" +
+	"\x06Result\x12\b\n" +
+	"\x04PASS\x10\x00\x12\b\n" +
+	"\x04WARN\x10\x01\x12\b\n" +
+	"\x04FAIL\x10\x02\x12\v\n" +
+	"\aSKIPPED\x10\x03\"\x90\x03\n" +
+	"\vSourceFacts\x12&\n" +
+	"\x04host\x18\x01 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\x12\x1b\n" +
+	"\tcpu_flags\x18\x02 \x03(\tR\bcpuFlags\x12\x1f\n" +
+	"\vcpuinfo_img\x18\x03 \x01(\fR\n" +
+	"cpuinfoImg\x12(\n" +
+	"\x05files\x18\x04 \x03(\v2\x12.phaul.v1.FileFactR\x05files\x12.\n" +
+	"\asockets\x18\x05 \x03(\v2\x14.phaul.v1.SocketFactR\asockets\x12$\n" +
+	"\x05needs\x18\x06 \x03(\v2\x0e.phaul.v1.NeedR\x05needs\x12-\n" +
+	"\acgroups\x18\a \x03(\v2\x13.phaul.v1.CgroupSetR\acgroups\x12!\n" +
+	"\fmemory_bytes\x18\b \x01(\x04R\vmemoryBytes\x12(\n" +
+	"\x05tasks\x18\t \x03(\v2\x12.phaul.v1.TaskFactR\x05tasks\x12\x1f\n" +
+	"\vcgroup_kind\x18\n" +
+	" \x01(\tR\n" +
+	"cgroupKind\"\xa5\x01\n" +
+	"\bFileFact\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\tR\x06sha256\x12\x19\n" +
+	"\bbuild_id\x18\x05 \x01(\tR\abuildId\x12\x10\n" +
+	"\x03use\x18\x06 \x01(\tR\x03use\x12\x18\n" +
+	"\awritten\x18\a \x01(\bR\awritten\"\xe2\x01\n" +
+	"\n" +
+	"SocketFact\x12\x16\n" +
+	"\x06family\x18\x01 \x01(\tR\x06family\x12\x14\n" +
+	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"local_addr\x18\x04 \x01(\tR\tlocalAddr\x12\x1d\n" +
+	"\n" +
+	"local_port\x18\x05 \x01(\rR\tlocalPort\x12\x1f\n" +
+	"\vremote_addr\x18\x06 \x01(\tR\n" +
+	"remoteAddr\x12\x1f\n" +
+	"\vremote_port\x18\a \x01(\rR\n" +
+	"remotePort\x12\x10\n" +
+	"\x03pid\x18\b \x01(\x05R\x03pid\"@\n" +
+	"\x04Need\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why\"^\n" +
+	"\bTaskFact\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
+	"\x06tracer\x18\x04 \x01(\x05R\x06tracerB$Z\"github.com/phaul/phaul/internal/pbb\x06proto3"
 
 var (
 	file_internal_pb_phaul_proto_rawDescOnce sync.Once
@@ -1040,43 +1848,64 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 	return file_internal_pb_phaul_proto_rawDescData
 }
 
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_internal_pb_phaul_proto_goTypes = []any{
-	(*Envelope)(nil),   // 0: phaul.v1.Envelope
-	(*HostInfo)(nil),   // 1: phaul.v1.HostInfo
-	(*Hello)(nil),      // 2: phaul.v1.Hello
-	(*Welcome)(nil),    // 3: phaul.v1.Welcome
-	(*CgroupSet)(nil),  // 4: phaul.v1.CgroupSet
-	(*Prepare)(nil),    // 5: phaul.v1.Prepare
-	(*CgroupRoot)(nil), // 6: phaul.v1.CgroupRoot
-	(*Ready)(nil),      // 7: phaul.v1.Ready
-	(*ImagesSent)(nil), // 8: phaul.v1.ImagesSent
-	(*Restored)(nil),   // 9: phaul.v1.Restored
-	(*Commit)(nil),     // 10: phaul.v1.Commit
-	(*Done)(nil),       // 11: phaul.v1.Done
-	(*Abort)(nil),      // 12: phaul.v1.Abort
-	(*Failure)(nil),    // 13: phaul.v1.Failure
+	(Verdict_Result)(0), // 0: phaul.v1.Verdict.Result
+	(*Envelope)(nil),    // 1: phaul.v1.Envelope
+	(*HostInfo)(nil),    // 2: phaul.v1.HostInfo
+	(*Hello)(nil),       // 3: phaul.v1.Hello
+	(*Welcome)(nil),     // 4: phaul.v1.Welcome
+	(*CgroupSet)(nil),   // 5: phaul.v1.CgroupSet
+	(*Prepare)(nil),     // 6: phaul.v1.Prepare
+	(*CgroupRoot)(nil),  // 7: phaul.v1.CgroupRoot
+	(*Ready)(nil),       // 8: phaul.v1.Ready
+	(*ImagesSent)(nil),  // 9: phaul.v1.ImagesSent
+	(*Restored)(nil),    // 10: phaul.v1.Restored
+	(*Commit)(nil),      // 11: phaul.v1.Commit
+	(*Done)(nil),        // 12: phaul.v1.Done
+	(*Abort)(nil),       // 13: phaul.v1.Abort
+	(*Failure)(nil),     // 14: phaul.v1.Failure
+	(*Check)(nil),       // 15: phaul.v1.Check
+	(*CheckReport)(nil), // 16: phaul.v1.CheckReport
+	(*Verdict)(nil),     // 17: phaul.v1.Verdict
+	(*SourceFacts)(nil), // 18: phaul.v1.SourceFacts
+	(*FileFact)(nil),    // 19: phaul.v1.FileFact
+	(*SocketFact)(nil),  // 20: phaul.v1.SocketFact
+	(*Need)(nil),        // 21: phaul.v1.Need
+	(*TaskFact)(nil),    // 22: phaul.v1.TaskFact
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
-	2,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
-	3,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
-	5,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
-	7,  // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
-	8,  // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
-	9,  // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
-	10, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
-	11, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
-	12, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
-	13, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
-	1,  // 10: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
-	1,  // 11: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
-	4,  // 12: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	6,  // 13: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
+	4,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
+	6,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
+	8,  // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
+	9,  // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
+	10, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
+	11, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
+	12, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
+	13, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
+	14, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
+	15, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
+	16, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
+	2,  // 12: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
+	2,  // 13: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
+	5,  // 14: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
+	7,  // 15: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	18, // 16: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	17, // 17: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 18: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	2,  // 19: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	19, // 20: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	20, // 21: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	21, // 22: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 23: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	22, // 24: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -1095,19 +1924,22 @@ func file_internal_pb_phaul_proto_init() {
 		(*Envelope_Done)(nil),
 		(*Envelope_Abort)(nil),
 		(*Envelope_Failure)(nil),
+		(*Envelope_Check)(nil),
+		(*Envelope_CheckReport)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   14,
+			NumEnums:      1,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_internal_pb_phaul_proto_goTypes,
 		DependencyIndexes: file_internal_pb_phaul_proto_depIdxs,
+		EnumInfos:         file_internal_pb_phaul_proto_enumTypes,
 		MessageInfos:      file_internal_pb_phaul_proto_msgTypes,
 	}.Build()
 	File_internal_pb_phaul_proto = out.File

@@ -87,7 +87,9 @@ func Binaries(t testing.TB) string {
 			{"phaul-service", "github.com/phaul/phaul/cmd/phaul-service"},
 			{"phaul-workload", "github.com/phaul/phaul/internal/workload"},
 		} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, b.out), b.pkg).CombinedOutput()
+			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b.out), b.pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build
+			out, err := cmd.CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
 				return

@@ -137,9 +137,21 @@ type Service struct {
 // ends.
 func (h *Hosts) StartService(t testing.TB, extra ...string) *Service {
 	t.Helper()
+	return h.StartServiceWith(t, nil, extra...)
+}
+
+// StartServiceWith is StartService with the service in a mount namespace
+// of its own, where the shell commands setup run first: the destination
+// then sees a different filesystem (another binary, a missing library, a
+// fake /proc/cpuinfo).
+func (h *Hosts) StartServiceWith(t testing.TB, setup []string, extra ...string) *Service {
+	t.Helper()
 	s := &Service{Addr: AddrB + ":7070", WorkDir: filepath.Join(h.Dir, "service"), log: &lockedBuffer{}}
 	args := append([]string{filepath.Join(h.Bin, "phaul-service"), "--listen", s.Addr, "--tls-dir", h.TLS,
 		"--work-dir", s.WorkDir, "--cgroup-root", "/" + h.Name, "--timeout", "30s"}, extra...)
+	if len(setup) > 0 {
+		args = append([]string{"unshare", "-m", "--propagation", "private", "sh", "-ec", strings.Join(setup, "\n") + "\nexec \"$@\"", "sh"}, args...)
+	}
 	s.Cmd = h.Command("b", args...)
 	pr, pw := io.Pipe()
 	s.Cmd.Stderr = pw

@@ -51,6 +51,7 @@ func main() {
 	listen := flag.String("listen", "", "serve GET/SUM on this TCP address")
 	memMiB := flag.Int("mem", 0, "MiB of verifiable memory to hold")
 	dirty := flag.Int("dirty", 0, "pages of --mem rewritten per second")
+	connect := flag.String("connect", "", "keep trying to open a TCP connection to this address (for a socket in SYN_SENT)")
 	flag.Parse()
 	if *state == "" {
 		fmt.Fprintln(os.Stderr, "workload: --state is required")
@@ -77,6 +78,16 @@ func main() {
 			os.Exit(1)
 		}
 		go w.serve(ln)
+	}
+	if *connect != "" {
+		go func() {
+			for {
+				if c, err := net.DialTimeout("tcp", *connect, 10*time.Minute); err == nil {
+					c.Close()
+				}
+				time.Sleep(time.Second)
+			}
+		}()
 	}
 	if *dirty > 0 && w.mem != nil {
 		go w.dirtyLoop(*dirty)

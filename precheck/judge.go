@@ -1,0 +1,391 @@
+package precheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/cgroups"
+	"github.com/phaul/phaul/internal/pb"
+)
+
+// Options are the migration's choices that the checks depend on.
+type Options struct {
+	ShellJob       bool
+	TCPEstablished bool
+	CPUCap         uint32 // CRIU's cpu_cap; 0 means fpu|cpu|ins
+	Skip           []string
+}
+
+func (o Options) skipped(name string) bool {
+	for _, s := range o.Skip {
+		if s == name {
+			return true
+		}
+	}
+	return false
+}
+
+// JudgeSource judges what only the source sees: the state of its tasks and
+// sockets.
+func JudgeSource(f *pb.SourceFacts, o Options) []*pb.Verdict {
+	var out []*pb.Verdict
+	if !o.skipped("transient") {
+		var items []string
+		for _, t := range f.Tasks {
+			if t.State == "D" {
+				items = append(items, fmt.Sprintf("pid %d (%s) is in uninterruptible sleep (D): CRIU cannot seize it until it wakes", t.Pid, t.Comm))
+			}
+			if t.Tracer != 0 {
+				items = append(items, fmt.Sprintf("pid %d (%s) is traced by pid %d (a debugger, or another CRIU)", t.Pid, t.Comm, t.Tracer))
+			}
+		}
+		for _, s := range f.Sockets {
+			if s.State == "SYN_SENT" || s.State == "SYN_RECV" {
+				items = append(items, fmt.Sprintf("%s socket %s:%d -> %s:%d is in %s: a connection is being set up", s.Family, s.LocalAddr, s.LocalPort, s.RemoteAddr, s.RemotePort, s.State))
+			}
+		}
+		if len(items) > 0 {
+			out = append(out, failTransient("transient", "the tree is in a state that cannot be checkpointed now; retry in a moment (--retry-transient N)", items...))
+		} else {
+			out = append(out, pass("transient", fmt.Sprintf("%d tasks, none in D state or traced, no connection being set up", len(f.Tasks))))
+		}
+	}
+	if !o.skipped("network") {
+		var items []string
+		for _, s := range f.Sockets {
+			if s.Proto == "tcp" && s.State == "ESTABLISHED" && !o.TCPEstablished {
+				items = append(items, fmt.Sprintf("%s:%d <-> %s:%d", s.LocalAddr, s.LocalPort, s.RemoteAddr, s.RemotePort))
+			}
+		}
+		if len(items) > 0 {
+			out = append(out, fail("network", "established TCP connections: pass --tcp-established to carry them (the peer must then reach the same address on the destination), or close them first", items...))
+		}
+	}
+	return out
+}
+
+// Env is what the destination judges with.
+type Env struct {
+	Proc        string // procfs root, normally /proc
+	CRIU        CPUChecker
+	CRIUVersion criu.Version
+	Layout      *cgroups.Layout
+	CgroupRoots []*pb.CgroupRoot // as computed for this migration
+	CgroupErr   error            // why they could not be computed
+	CgroupMode  rpc.CriuCgMode
+	Addrs       []net.IP // this host's addresses (in the service's network namespace)
+	TempDir     string
+}
+
+// CPUChecker runs CRIU's cpuinfo check.
+type CPUChecker interface {
+	CPUInfoCheck(ctx context.Context, dir string, caps uint32) error
+}
+
+// JudgeDestination judges the source's facts against this host.
+func JudgeDestination(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) []*pb.Verdict {
+	if env.Proc == "" {
+		env.Proc = "/proc"
+	}
+	checks := []struct {
+		name string
+		fn   func(context.Context, *pb.SourceFacts, Options, *Env) *pb.Verdict
+	}{
+		{"criu", judgeCRIU}, {"cpu", judgeCPU}, {"modules", judgeModules}, {"files", judgeFiles},
+		{"network", judgeNetwork}, {"cgroups", judgeCgroups},
+	}
+	var out []*pb.Verdict
+	for _, c := range checks {
+		if o.skipped(c.name) {
+			continue
+		}
+		out = append(out, c.fn(ctx, f, o, env))
+	}
+	return out
+}
+
+func judgeCRIU(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	if src, err := criu.ParseVersion(f.GetHost().GetCriuVersion()); err == nil && env.CRIUVersion.Less(src) {
+		return fail("criu", fmt.Sprintf("the destination's CRIU %s is older than the source's %s; install the same CRIU on both (make deps)", env.CRIUVersion, src))
+	}
+	avail := memAvailable(env.Proc)
+	need := 2*f.MemoryBytes + 64<<20 // the images on a tmpfs, then the restored memory
+	if avail > 0 && avail < need {
+		return failTransient("criu", fmt.Sprintf("%d MiB of memory available, the restore needs about %d MiB (the tree's %d MiB twice: images, then the restored tree); retry when memory is free",
+			avail>>20, need>>20, f.MemoryBytes>>20))
+	}
+	return pass("criu", fmt.Sprintf("CRIU %s here, %s on the source; %d MiB available for a %d MiB tree", env.CRIUVersion, f.GetHost().GetCriuVersion(), avail>>20, f.MemoryBytes>>20))
+}
+
+func memAvailable(procRoot string) uint64 {
+	data, err := os.ReadFile(filepath.Join(procRoot, "meminfo"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemAvailable:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func judgeCPU(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	here := map[string]bool{}
+	for _, fl := range CPUFlags(filepath.Join(env.Proc, "cpuinfo")) {
+		here[fl] = true
+	}
+	var missing []string
+	for _, fl := range f.CpuFlags {
+		if !here[fl] {
+			missing = append(missing, fl)
+		}
+	}
+	var criuErr error
+	if env.CRIU != nil && len(f.CpuinfoImg) > 0 {
+		dir, err := os.MkdirTemp(env.TempDir, "cpuinfo-")
+		if err == nil {
+			defer os.RemoveAll(dir)
+			if err = os.WriteFile(filepath.Join(dir, "cpuinfo.img"), f.CpuinfoImg, 0o600); err == nil {
+				caps := o.CPUCap
+				if caps == 0 {
+					caps = criu.CPUCapAll
+				}
+				criuErr = env.CRIU.CPUInfoCheck(ctx, dir, caps)
+			}
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		v := fail("cpu", fmt.Sprintf("this CPU lacks %d features the source's has: the tree may use them", len(missing)), "missing: "+strings.Join(missing, " "))
+		if criuErr != nil {
+			v.Items = append(v.Items, "CRIU's cpuinfo check: "+criuErr.Error())
+		}
+		return v
+	case criuErr != nil:
+		var ce *criu.Error
+		detail := criuErr.Error()
+		if errors.As(criuErr, &ce) && len(ce.Lines) > 0 {
+			detail = strings.Join(ce.Lines, "; ")
+		}
+		return fail("cpu", "CRIU's cpuinfo check fails (often the FPU/xsave size differs; --cpu-cap=none skips it at your risk)", detail)
+	}
+	return pass("cpu", fmt.Sprintf("all %d CPU features of the source are here; CRIU's cpuinfo check passes", len(f.CpuFlags)))
+}
+
+func judgeModules(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	filesystems := fieldsOf(filepath.Join(env.Proc, "filesystems"), -1)
+	protocols := fieldsOf(filepath.Join(env.Proc, "net/protocols"), 0)
+	loaded := fieldsOf(filepath.Join(env.Proc, "modules"), 0)
+	var missing, loadable, ok []string
+	for _, n := range f.Needs {
+		var have bool
+		switch n.Kind {
+		case "fs":
+			have = filesystems[n.Name]
+		case "proto":
+			have = protocols[n.Name]
+		case "dev":
+			_, err := os.Stat("/dev/net/" + n.Name)
+			have = err == nil
+		}
+		mod := moduleName(n)
+		switch {
+		case have || loaded[mod]:
+			ok = append(ok, n.Name)
+		case modprobable(mod):
+			loadable = append(loadable, fmt.Sprintf("%s (%s): not loaded, but the module %s can be loaded", n.Name, n.Why, mod))
+		default:
+			missing = append(missing, fmt.Sprintf("%s %s (%s): not in this kernel", n.Kind, n.Name, n.Why))
+		}
+	}
+	switch {
+	case len(missing) > 0:
+		return fail("modules", "the tree uses kernel features this host lacks; load or build the modules", missing...)
+	case len(loadable) > 0:
+		return warn("modules", "some kernel features must be loaded first (CRIU does not load modules)", loadable...)
+	}
+	return pass("modules", "all present: "+strings.Join(ok, " "))
+}
+
+// moduleName is the kernel module that provides a need.
+func moduleName(n *pb.Need) string {
+	switch n.Name {
+	case "TCPv6", "UDPv6":
+		return "ipv6"
+	case "PACKET":
+		return "af_packet"
+	case "SCTP", "SCTPv6":
+		return "sctp"
+	}
+	return strings.ToLower(n.Name)
+}
+
+// modprobable reports whether modules.dep of the running kernel lists mod.
+func modprobable(mod string) bool {
+	release, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return false
+	}
+	data, err := os.ReadFile(filepath.Join("/lib/modules", strings.TrimSpace(string(release)), "modules.dep"))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(data), "/"+mod+".ko")
+}
+
+// fieldsOf returns a set of one column of a file (-1: the last).
+func fieldsOf(path string, col int) map[string]bool {
+	out := map[string]bool{}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		i := col
+		if i < 0 {
+			i = len(f) - 1
+		}
+		if i < len(f) {
+			out[f[i]] = true
+		}
+	}
+	return out
+}
+
+func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	var items []string
+	var written []string
+	for _, ff := range f.Files {
+		if ctx.Err() != nil {
+			return fail("files", ctx.Err().Error())
+		}
+		st, err := os.Stat(ff.Path)
+		if err != nil {
+			items = append(items, fmt.Sprintf("%s (%s): missing here", ff.Path, ff.Use))
+			continue
+		}
+		if uint64(st.Size()) != ff.Size {
+			why := ""
+			if ff.Written {
+				why = "; the tree writes it, and CRIU restores only if it has the dumped size: share it between the hosts (a shared filesystem) or copy it at migration time"
+			}
+			items = append(items, fmt.Sprintf("%s (%s): %d bytes here, %d on the source%s", ff.Path, ff.Use, st.Size(), ff.Size, why))
+			continue
+		}
+		if ff.Written {
+			written = append(written, ff.Path)
+		}
+		if ff.Sha256 != "" {
+			sum, err := Hashes.Sum(ff.Path)
+			if err != nil {
+				items = append(items, fmt.Sprintf("%s (%s): unreadable here: %v", ff.Path, ff.Use, err))
+				continue
+			}
+			if sum != ff.Sha256 {
+				items = append(items, fmt.Sprintf("%s (%s): same size, different content (sha256 %.12s here, %.12s on the source)", ff.Path, ff.Use, sum, ff.Sha256))
+				continue
+			}
+		}
+		if uint32(st.Mode().Perm()) != ff.Mode {
+			items = append(items, fmt.Sprintf("%s (%s): mode %o here, %o on the source", ff.Path, ff.Use, st.Mode().Perm(), ff.Mode))
+		}
+	}
+	if len(items) > 0 {
+		return fail("files", fmt.Sprintf("%d of %d files differ or are missing; the restore would fail", len(items), len(f.Files)), items...)
+	}
+	if len(written) > 0 {
+		return warn("files", fmt.Sprintf("all %d files match; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(f.Files), len(written)), written...)
+	}
+	return pass("files", fmt.Sprintf("all %d files (executables, libraries, open files) are here and identical", len(f.Files)))
+}
+
+func judgeNetwork(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	have := map[string]bool{}
+	for _, a := range env.Addrs {
+		have[a.String()] = true
+	}
+	listening := map[string]bool{}
+	for _, t := range []struct{ file, family, proto string }{{"tcp", "inet", "tcp"}, {"tcp6", "inet6", "tcp"}, {"udp", "inet", "udp"}, {"udp6", "inet6", "udp"}} {
+		data, _ := os.ReadFile(filepath.Join(env.Proc, "net", t.file))
+		for _, s := range ParseInetTable(string(data), t.family, t.proto, nil) {
+			if s.State == "LISTEN" || s.State == "BOUND" {
+				listening[fmt.Sprintf("%s/%d", t.proto, s.LocalPort)] = true
+			}
+		}
+	}
+	var items []string
+	for _, s := range f.Sockets {
+		// CRIU restores a listener, a bound UDP socket and (with
+		// --tcp-established) a connection on its address; the other
+		// states are the transient check's or the source's business.
+		restored := s.State == "LISTEN" || s.State == "BOUND" || (s.State == "ESTABLISHED" && o.TCPEstablished)
+		if s.Proto == "" || !restored {
+			continue
+		}
+		if !isWildcard(s.LocalAddr) && !have[s.LocalAddr] {
+			items = append(items, fmt.Sprintf("%s %s socket bound to %s:%d, an address this host does not have (CRIU fails with \"Cannot assign requested address\"): bind it to 0.0.0.0, or give this host the address", s.Proto, s.State, s.LocalAddr, s.LocalPort))
+		}
+		if (s.State == "LISTEN" || s.State == "BOUND") && listening[fmt.Sprintf("%s/%d", s.Proto, s.LocalPort)] {
+			items = append(items, fmt.Sprintf("%s port %d is already in use here", s.Proto, s.LocalPort))
+		}
+	}
+	if len(items) > 0 {
+		return fail("network", "the tree's sockets cannot be restored here", items...)
+	}
+	return pass("network", fmt.Sprintf("%d sockets; their addresses and ports are available here", len(f.Sockets)))
+}
+
+func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	if env.CgroupErr != nil {
+		return fail("cgroups", env.CgroupErr.Error())
+	}
+	var mapping []string
+	for _, r := range env.CgroupRoots {
+		mapping = append(mapping, strings.TrimPrefix(r.Controllers+":"+r.Path, ":"))
+	}
+	kind := ""
+	if env.Layout != nil {
+		kind = env.Layout.Kind
+	}
+	detail := fmt.Sprintf("cgroup %s on the source, %s here; restored under %s", f.CgroupKind, kind, strings.Join(mapping, " "))
+	if env.CgroupMode == rpc.CriuCgMode_IGNORE {
+		return pass("cgroups", fmt.Sprintf("cgroup %s on the source, %s here; cgroups ignored (--manage-cgroups=ignore)", f.CgroupKind, kind))
+	}
+	var exists []string
+	for _, r := range env.CgroupRoots {
+		if env.Layout == nil {
+			break
+		}
+		mnt := env.Layout.V2
+		if r.Controllers != "" {
+			mnt = env.Layout.V1[r.Controllers]
+		}
+		if _, err := os.Stat(filepath.Join(mnt, r.Path)); err == nil {
+			exists = append(exists, strings.TrimPrefix(r.Controllers+":"+r.Path, ":"))
+		}
+	}
+	switch {
+	case len(exists) > 0 && env.CgroupMode == rpc.CriuCgMode_STRICT:
+		return fail("cgroups", "strict mode needs CRIU to create the tree's cgroups, but they exist here", exists...)
+	case len(exists) > 0 && env.CgroupMode == rpc.CriuCgMode_SOFT:
+		return warn("cgroups", detail+"; existing cgroups keep their own limits (soft mode)", exists...)
+	case kind == "v2" || f.CgroupKind == "v2":
+		return warn("cgroups", detail+"; CRIU does not carry cgroup v2 limits (memory.max, cpu.max, pids.max)")
+	}
+	return pass("cgroups", detail)
+}
