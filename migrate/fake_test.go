@@ -22,6 +22,7 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -291,8 +292,12 @@ func TestFakeSecondMigrationOfSameTreeRefused(t *testing.T) {
 	defer unlock()
 	_, err = Migrate(context.Background(), o)
 	var me *Error
+	var pe *precheck.Error
 	if !errors.As(err, &me) || !me.SourceRunning || !strings.Contains(err.Error(), "already being migrated") {
 		t.Fatalf("got %v", err)
+	}
+	if !errors.As(err, &pe) || pe.Outcome != precheck.Transient {
+		t.Errorf("not a transient check failure: %v", err)
 	}
 }
 

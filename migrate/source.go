@@ -156,13 +156,16 @@ func (m *source) run(ctx context.Context) error {
 		return m.refuse(err)
 	}
 	unlock, err := lockTree(o.Pid)
+	if errors.Is(err, errBusy) {
+		// Another phaul is moving this tree: waiting may help.
+		v := &pb.Verdict{Check: "transient", Result: pb.Verdict_FAIL, Transient: true, Detail: err.Error()}
+		m.r.Verdicts = precheck.ForReport([]*pb.Verdict{v})
+		return m.refuse(&precheck.Error{Outcome: precheck.Transient, Verdicts: []*pb.Verdict{v}})
+	}
 	if err != nil {
 		return m.refuse(err)
 	}
 	defer unlock()
-	if tracer := proc.TracerPid(o.Pid); tracer != 0 {
-		return m.refuse(fmt.Errorf("pid %d is being traced by pid %d (a debugger, or CRIU from another migration); retry when it is not", o.Pid, tracer))
-	}
 	st, err := proc.ReadStat(o.Pid)
 	if err != nil {
 		return m.refuse(err)
@@ -552,6 +555,8 @@ func socketpair() (ours, theirs *os.File, err error) {
 	return os.NewFile(uintptr(fds[0]), "pages"), os.NewFile(uintptr(fds[1]), "pages-criu"), nil
 }
 
+var errBusy = errors.New("busy")
+
 // lockTree takes a lock on pid that a second migration of the same tree
 // cannot take. The kernel drops it if phaul dies.
 func lockTree(pid int) (func(), error) {
@@ -567,7 +572,7 @@ func lockTree(pid int) (func(), error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("pid %d is already being migrated by another phaul (lock %s); wait for it to finish", pid, path)
+			return nil, fmt.Errorf("%w: pid %d is already being migrated by another phaul (lock %s); wait for it to finish", errBusy, pid, path)
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}

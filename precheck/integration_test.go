@@ -306,13 +306,31 @@ func TestCheckStrictCgroupExists(t *testing.T) {
 func TestCheckTransientSynSent(t *testing.T) {
 	h := twohosts.New(t)
 	svc := h.StartService(t)
-	// Host b does not forward: a SYN routed through it is dropped, and
-	// the workload's connection stays in SYN_SENT.
-	if out, err := h.Command("a", "ip", "route", "add", "10.88.0.0/24", "via", twohosts.AddrB).CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
+	// A SYN routed through host b into a blackhole is dropped without an
+	// answer (a host that does not forward would answer ICMP unreachable,
+	// and the connection would fail), so the workload's connection stays
+	// in SYN_SENT.
+	for _, c := range []struct {
+		host string
+		argv []string
+	}{
+		{"a", []string{"ip", "route", "add", "10.88.0.0/24", "via", twohosts.AddrB}},
+		{"b", []string{"sysctl", "-q", "-w", "net.ipv4.ip_forward=1"}},
+		{"b", []string{"ip", "route", "add", "blackhole", "10.88.0.0/24"}},
+	} {
+		if out, err := h.Command(c.host, c.argv...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c.argv, err, out)
+		}
 	}
 	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--connect", "10.88.0.1:80"}})
 	time.Sleep(300 * time.Millisecond)
 	r := runCheck(t, h, w.Pid, svc.Addr)
 	assertRefused(t, r, w, "transient", true, "SYN_SENT", "10.88.0.1:80")
+	// phaul migrate --retry-transient retries, then gives up with the
+	// transient status, having frozen nothing.
+	m := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--retry-transient", "1", "-v")
+	if m.ExitCode != 5 || !strings.Contains(m.Stderr, "retrying") {
+		t.Errorf("migrate --retry-transient 1: exit %d, error %s, stderr:\n%s", m.ExitCode, m.Str("error"), m.Stderr)
+	}
+	assertNeverFrozen(t, w)
 }
