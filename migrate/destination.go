@@ -43,8 +43,10 @@ type DestOptions struct {
 
 // Destination restores migrations on this host.
 type Destination struct {
-	o      DestOptions
-	layout *cgroups.Layout
+	o       DestOptions
+	layout  *cgroups.Layout
+	cpuOnce sync.Once
+	cpu     *precheck.CPUInfo
 }
 
 // NewDestination checks the options and the host's cgroup layout.
@@ -500,6 +502,29 @@ func (in *incoming) cgroupRoots(sets []*pb.CgroupSet, requested string) ([]*pb.C
 	return CgroupRoots(sets, root, in.d.layout)
 }
 
+// localCPUInfo dumps this host's cpuinfo once (it does not change).
+func (d *Destination) localCPUInfo(ctx context.Context) *precheck.CPUInfo {
+	d.cpuOnce.Do(func() {
+		dumper, ok := d.o.CRIU.(CPUInfoDumper)
+		if !ok {
+			return
+		}
+		dir, err := os.MkdirTemp(d.o.WorkDir, "cpuinfo-")
+		if err != nil {
+			return
+		}
+		defer os.RemoveAll(dir)
+		if err := dumper.CPUInfoDump(ctx, dir); err != nil {
+			d.o.Logger.Warn("cpuinfo dump", "err", err)
+			return
+		}
+		if img, err := os.ReadFile(filepath.Join(dir, "cpuinfo.img")); err == nil {
+			d.cpu, _ = precheck.ParseCPUInfoImg(img)
+		}
+	})
+	return d.cpu
+}
+
 // judge runs the destination's checks on the source's facts.
 func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 	env := &precheck.Env{Layout: in.d.layout, CgroupMode: in.d.o.ManageCgroups, TempDir: in.d.o.WorkDir}
@@ -509,6 +534,10 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 	if c, ok := in.d.o.CRIU.(precheck.CPUChecker); ok {
 		env.CRIU = c
 	}
+	if k, err := criu.RunningKernel(); err == nil {
+		env.Kernel = k.String()
+	}
+	env.LocalCPUInfo = in.d.localCPUInfo(ctx)
 	env.CgroupRoots, env.CgroupErr = in.cgroupRoots(chk.GetFacts().GetCgroups(), chk.CgroupRoot)
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {

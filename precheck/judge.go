@@ -83,7 +83,10 @@ type Env struct {
 	CgroupErr   error            // why they could not be computed
 	CgroupMode  rpc.CriuCgMode
 	Addrs       []net.IP // this host's addresses (in the service's network namespace)
-	TempDir     string
+	// LocalCPUInfo is this host's cpuinfo.img, decoded (nil: unknown).
+	LocalCPUInfo *CPUInfo
+	Kernel       string // this host's kernel release
+	TempDir      string
 }
 
 // CPUChecker runs CRIU's cpuinfo check.
@@ -123,7 +126,14 @@ func judgeCRIU(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.
 		return failTransient("criu", fmt.Sprintf("%d MiB of memory available, the restore needs about %d MiB (the tree's %d MiB twice: images, then the restored tree); retry when memory is free",
 			avail>>20, need>>20, f.MemoryBytes>>20))
 	}
-	return pass("criu", fmt.Sprintf("CRIU %s here, %s on the source; %d MiB available for a %d MiB tree", env.CRIUVersion, f.GetHost().GetCriuVersion(), avail>>20, f.MemoryBytes>>20))
+	detail := fmt.Sprintf("CRIU %s here, %s on the source; Linux %s here, %s on the source; %d MiB available for a %d MiB tree",
+		env.CRIUVersion, f.GetHost().GetCriuVersion(), env.Kernel, f.GetHost().GetKernel(), avail>>20, f.MemoryBytes>>20)
+	if sk, err1 := criu.ParseKernel(f.GetHost().GetKernel()); err1 == nil {
+		if dk, err2 := criu.ParseKernel(env.Kernel); err2 == nil && (dk.Major < sk.Major || dk.Major == sk.Major && dk.Minor < sk.Minor) {
+			return warn("criu", detail+"; the destination's kernel is older: features the tree uses may be missing")
+		}
+	}
+	return pass("criu", detail)
 }
 
 func memAvailable(procRoot string) uint64 {
@@ -165,9 +175,22 @@ func judgeCPU(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.V
 			}
 		}
 	}
+	// The XSAVE area: the usual cause of CRIU's refusal between hosts.
+	var xsave []string
+	if src, err := ParseCPUInfoImg(f.CpuinfoImg); err == nil && env.LocalCPUInfo != nil {
+		dst := env.LocalCPUInfo
+		if lack := src.XFeatures &^ dst.XFeatures; lack != 0 {
+			xsave = append(xsave, "XSAVE features missing here: "+XFeatureNames(lack))
+		}
+		if src.XSaveSize != dst.XSaveSize {
+			xsave = append(xsave, fmt.Sprintf("XSAVE area: %d bytes on the source (%s), %d here (%s)",
+				src.XSaveSize, src.ModelID, dst.XSaveSize, dst.ModelID))
+		}
+	}
 	switch {
 	case len(missing) > 0:
 		v := fail("cpu", fmt.Sprintf("this CPU lacks %d features the source's has: the tree may use them", len(missing)), "missing: "+strings.Join(missing, " "))
+		v.Items = append(v.Items, xsave...)
 		if criuErr != nil {
 			v.Items = append(v.Items, "CRIU's cpuinfo check: "+criuErr.Error())
 		}
@@ -178,7 +201,9 @@ func judgeCPU(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.V
 		if errors.As(criuErr, &ce) && len(ce.Lines) > 0 {
 			detail = strings.Join(ce.Lines, "; ")
 		}
-		return fail("cpu", "CRIU's cpuinfo check fails (often the FPU/xsave size differs; --cpu-cap=none skips it at your risk)", detail)
+		return fail("cpu", "CRIU's cpuinfo check fails (often the FPU/XSAVE area differs; --cpu-cap=none skips it at your risk)", append(xsave, detail)...)
+	case len(xsave) > 0:
+		return warn("cpu", "the XSAVE area differs, but CRIU's check with this --cpu-cap passes", xsave...)
 	}
 	return pass("cpu", fmt.Sprintf("all %d CPU features of the source are here; CRIU's cpuinfo check passes", len(f.CpuFlags)))
 }

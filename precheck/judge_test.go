@@ -1,0 +1,160 @@
+package precheck
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/phaul/phaul/internal/pb"
+)
+
+// fakeProc makes a procfs root with the given files.
+func fakeProc(t *testing.T, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for name, content := range files {
+		p := filepath.Join(root, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+func text(v *pb.Verdict) string { return v.Detail + " | " + strings.Join(v.Items, " | ") }
+
+func TestJudgeCPU(t *testing.T) {
+	proc := fakeProc(t, map[string]string{"cpuinfo": "processor: 0\nflags\t\t: fpu sse sse2 avx\n"})
+	tests := []struct {
+		name   string
+		flags  []string
+		src    *CPUInfo
+		local  *CPUInfo
+		result pb.Verdict_Result
+		want   string
+	}{
+		{"same", []string{"fpu", "sse"}, nil, nil, pb.Verdict_PASS, "all 2 CPU features"},
+		{"flag missing", []string{"fpu", "avx512f", "sse"}, nil, nil, pb.Verdict_FAIL, "missing: avx512f"},
+		{"xsave differs", []string{"fpu"}, &CPUInfo{ModelID: "A", XFeatures: 0xe7, XSaveSize: 2696}, &CPUInfo{ModelID: "B", XFeatures: 0x7, XSaveSize: 832},
+			pb.Verdict_WARN, "XSAVE features missing here: avx512-opmask avx512-zmm-hi256 avx512-hi16-zmm | XSAVE area: 2696 bytes on the source (A), 832 here (B)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &pb.SourceFacts{CpuFlags: tt.flags}
+			if tt.src != nil {
+				f.CpuinfoImg = cpuinfoImg(tt.src.ModelID, tt.src.XFeatures, tt.src.XSaveSize, tt.src.XSaveSize)
+			}
+			v := judgeCPU(context.Background(), f, Options{}, &Env{Proc: proc, LocalCPUInfo: tt.local})
+			if v.Result != tt.result || !strings.Contains(text(v), tt.want) {
+				t.Errorf("got %v: %s; want %v with %q", v.Result, text(v), tt.result, tt.want)
+			}
+		})
+	}
+}
+
+func TestJudgeNetwork(t *testing.T) {
+	// The destination listens on tcp/22; it has 10.0.0.2 and loopback.
+	proc := fakeProc(t, map[string]string{"net/tcp": "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+		"   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0\n"})
+	env := &Env{Proc: proc, Addrs: []net.IP{net.ParseIP("10.0.0.2"), net.ParseIP("127.0.0.1")}}
+	sock := func(state, addr string, port uint32) *pb.SocketFact {
+		return &pb.SocketFact{Family: "inet", Proto: "tcp", State: state, LocalAddr: addr, LocalPort: port, RemoteAddr: "10.0.0.9", RemotePort: 5555}
+	}
+	tests := []struct {
+		name   string
+		socks  []*pb.SocketFact
+		tcp    bool
+		result pb.Verdict_Result
+		want   string
+	}{
+		{"wildcard listener", []*pb.SocketFact{sock("LISTEN", "0.0.0.0", 80)}, false, pb.Verdict_PASS, "1 sockets"},
+		{"listener on an address of the source", []*pb.SocketFact{sock("LISTEN", "10.0.0.1", 80)}, false, pb.Verdict_FAIL, "bound to 10.0.0.1:80"},
+		{"listener on our address", []*pb.SocketFact{sock("LISTEN", "10.0.0.2", 80)}, false, pb.Verdict_PASS, ""},
+		{"port in use", []*pb.SocketFact{sock("LISTEN", "0.0.0.0", 22)}, false, pb.Verdict_FAIL, "port 22 is already in use"},
+		{"connecting socket: not ours to judge", []*pb.SocketFact{sock("SYN_SENT", "10.0.0.1", 40000)}, false, pb.Verdict_PASS, ""},
+		{"carried connection needs its address", []*pb.SocketFact{sock("ESTABLISHED", "10.0.0.1", 40000)}, true, pb.Verdict_FAIL, "10.0.0.1:40000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := judgeNetwork(context.Background(), &pb.SourceFacts{Sockets: tt.socks}, Options{TCPEstablished: tt.tcp}, env)
+			if v.Result != tt.result || !strings.Contains(text(v), tt.want) {
+				t.Errorf("got %v: %s", v.Result, text(v))
+			}
+		})
+	}
+	// The source's side: established TCP without --tcp-established.
+	vs := JudgeSource(&pb.SourceFacts{Sockets: []*pb.SocketFact{sock("ESTABLISHED", "10.0.0.1", 40000)}}, Options{})
+	m := Merge(nil, vs)
+	if Judge(m) != Permanent || !strings.Contains(text(m[len(m)-1])+text(m[0]), "--tcp-established") {
+		t.Errorf("established without the flag: %v", m)
+	}
+}
+
+func TestJudgeFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content), 0o644)
+		return p
+	}
+	same := write("same", "hello")
+	sum, _ := Hashes.Sum(same)
+	other := write("other", "HELLO")
+	log := write("log", "0123456789")
+	f := &pb.SourceFacts{Files: []*pb.FileFact{
+		{Path: same, Size: 5, Mode: 0o644, Sha256: sum, Use: "map"},
+		{Path: other, Size: 5, Mode: 0o644, Sha256: sum, Use: "exe"},
+		{Path: filepath.Join(dir, "gone"), Size: 1, Mode: 0o644, Use: "map"},
+		{Path: log, Size: 3, Mode: 0o644, Use: "open", Written: true},
+	}}
+	v := judgeFiles(context.Background(), f, Options{}, &Env{})
+	got := text(v)
+	for _, want := range []string{"3 of 4 files", other + " (exe): same size, different content", "gone (map): missing here", "10 bytes here, 3 on the source; the tree writes it"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("files verdict lacks %q: %s", want, got)
+		}
+	}
+	if strings.Contains(got, same+" ") {
+		t.Errorf("identical file reported: %s", got)
+	}
+}
+
+func TestJudgeModules(t *testing.T) {
+	proc := fakeProc(t, map[string]string{
+		"filesystems":   "nodev\ttmpfs\n\text4\n",
+		"net/protocols": "protocol  size sockets  memory press maxhdr  slab module\nTCP 2432 1 -1 NI 0 yes kernel\nUNIX 1024 1 -1 NI 0 yes kernel\n",
+		"modules":       "sctp 409600 2 - Live 0x0000000000000000\n",
+	})
+	f := &pb.SourceFacts{Needs: []*pb.Need{
+		{Kind: "fs", Name: "ext4", Why: "/a is on ext4"}, {Kind: "proto", Name: "TCP", Why: "a TCP socket"},
+		{Kind: "proto", Name: "SCTP", Why: "a SCTP socket"}, {Kind: "fs", Name: "xfs", Why: "/b is on xfs"},
+	}}
+	v := judgeModules(context.Background(), f, Options{}, &Env{Proc: proc})
+	if v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), "fs xfs (/b is on xfs): not in this kernel") || strings.Contains(text(v), "SCTP") {
+		t.Errorf("got %v: %s", v.Result, text(v))
+	}
+}
+
+func TestMergeAndJudge(t *testing.T) {
+	src := []*pb.Verdict{failTransient("transient", "a task in D state"), pass("network", "src ok")}
+	dst := []*pb.Verdict{pass("cpu", "ok"), warn("network", "hmm"), pass("files", "ok")}
+	m := Merge([]string{"modules"}, src, dst)
+	var names []string
+	for _, v := range m {
+		names = append(names, v.Check+"="+v.Result.String())
+	}
+	if got := strings.Join(names, " "); got != "cpu=PASS modules=SKIPPED files=PASS network=WARN transient=FAIL" {
+		t.Errorf("merged: %s", got)
+	}
+	if Judge(m) != Transient {
+		t.Errorf("want transient")
+	}
+	m = Merge(nil, m, []*pb.Verdict{fail("files", "differs")})
+	if Judge(m) != Permanent {
+		t.Errorf("want permanent")
+	}
+}
