@@ -35,6 +35,9 @@ type DestOptions struct {
 	Timeout       time.Duration  // bound on each wait for the source
 	CRIU          Restorer
 	CRIUVersion   string
+	// MaxMigrations bounds the migrations restoring at once; beyond it
+	// the checks answer a transient "busy". 0 means no bound.
+	MaxMigrations int
 	// ImagesOnDisk keeps the images in the work dir instead of a tmpfs
 	// per migration; for tests that cannot mount.
 	ImagesOnDisk bool
@@ -47,6 +50,36 @@ type Destination struct {
 	layout  *cgroups.Layout
 	cpuOnce sync.Once
 	cpu     *precheck.CPUInfo
+
+	mu     sync.Mutex
+	active int // migrations past Prepare
+}
+
+// admit takes a place for one migration, or says why not.
+func (d *Destination) admit() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.o.MaxMigrations > 0 && d.active >= d.o.MaxMigrations {
+		return fmt.Errorf("the destination is busy: %d migrations in flight (its limit, --max-migrations, is %d); retry later", d.active, d.o.MaxMigrations)
+	}
+	d.active++
+	return nil
+}
+
+func (d *Destination) release() {
+	d.mu.Lock()
+	d.active--
+	d.mu.Unlock()
+}
+
+// busy says whether a new migration would be refused now.
+func (d *Destination) busy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.o.MaxMigrations > 0 && d.active >= d.o.MaxMigrations {
+		return fmt.Errorf("the destination is busy: %d migrations in flight (its limit, --max-migrations, is %d)", d.active, d.o.MaxMigrations)
+	}
+	return nil
 }
 
 // NewDestination checks the options and the host's cgroup layout.
@@ -196,6 +229,10 @@ func (in *incoming) run(ctx context.Context) error {
 	if in.prep == nil {
 		return in.fail("checks", unexpected(msg, "Prepare"))
 	}
+	if err := in.d.admit(); err != nil {
+		return in.fail("checks", err)
+	}
+	defer in.d.release()
 	if in.roots, err = in.cgroupRoots(in.prep.Cgroups, in.prep.CgroupRoot); err != nil {
 		return in.fail("checks", err)
 	}
@@ -549,6 +586,9 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 	opts := precheck.Options{ShellJob: chk.ShellJob, TCPEstablished: chk.TcpEstablished, CPUCap: chk.CpuCap, Skip: chk.Skip}
 	t0 := time.Now()
 	vs := precheck.JudgeDestination(ctx, chk.GetFacts(), opts, env)
+	if err := in.d.busy(); err != nil {
+		vs = append(vs, &pb.Verdict{Check: "transient", Result: pb.Verdict_FAIL, Transient: true, Detail: err.Error()})
+	}
 	in.log.Info("checks judged", "took", time.Since(t0), "outcome", precheck.Judge(vs))
 	return vs
 }

@@ -326,3 +326,26 @@ func TestFakeCancelledMigrationRollsBack(t *testing.T) {
 	}
 	waitEmpty(t, dest.o.WorkDir)
 }
+
+// TestFakeBusyDestination: beyond --max-migrations the checks say
+// "busy", a transient failure, and nothing is frozen.
+func TestFakeBusyDestination(t *testing.T) {
+	f := &fakeCRIU{}
+	o, dest := setup(t, f)
+	dest.o.MaxMigrations = 1
+	if err := dest.admit(); err != nil { // one migration in flight
+		t.Fatal(err)
+	}
+	_, err := Migrate(context.Background(), o)
+	var pe *precheck.Error
+	if !errors.As(err, &pe) || pe.Outcome != precheck.Transient || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("got %v", err)
+	}
+	if f.postDumpErr != nil || proc.ValidateTarget(o.Pid) != nil {
+		t.Error("the workload was touched")
+	}
+	dest.release()
+	if _, err := Migrate(context.Background(), o); err != nil {
+		t.Fatalf("after the other migration ended: %v", err)
+	}
+}

@@ -39,6 +39,7 @@ func main() {
 type options struct {
 	listen, tlsDir, workDir, cgroupRoot, manageCgroups string
 	timeout, shutdownTimeout                           time.Duration
+	maxMigrations                                      int
 	verbose, version                                   bool
 }
 
@@ -53,6 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "/phaul", "cgroup root for restored trees: each goes to ROOT/phaul-ID in every controller it uses")
 	fs.StringVar(&o.manageCgroups, "manage-cgroups", "soft", "CRIU's cgroup mode on restore: ignore, none, props, soft, full, strict")
 	fs.DurationVar(&o.timeout, "timeout", migrate.DefaultTimeout, "longest wait for the source at each step")
+	fs.IntVar(&o.maxMigrations, "max-migrations", 4, "migrations restoring at once; beyond, the checks answer a transient \"busy\" (0: no limit)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 60*time.Second, "on SIGTERM, how long migrations in flight may take to finish before they are aborted")
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
@@ -109,7 +111,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		log.Warn("cannot become a child subreaper", "err", err)
 	}
 	dest, err := migrate.NewDestination(migrate.DestOptions{
-		WorkDir: o.workDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout,
+		WorkDir: o.workDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout, MaxMigrations: o.maxMigrations,
 		CRIU: migrate.CRIU{Client: c}, CRIUVersion: host.Version.String(), Logger: log,
 	})
 	if err != nil {
