@@ -68,8 +68,13 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 		if err != nil {
 			return
 		}
-		if st.Mode()&os.ModeCharDevice != 0 && path == "/dev/net/tun" {
-			need("dev", "tun", path+" is open")
+		if st.Mode()&os.ModeCharDevice != 0 {
+			switch path {
+			case "/dev/net/tun":
+				need("dev", "tun", path+" is open")
+			case "/dev/fuse":
+				need("fs", "fuse", path+" is open")
+			}
 		}
 		if !st.Mode().IsRegular() {
 			return
@@ -111,6 +116,15 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 	}
 	if len(tree) > 0 {
 		f.Sockets = socketsOf(tree[0], inodes)
+		// A tree with a mount namespace of its own has its mounts
+		// restored: the destination needs their filesystems too.
+		if own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", tree[0])); own != "" {
+			if self, _ := os.Readlink("/proc/self/ns/mnt"); self != own {
+				for mnt, fs := range mounts {
+					need("fs", fs, "the tree mounts "+mnt)
+				}
+			}
+		}
 	}
 	for _, s := range f.Sockets {
 		if pn := protoName(s); pn != "" {

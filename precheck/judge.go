@@ -1,6 +1,7 @@
 package precheck
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -213,7 +214,13 @@ func judgeModules(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	protocols := fieldsOf(filepath.Join(env.Proc, "net/protocols"), 0)
 	loaded := fieldsOf(filepath.Join(env.Proc, "modules"), 0)
 	var missing, loadable, ok []string
-	for _, n := range f.Needs {
+	needs := f.Needs
+	if o.TCPEstablished {
+		// CRIU locks the tree's connections with nftables while it dumps
+		// and restores them.
+		needs = append(append([]*pb.Need(nil), needs...), &pb.Need{Kind: "nf", Name: "nf_tables", Why: "--tcp-established: CRIU locks the network with nftables"})
+	}
+	for _, n := range needs {
 		var have bool
 		switch n.Kind {
 		case "fs":
@@ -223,6 +230,8 @@ func judgeModules(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 		case "dev":
 			_, err := os.Stat("/dev/net/" + n.Name)
 			have = err == nil
+		case "nf":
+			have = builtIn(env.Proc, n.Name)
 		}
 		mod := moduleName(n)
 		switch {
@@ -241,6 +250,28 @@ func judgeModules(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 		return warn("modules", "some kernel features must be loaded first (CRIU does not load modules)", loadable...)
 	}
 	return pass("modules", "all present: "+strings.Join(ok, " "))
+}
+
+// builtIn reports whether the kernel has mod built in: it shows in
+// /sys/module only when it has parameters, but its symbols are always in
+// /proc/kallsyms.
+func builtIn(procRoot, mod string) bool {
+	if _, err := os.Stat(filepath.Join("/sys/module", mod)); err == nil && procRoot == "/proc" {
+		return true
+	}
+	fh, err := os.Open(filepath.Join(procRoot, "kallsyms"))
+	if err != nil {
+		return false
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	prefix := " " + mod + "_"
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // moduleName is the kernel module that provides a need.

@@ -158,3 +158,19 @@ func TestMergeAndJudge(t *testing.T) {
 		t.Errorf("want permanent")
 	}
 }
+
+func TestJudgeModulesNetfilter(t *testing.T) {
+	with := fakeProc(t, map[string]string{"kallsyms": "ffffffff81242683 t nf_tables_fill_gen_info.cold\n"})
+	without := fakeProc(t, map[string]string{"kallsyms": "ffffffff81242683 t tcp_v4_connect\n"})
+	f := &pb.SourceFacts{}
+	if v := judgeModules(context.Background(), f, Options{TCPEstablished: true}, &Env{Proc: with}); v.Result != pb.Verdict_PASS {
+		t.Errorf("nf_tables built in: %v %s", v.Result, text(v))
+	}
+	v := judgeModules(context.Background(), f, Options{TCPEstablished: true}, &Env{Proc: without})
+	if v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), "nf_tables") {
+		t.Errorf("nf_tables missing: %v %s", v.Result, text(v))
+	}
+	if v := judgeModules(context.Background(), f, Options{}, &Env{Proc: without}); v.Result != pb.Verdict_PASS {
+		t.Errorf("no --tcp-established, no nf_tables needed: %v %s", v.Result, text(v))
+	}
+}
