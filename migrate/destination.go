@@ -35,6 +35,7 @@ type DestOptions struct {
 	Timeout       time.Duration  // bound on each wait for the source
 	CRIU          Restorer
 	CRIUVersion   string
+	Breakpoints   string // how this host's CRIU copes with hardware breakpoints, for the checks
 	// MaxMigrations bounds the migrations restoring at once; beyond it
 	// the checks answer a transient "busy". 0 means no bound.
 	MaxMigrations int
@@ -564,7 +565,7 @@ func (d *Destination) localCPUInfo(ctx context.Context) *precheck.CPUInfo {
 
 // judge runs the destination's checks on the source's facts.
 func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
-	env := &precheck.Env{Layout: in.d.layout, CgroupMode: in.d.o.ManageCgroups, TempDir: in.d.o.WorkDir}
+	env := &precheck.Env{Layout: in.d.layout, CgroupMode: in.d.o.ManageCgroups, TempDir: in.d.o.WorkDir, Breakpoints: in.d.o.Breakpoints}
 	if v, err := criu.ParseVersion(in.d.o.CRIUVersion); err == nil {
 		env.CRIUVersion = v
 	}

@@ -217,7 +217,9 @@ func TestRestoreFailureRollsBack(t *testing.T) {
 	// A cgroup root below a file: CRIU cannot create the tree's cgroup.
 	svc := h.StartService(t, "--cgroup-root", "/cgroup.procs")
 	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: h.Name + "/src", Args: []string{"--child"}})
-	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	// The cgroups check sees it coming; skip it to make CRIU fail for
+	// real after the freeze.
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--skip-check", "cgroups")
 	if r.ExitCode != 1 {
 		t.Fatalf("exit %d, want 1: %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
 	}
@@ -227,6 +229,21 @@ func TestRestoreFailureRollsBack(t *testing.T) {
 	}
 	assertUntouched(t, h, w)
 	assertDestinationClean(t, h, svc, w)
+	var skipped bool
+	for _, v := range r.Report["verdicts"].([]any) {
+		if m := v.(map[string]any); m["check"] == "cgroups" && m["result"] == "skipped" {
+			skipped = true
+		}
+	}
+	if !skipped {
+		t.Errorf("the report does not show the skipped check: %v", r.Report["verdicts"])
+	}
+	// Without the skip, the checks refuse it before anything is frozen.
+	r = h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	if r.ExitCode != 4 || !strings.Contains(r.Str("error"), "not a directory") {
+		t.Errorf("checks: exit %d, %s", r.ExitCode, r.Str("error"))
+	}
+	assertUntouched(t, h, w)
 }
 
 func TestConnectionCutDuringPagesRollsBack(t *testing.T) {

@@ -10,8 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cgroups"
@@ -84,6 +86,9 @@ type Env struct {
 	CgroupErr   error            // why they could not be computed
 	CgroupMode  rpc.CriuCgMode
 	Addrs       []net.IP // this host's addresses (in the service's network namespace)
+	// Breakpoints says how this host's CRIU copes with hardware
+	// breakpoints (for the report).
+	Breakpoints string
 	// LocalCPUInfo is this host's cpuinfo.img, decoded (nil: unknown).
 	LocalCPUInfo *CPUInfo
 	Kernel       string // this host's kernel release
@@ -127,8 +132,11 @@ func judgeCRIU(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.
 		return failTransient("criu", fmt.Sprintf("%d MiB of memory available, the restore needs about %d MiB (the tree's %d MiB twice: images, then the restored tree); retry when memory is free",
 			avail>>20, need>>20, f.MemoryBytes>>20))
 	}
-	detail := fmt.Sprintf("CRIU %s here, %s on the source; Linux %s here, %s on the source; %d MiB available for a %d MiB tree",
+	detail := fmt.Sprintf("CRIU %s here, %s on the source; Linux %s here, %s on the source; %d MiB available for a %d MiB tree; one streamed dump needs neither mem_track nor lazy pages",
 		env.CRIUVersion, f.GetHost().GetCriuVersion(), env.Kernel, f.GetHost().GetKernel(), avail>>20, f.MemoryBytes>>20)
+	if env.Breakpoints != "" {
+		detail += "; breakpoints: " + env.Breakpoints
+	}
 	if sk, err1 := criu.ParseKernel(f.GetHost().GetKernel()); err1 == nil {
 		if dk, err2 := criu.ParseKernel(env.Kernel); err2 == nil && (dk.Major < sk.Major || dk.Major == sk.Major && dk.Minor < sk.Minor) {
 			return warn("criu", detail+"; the destination's kernel is older: features the tree uses may be missing")
@@ -324,9 +332,31 @@ func fieldsOf(path string, col int) map[string]bool {
 }
 
 func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
+	// Hash first, a few at a time, what the comparison below will need:
+	// only files of the same size as on the source.
+	sums := make([]string, len(f.Files))
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for i, ff := range f.Files {
+		if ff.Sha256 == "" {
+			continue
+		}
+		if st, err := os.Stat(ff.Path); err != nil || uint64(st.Size()) != ff.Size {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int, path string) {
+			defer func() { <-sem; wg.Done() }()
+			if ctx.Err() == nil {
+				sums[i], _ = Hashes.Sum(path)
+			}
+		}(i, ff.Path)
+	}
+	wg.Wait()
 	var items []string
 	var written []string
-	for _, ff := range f.Files {
+	for i, ff := range f.Files {
 		if ctx.Err() != nil {
 			return fail("files", ctx.Err().Error())
 		}
@@ -347,9 +377,9 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			written = append(written, ff.Path)
 		}
 		if ff.Sha256 != "" {
-			sum, err := Hashes.Sum(ff.Path)
-			if err != nil {
-				items = append(items, fmt.Sprintf("%s (%s): unreadable here: %v", ff.Path, ff.Use, err))
+			sum := sums[i]
+			if sum == "" {
+				items = append(items, fmt.Sprintf("%s (%s): unreadable here", ff.Path, ff.Use))
 				continue
 			}
 			if sum != ff.Sha256 {
@@ -435,7 +465,36 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 			exists = append(exists, strings.TrimPrefix(r.Controllers+":"+r.Path, ":"))
 		}
 	}
+	// The nearest existing ancestor of each root must be a directory we
+	// can create cgroups in.
+	var blocked []string
+	for _, r := range env.CgroupRoots {
+		if env.Layout == nil {
+			break
+		}
+		mnt := env.Layout.V2
+		if r.Controllers != "" {
+			mnt = env.Layout.V1[r.Controllers]
+		}
+		p := filepath.Join(mnt, r.Path)
+		for ; p != mnt && p != "/"; p = filepath.Dir(p) {
+			if _, err := os.Lstat(p); err == nil {
+				break
+			}
+		}
+		st, err := os.Stat(p)
+		switch {
+		case err != nil:
+			blocked = append(blocked, fmt.Sprintf("%s: %v", p, err))
+		case !st.IsDir():
+			blocked = append(blocked, fmt.Sprintf("%s: not a directory, no cgroup can be created below it", p))
+		case unix.Access(p, unix.W_OK) != nil:
+			blocked = append(blocked, fmt.Sprintf("%s: not writable", p))
+		}
+	}
 	switch {
+	case len(blocked) > 0:
+		return fail("cgroups", "the cgroup root cannot be created here", blocked...)
 	case len(exists) > 0 && env.CgroupMode == rpc.CriuCgMode_STRICT:
 		return fail("cgroups", "strict mode needs CRIU to create the tree's cgroups, but they exist here", exists...)
 	case len(exists) > 0 && env.CgroupMode == rpc.CriuCgMode_SOFT:

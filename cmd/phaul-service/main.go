@@ -110,8 +110,15 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		log.Warn("cannot become a child subreaper", "err", err)
 	}
+	bp := "handled by CRIU itself (>= 4.2)"
+	if host.FaultInjection != "" {
+		bp = "not delivered here: CRIU runs with CRIU_FAULT=" + host.FaultInjection
+	} else if host.Version.Less(criu.Version{Major: 4, Minor: 2}) {
+		bp = "delivered"
+	}
 	dest, err := migrate.NewDestination(migrate.DestOptions{
-		WorkDir: o.workDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout, MaxMigrations: o.maxMigrations,
+		Breakpoints: bp,
+		WorkDir:     o.workDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout, MaxMigrations: o.maxMigrations,
 		CRIU: migrate.CRIU{Client: c}, CRIUVersion: host.Version.String(), Logger: log,
 	})
 	if err != nil {
