@@ -300,7 +300,7 @@ func TestClientWithoutValidCertificateIsRefused(t *testing.T) {
 	if m := svc.Migrations(); len(m) != 0 {
 		t.Errorf("service made migration directories for an unauthenticated client: %v", m)
 	}
-	if !strings.Contains(svc.Log(), "connection refused") {
+	if !waitLog(svc, "connection refused") { // logged just after the client got its error
 		t.Errorf("service did not log the refusal:\n%s", svc.Log())
 	}
 	if strings.Contains(svc.Log(), "phase=") {
@@ -377,7 +377,19 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	} else {
 		t.Log("the source had committed before it died: only the stopped copy on b is left")
 	}
-	if !strings.Contains(svc.Log(), "in doubt") {
+	// The service records the state, then logs it.
+	if !waitLog(svc, "in doubt") {
 		t.Errorf("service did not log the doubt:\n%s", svc.Log())
 	}
+}
+
+// waitLog waits a little for the service to log s.
+func waitLog(svc *twohosts.Service, s string) bool {
+	for i := 0; i < 300; i++ {
+		if strings.Contains(svc.Log(), s) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
 }
