@@ -122,10 +122,7 @@ func placeTree(l *cgroups.Layout, roots []*pb.CgroupRoot, pid int) ([]string, er
 	}
 	var moved []string
 	for _, r := range roots {
-		mnt := l.V2
-		if r.Controllers != "" {
-			mnt = l.V1[r.Controllers]
-		}
+		mnt := l.Mount(r.Controllers)
 		if mnt == "" {
 			continue
 		}

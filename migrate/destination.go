@@ -126,6 +126,8 @@ type incoming struct {
 	pagesDone  chan error
 	imgsDone   chan error
 	pagesSock  *os.File
+	imgFiles   int // received, valid once imgsDone has answered
+	imgBytes   int64
 	pageCounts transport.Counts
 	mounted    bool // a tmpfs is mounted on imgs
 	restored   int  // root pid of the restored, stopped tree
@@ -423,8 +425,9 @@ func (in *incoming) acceptStreams(ctx context.Context) {
 		case kind == transport.KindImages && !gotImages:
 			gotImages = true
 			go func() {
-				_, _, err := transport.ReceiveImages(ctx, st, in.imgs, transport.ImageLimits{})
+				files, total, err := transport.ReceiveImages(ctx, st, in.imgs, transport.ImageLimits{})
 				st.Close()
+				in.imgFiles, in.imgBytes = files, total
 				in.imgsDone <- err
 			}()
 		default:
@@ -488,6 +491,9 @@ func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error 
 	case err := <-in.imgsDone:
 		if err != nil {
 			return err
+		}
+		if in.imgFiles != int(sent.Files) || in.imgBytes != int64(sent.Bytes) {
+			return fmt.Errorf("received %d image files (%d bytes), the source sent %d (%d bytes)", in.imgFiles, in.imgBytes, sent.Files, sent.Bytes)
 		}
 	case <-ctx.Done():
 		return fmt.Errorf("images did not arrive: %w", ctx.Err())

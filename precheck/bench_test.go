@@ -1,7 +1,6 @@
 package precheck_test
 
 import (
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,19 +22,7 @@ func BenchmarkCheck200Files(b *testing.B) {
 		libs = libs[:200]
 	}
 	script := "i=10; for f in " + strings.Join(libs, " ") + "; do eval \"exec $i<$f\"; i=$((i+1)); done; exec sleep 300"
-	cmd := exec.Command("nsenter", "--net="+h.NetnsPath("a"), "unshare", "-p", "-f", "setsid", "bash", "-c", script)
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cmd.Process.Kill() })
-	go cmd.Wait()
-	var pid int
-	for i := 0; i < 300 && pid == 0; i++ {
-		if kids, _ := childrenOf(cmd.Process.Pid); len(kids) > 0 {
-			pid = kids[0]
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pid := h.StartProcess(b, "bash", "-c", script)
 	time.Sleep(500 * time.Millisecond)
 	run := func() time.Duration {
 		t0 := time.Now()

@@ -3,7 +3,6 @@ package precheck_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,19 +105,7 @@ func TestChecksPassForRealWorkload(t *testing.T) {
 		t.Errorf("%d verdicts, want one per check (7): %+v", len(r.Verdicts), r.Verdicts)
 	}
 	// A dynamic program: bash with its libraries, in the same kind of tree.
-	dyn := exec.Command("nsenter", "--net="+h.NetnsPath("a"), "unshare", "-p", "-f", "setsid", "bash", "-c", "while sleep 1; do :; done")
-	if err := dyn.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dyn.Process.Kill() })
-	go dyn.Wait()
-	var pid int
-	for i := 0; i < 200 && pid == 0; i++ {
-		if kids, _ := childrenOf(dyn.Process.Pid); len(kids) > 0 {
-			pid = kids[0]
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pid := h.StartProcess(t, "bash", "-c", "while sleep 1; do :; done")
 	start := time.Now()
 	r = runCheck(t, h, pid, svc.Addr)
 	took := time.Since(start)
@@ -133,19 +120,6 @@ func TestChecksPassForRealWorkload(t *testing.T) {
 		t.Errorf("checking a dynamically linked program took %v, want well under a second", took)
 	}
 	t.Logf("checked in %v: %s", took, files)
-}
-
-func childrenOf(pid int) ([]int, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err != nil {
-		return nil, err
-	}
-	var out []int
-	for _, f := range strings.Fields(string(data)) {
-		n, _ := strconv.Atoi(f)
-		out = append(out, n)
-	}
-	return out, nil
 }
 
 func TestCheckFilesDifferentBinary(t *testing.T) {
@@ -176,19 +150,7 @@ func TestCheckFilesMissingLibrary(t *testing.T) {
 	// The destination has no libc: an empty directory over the library
 	// directory (phaul-service is static; CRIU brings its own libraries).
 	svc := h.StartServiceWith(t, []string{"mount -t tmpfs none /usr/lib/x86_64-linux-gnu"})
-	dyn := exec.Command("nsenter", "--net="+h.NetnsPath("a"), "unshare", "-p", "-f", "setsid", "sleep", "300")
-	if err := dyn.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dyn.Process.Kill() })
-	go dyn.Wait()
-	var pid int
-	for i := 0; i < 200 && pid == 0; i++ {
-		if kids, _ := childrenOf(dyn.Process.Pid); len(kids) > 0 {
-			pid = kids[0]
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	pid := h.StartProcess(t, "sleep", "300")
 	r := runCheck(t, h, pid, svc.Addr)
 	res, _, text := r.verdict(t, "files")
 	if res != "fail" || r.exit != 4 || !strings.Contains(text, libc+" (map): missing here") {

@@ -457,11 +457,7 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 		if env.Layout == nil {
 			break
 		}
-		mnt := env.Layout.V2
-		if r.Controllers != "" {
-			mnt = env.Layout.V1[r.Controllers]
-		}
-		if _, err := os.Stat(filepath.Join(mnt, r.Path)); err == nil {
+		if _, err := os.Stat(filepath.Join(env.Layout.Mount(r.Controllers), r.Path)); err == nil {
 			exists = append(exists, strings.TrimPrefix(r.Controllers+":"+r.Path, ":"))
 		}
 	}
@@ -472,10 +468,7 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 		if env.Layout == nil {
 			break
 		}
-		mnt := env.Layout.V2
-		if r.Controllers != "" {
-			mnt = env.Layout.V1[r.Controllers]
-		}
+		mnt := env.Layout.Mount(r.Controllers)
 		p := filepath.Join(mnt, r.Path)
 		for ; p != mnt && p != "/"; p = filepath.Dir(p) {
 			if _, err := os.Lstat(p); err == nil {

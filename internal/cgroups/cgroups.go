@@ -25,6 +25,15 @@ type Layout struct {
 	V2Controllers []string `json:"v2_controllers,omitempty"`
 }
 
+// Mount returns where the hierarchy of controllers ("memory",
+// "cpu,cpuacct", "" for the unified one) is mounted, or "".
+func (l *Layout) Mount(controllers string) string {
+	if controllers == "" {
+		return l.V2
+	}
+	return l.V1[controllers]
+}
+
 // Detect reads the layout from /proc/self/mountinfo.
 func Detect() (*Layout, error) {
 	f, err := os.Open("/proc/self/mountinfo")

@@ -271,6 +271,26 @@ func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	return w
 }
 
+// StartProcess runs argv on host a as the init of a PID namespace of its
+// own, and returns its host PID; it is killed when the test ends.
+func (h *Hosts) StartProcess(t testing.TB, argv ...string) int {
+	t.Helper()
+	cmd := h.Command("a", append([]string{"unshare", "-p", "-f", "setsid"}, argv...)...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go cmd.Wait()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if kids, _ := proc.Children(cmd.Process.Pid); len(kids) > 0 {
+			t.Cleanup(func() { testutil.KillPid(kids[0]) })
+			return kids[0]
+		}
+	}
+	t.Fatalf("%v did not start", argv)
+	return 0
+}
+
 // RemoveCgroup removes a test cgroup and the cgroups below it.
 func RemoveCgroup(dir string) {
 	var dirs []string
