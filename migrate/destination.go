@@ -20,7 +20,6 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cgroups"
-	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/precheck"
@@ -203,11 +202,8 @@ func (in *incoming) run(ctx context.Context) error {
 	in.id = hello.MigrationId
 	in.log = in.log.With("migration", in.id)
 	in.log.Info("migration offered", "source_host", hello.GetHost().GetHostname())
-	host, _ := os.Hostname()
-	kernel, _ := criu.RunningKernel()
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Welcome{Welcome: &pb.Welcome{
-		ProtocolVersion: transport.ProtocolVersion,
-		Host:            &pb.HostInfo{Hostname: host, Kernel: kernel.String(), CriuVersion: o.CRIUVersion, PhaulVersion: cli.PhaulVersion()},
+		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(o.CRIUVersion),
 	}}}); err != nil {
 		return err
 	}
@@ -539,7 +535,7 @@ func (in *incoming) cgroupRoots(sets []*pb.CgroupSet, requested string) ([]*pb.C
 	if in.d.o.ManageCgroups == rpc.CriuCgMode_IGNORE {
 		return nil, nil
 	}
-	root := pathJoin(in.d.o.CgroupRoot, "phaul-"+in.id)
+	root := path.Join(in.d.o.CgroupRoot, "phaul-"+in.id)
 	if requested != "" {
 		root = requested
 	}
@@ -598,13 +594,6 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 	}
 	in.log.Info("checks judged", "took", time.Since(t0), "outcome", precheck.Judge(vs))
 	return vs
-}
-
-func pathJoin(root, name string) string {
-	if root == "/" {
-		return "/" + name
-	}
-	return root + "/" + name
 }
 
 // prepareCpuset creates the parents of a cpuset root with cpus and mems

@@ -35,9 +35,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"regexp"
 
 	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/internal/pb"
 )
 
 // Checkpointer is what the source needs of CRIU.
@@ -63,6 +66,13 @@ type CRIU struct{ *criu.Client }
 // StartPageServer implements Restorer.
 func (c CRIU) StartPageServer(ctx context.Context, r criu.Request) (PageServer, error) {
 	return c.Client.StartPageServer(ctx, r)
+}
+
+// hostInfo describes this host for Hello, Welcome and the checks.
+func hostInfo(criuVersion string) *pb.HostInfo {
+	host, _ := os.Hostname()
+	kernel, _ := criu.RunningKernel()
+	return &pb.HostInfo{Hostname: host, Kernel: kernel.String(), CriuVersion: criuVersion, PhaulVersion: cli.PhaulVersion()}
 }
 
 // NewID returns a new migration ID: 16 hex digits.

@@ -18,7 +18,6 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cgroups"
-	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/precheck"
@@ -40,6 +39,7 @@ type Options struct {
 	ID             string // migration ID; empty means NewID()
 	WorkDir        string // where the source writes its (small) images; default /var/tmp/phaul
 	CRIU           Checkpointer
+	CRIUVersion    string // of o.CRIU, for the destination's checks (criu.New's Host.Version)
 	Logger         *slog.Logger
 
 	Skip           []string      // checks not to run (precheck.Names)
@@ -183,11 +183,8 @@ func (m *source) run(ctx context.Context) error {
 	}
 	m.sess = sess
 	defer sess.Close()
-	host, _ := os.Hostname()
-	kernel, _ := criu.RunningKernel()
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{
-		ProtocolVersion: transport.ProtocolVersion, MigrationId: o.ID,
-		Host: &pb.HostInfo{Hostname: host, Kernel: kernel.String(), PhaulVersion: cli.PhaulVersion()},
+		ProtocolVersion: transport.ProtocolVersion, MigrationId: o.ID, Host: hostInfo(o.CRIUVersion),
 	}}}); err != nil {
 		return m.refuse(err)
 	}
@@ -243,18 +240,9 @@ func (m *source) run(ctx context.Context) error {
 // source can, and has the destination judge the rest.
 func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	o := m.o
-	host, _ := os.Hostname()
-	kernel, _ := criu.RunningKernel()
-	info := &pb.HostInfo{Hostname: host, Kernel: kernel.String(), PhaulVersion: cli.PhaulVersion()}
+	info := hostInfo(o.CRIUVersion)
 	var img []byte
 	if d, ok := o.CRIU.(CPUInfoDumper); ok {
-		if v, ok := o.CRIU.(interface {
-			Version(context.Context) (criu.Version, error)
-		}); ok {
-			if cv, err := v.Version(ctx); err == nil {
-				info.CriuVersion = cv.String()
-			}
-		}
 		if dir, err := os.MkdirTemp("", "phaul-cpuinfo-"); err == nil {
 			if err := d.CPUInfoDump(ctx, dir); err == nil {
 				img, _ = os.ReadFile(filepath.Join(dir, "cpuinfo.img"))

@@ -109,11 +109,11 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 	if o.TLS, err = transport.ClientTLS(tlsDir, serverName); err != nil {
 		return o, err
 	}
-	c, _, err := criu.New(ctx, criu.Options{Logger: env.Logger})
+	c, host, err := criu.New(ctx, criu.Options{Logger: env.Logger})
 	if err != nil {
 		return o, err
 	}
-	o.CRIU = c
+	o.CRIU, o.CRIUVersion = c, host.Version.String()
 	return o, nil
 }
 

@@ -120,8 +120,6 @@ type WorkloadOptions struct {
 	Listen    string   // TCP address to serve on
 	NoSetsid  bool     // do not make it a session leader
 	ExtraArgs []string // more workload flags
-	// Wrap prefixes the command (for example nsenter or unshare).
-	Wrap []string
 }
 
 // StartWorkload starts the workload with stdio on /dev/null, waits until it
@@ -138,7 +136,6 @@ func StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 		args = append(args, "--listen", o.Listen)
 	}
 	args = append(args, o.ExtraArgs...)
-	args = append(append([]string{}, o.Wrap...), args...)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: !o.NoSetsid}
 	if err := cmd.Start(); err != nil {
