@@ -146,24 +146,31 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 	return f, nil
 }
 
-// hashAll fills sha256 and build-id, a few files at a time.
+// hashAll fills sha256 and build-id of the files that may have to be
+// compared: not those the tree writes, nor the very large.
 func hashAll(ctx context.Context, files []*pb.FileFact) {
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
-	for _, ff := range files {
-		if ff.Written || ff.Size > maxHash {
-			continue
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(ff *pb.FileFact) {
-			defer func() { <-sem; wg.Done() }()
-			if ctx.Err() != nil {
-				return
-			}
+	inParallel(ctx, len(files), func(i int) {
+		if ff := files[i]; !ff.Written && ff.Size <= maxHash {
 			ff.Sha256, _ = Hashes.Sum(ff.Path)
 			ff.BuildId = buildID(ff.Path)
-		}(ff)
+		}
+	})
+}
+
+// inParallel runs fn(0..n-1), four at a time (hashing is I/O and CPU
+// bound), skipping what is left once ctx ends.
+func inParallel(ctx context.Context, n int, fn func(i int)) {
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			if ctx.Err() == nil {
+				fn(i)
+			}
+		}(i)
 	}
 	wg.Wait()
 }

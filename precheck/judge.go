@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
@@ -332,36 +331,29 @@ func fieldsOf(path string, col int) map[string]bool {
 }
 
 func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {
-	// Hash first, a few at a time, what the comparison below will need:
-	// only files of the same size as on the source.
+	// Stat every file, and hash, a few at a time, those the comparison
+	// will need: only files of the same size as on the source.
+	stats := make([]os.FileInfo, len(f.Files))
 	sums := make([]string, len(f.Files))
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
-	for i, ff := range f.Files {
-		if ff.Sha256 == "" {
-			continue
+	inParallel(ctx, len(f.Files), func(i int) {
+		ff := f.Files[i]
+		st, err := os.Stat(ff.Path)
+		if err != nil {
+			return
 		}
-		if st, err := os.Stat(ff.Path); err != nil || uint64(st.Size()) != ff.Size {
-			continue
+		stats[i] = st
+		if ff.Sha256 != "" && uint64(st.Size()) == ff.Size {
+			sums[i], _ = Hashes.Sum(ff.Path)
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(i int, path string) {
-			defer func() { <-sem; wg.Done() }()
-			if ctx.Err() == nil {
-				sums[i], _ = Hashes.Sum(path)
-			}
-		}(i, ff.Path)
-	}
-	wg.Wait()
+	})
 	var items []string
 	var written []string
 	for i, ff := range f.Files {
 		if ctx.Err() != nil {
 			return fail("files", ctx.Err().Error())
 		}
-		st, err := os.Stat(ff.Path)
-		if err != nil {
+		st := stats[i]
+		if st == nil {
 			items = append(items, fmt.Sprintf("%s (%s): missing here", ff.Path, ff.Use))
 			continue
 		}
