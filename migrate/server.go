@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -90,7 +91,14 @@ func (s *Server) handle(conn net.Conn) {
 	defer func() {
 		s.mu.Lock()
 		s.active--
+		idle := s.active == 0
 		s.mu.Unlock()
+		if idle {
+			// A migration passes hundreds of MiB through short-lived
+			// buffers (and the binaries run with a high GOGC): give the
+			// memory back rather than sit on it between migrations.
+			debug.FreeOSMemory()
+		}
 	}()
 	log.Info("client authenticated", "cn", sess.PeerCommonName())
 	if err := s.Dest.Serve(s.ctx, sess); err != nil {

@@ -19,6 +19,7 @@ const about = "phaul: live migration of Linux process trees with CRIU"
 var commands = []*cli.Command{migrateCmd, checkCmd, certsCmd, versionCmd, checkHostCmd, dumpCmd, restoreCmd}
 
 func main() {
+	cli.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

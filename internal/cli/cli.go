@@ -188,3 +188,17 @@ func WriteJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// TuneGC sets the garbage collector for streaming pages: phaul's live heap
+// is a few MiB, while a migration passes hundreds of MiB through short-lived
+// buffers (yamux allocates one per received frame). At the default GOGC=100
+// that is a collection every few MiB, which cost the destination a third
+// of its CPU time in the benchmark (bench/results). A GOGC set in the
+// environment wins.
+func TuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+}
+
+const gcPercent = 800
