@@ -10,7 +10,7 @@ LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
 # not depend on the libraries of the host. (Not exported: -race needs cgo.)
 GOBUILD := CGO_ENABLED=0 $(GO) build
 
-.PHONY: all build deps test unit demo demo-local bench install clean fmt vet proto
+.PHONY: all build deps test unit demo demo-local bench bench-go install clean fmt vet proto
 
 all: build
 
@@ -18,6 +18,7 @@ build:
 	$(GOBUILD) -ldflags '$(LDFLAGS)' -o bin/phaul ./cmd/phaul
 	$(GOBUILD) -ldflags '$(LDFLAGS)' -o bin/phaul-service ./cmd/phaul-service
 	$(GOBUILD) -o bin/phaul-workload ./internal/workload
+	$(GOBUILD) -o bin/phaul-bench ./bench
 
 # A CRIU that works on this kernel (fetched into /opt/phaul/criu if the
 # system has none), and the tools the two-host tests use.
@@ -47,7 +48,15 @@ demo: deps build
 demo-local: deps build
 	scripts/demo-local.sh
 
+# phaul against CRIU alone and the manual workflow, on two network-namespace
+# hosts, bare and at 1 Gbit/s (bench/main.go). BENCH_FLAGS=--help lists the
+# options (sizes, runs, links); results go to bench/results/.
+BENCH_FLAGS ?=
 bench: deps build
+	bin/phaul-bench $(BENCH_FLAGS)
+
+# The Go microbenchmarks (page pump, checks, CRIU alone through the client).
+bench-go: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 
 install: build

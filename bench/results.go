@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// results is one run of the bench; its JSON form is what --out gets.
+type results struct {
+	Date    string        `json:"date"`
+	Machine machine       `json:"machine"`
+	Sizes   []int         `json:"sizes_mib"`
+	Runs    int           `json:"runs"`
+	Dirty   int           `json:"dirty_pages_per_second"`
+	Links   []*linkResult `json:"links"`
+	Targets []target      `json:"targets"`
+	Elapsed string        `json:"elapsed"`
+}
+
+type machine struct {
+	Kernel string `json:"kernel"`
+	CPUs   int    `json:"cpus"`
+	MemMiB int64  `json:"mem_mib"`
+	CRIU   string `json:"criu"`
+	Phaul  string `json:"phaul"`
+}
+
+type linkResult struct {
+	Link       string        `json:"link"`
+	Throughput float64       `json:"throughput_bps"` // one TCP stream, measured
+	Sizes      []*sizeResult `json:"sizes"`
+}
+
+type sizeResult struct {
+	MiB     int             `json:"mib"`
+	Methods []*methodResult `json:"methods"`
+}
+
+type methodResult struct {
+	Method string   `json:"method"`
+	Median sample   `json:"median"`
+	Runs   []sample `json:"runs"`
+}
+
+type target struct {
+	Name  string  `json:"name"`
+	Link  string  `json:"link"`
+	MiB   int     `json:"mib"`
+	Value float64 `json:"value"`
+	Limit float64 `json:"limit"`
+	Met   bool    `json:"met"`
+}
+
+func (s *sizeResult) method(m string) *methodResult {
+	for _, r := range s.Methods {
+		if r.Method == m {
+			return r
+		}
+	}
+	return nil
+}
+
+// measure runs every method on every link and size, o.Runs times. The
+// order of the methods rotates from run to run, so that none always runs
+// on a machine the previous one left busy.
+func (b *bench) measure(ctx context.Context) (*results, error) {
+	res := &results{Date: time.Now().UTC().Format(time.RFC3339), Sizes: b.o.Sizes, Runs: b.o.Runs, Dirty: b.o.Dirty, Machine: b.machine(ctx)}
+	for _, link := range b.o.Links {
+		if err := b.shape(ctx, link); err != nil {
+			return nil, err
+		}
+		lr := &linkResult{Link: link}
+		res.Links = append(res.Links, lr)
+		bps, err := b.throughput(ctx, 1024)
+		if err != nil {
+			return nil, fmt.Errorf("measure the %s link: %w", link, err)
+		}
+		lr.Throughput = bps
+		fmt.Fprintf(os.Stderr, "link %s: %.2f Gbit/s for one TCP stream\n", link, bps/1e9)
+		for _, mib := range b.o.Sizes {
+			sr := &sizeResult{MiB: mib}
+			lr.Sizes = append(lr.Sizes, sr)
+			for _, m := range b.o.Method {
+				sr.Methods = append(sr.Methods, &methodResult{Method: m})
+			}
+			for run := 0; run < b.o.Runs; run++ {
+				for k := range sr.Methods {
+					mr := sr.Methods[(k+run)%len(sr.Methods)]
+					s, err := b.migrate(ctx, mr.Method, mib)
+					if err != nil {
+						return nil, fmt.Errorf("%s, %d MiB, %s, run %d: %w", link, mib, mr.Method, run+1, err)
+					}
+					mr.Runs = append(mr.Runs, s)
+					fmt.Fprintf(os.Stderr, "  %-6s %5d MiB  %-6s run %d: downtime %.3fs total %.3fs\n",
+						link, mib, mr.Method, run+1, s.Downtime, s.Total)
+				}
+			}
+		}
+	}
+	return res, nil
+}
+
+func (b *bench) machine(ctx context.Context) machine {
+	m := machine{CPUs: runtime.NumCPU()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		m.MemMiB = int64(si.Totalram) * int64(si.Unit) >> 20
+	}
+	if out, err := exec.CommandContext(ctx, b.criu, "--version").Output(); err == nil {
+		m.CRIU = strings.TrimPrefix(strings.SplitN(string(out), "\n", 2)[0], "Version: ")
+	}
+	if out, err := exec.CommandContext(ctx, filepath.Join(b.bin, "phaul"), "version").Output(); err == nil {
+		m.Phaul = strings.TrimPrefix(strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0]), "phaul ")
+	}
+	return m
+}
+
+// finish computes the medians and judges the targets.
+func (r *results) finish() {
+	for _, lr := range r.Links {
+		for _, sr := range lr.Sizes {
+			for _, mr := range sr.Methods {
+				mr.Median = medianOf(mr.Runs)
+			}
+			p, a, m := sr.method(methodPhaul), sr.method(methodCRIU), sr.method(methodManual)
+			if p == nil {
+				continue
+			}
+			add := func(name string, value, limit float64) {
+				r.Targets = append(r.Targets, target{Name: name, Link: lr.Link, MiB: sr.MiB, Value: value, Limit: limit, Met: value <= limit})
+			}
+			if a != nil && lr.Link == "bare" && a.Median.Downtime > 0 {
+				add("downtime phaul/criu", p.Median.Downtime/a.Median.Downtime, 1.10)
+			}
+			if m != nil && lr.Link != "bare" && m.Median.Total > 0 {
+				add("total phaul/manual", p.Median.Total/m.Median.Total, 0.6)
+			}
+			if p.Median.PageBytes > 0 {
+				add("wire/raw bytes", float64(p.Median.WireBytes)/float64(p.Median.PageBytes), 0.55)
+			}
+			add("overhead (s)", p.Median.Overhead, 0.1)
+		}
+	}
+}
+
+// medianOf takes the median of each field on its own.
+func medianOf(runs []sample) sample {
+	f := func(get func(sample) float64) float64 {
+		v := make([]float64, len(runs))
+		for i, s := range runs {
+			v[i] = get(s)
+		}
+		return median(v)
+	}
+	return sample{
+		Downtime:  f(func(s sample) float64 { return s.Downtime }),
+		Total:     f(func(s sample) float64 { return s.Total }),
+		Dump:      f(func(s sample) float64 { return s.Dump }),
+		Transfer:  f(func(s sample) float64 { return s.Transfer }),
+		Restore:   f(func(s sample) float64 { return s.Restore }),
+		PageBytes: int64(f(func(s sample) float64 { return float64(s.PageBytes) })),
+		WireBytes: int64(f(func(s sample) float64 { return float64(s.WireBytes) })),
+		CPUSource: f(func(s sample) float64 { return s.CPUSource }),
+		CPUDest:   f(func(s sample) float64 { return s.CPUDest }),
+		Overhead:  f(func(s sample) float64 { return s.Overhead }),
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	sort.Float64s(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }
+
+// writeTable prints the medians, then the targets.
+func (r *results) writeTable(w io.Writer) {
+	fmt.Fprintf(w, "phaul-bench %s: %d CPUs, Linux %s, CRIU %s, phaul %s; medians of %d runs; workload dirties %d pages/s\n",
+		r.Date, r.Machine.CPUs, r.Machine.Kernel, r.Machine.CRIU, r.Machine.Phaul, r.Runs, r.Dirty)
+	for _, lr := range r.Links {
+		fmt.Fprintf(w, "\nlink %s (one TCP stream: %.2f Gbit/s)\n", lr.Link, lr.Throughput/1e9)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\t")
+		for _, sr := range lr.Sizes {
+			for _, mr := range sr.Methods {
+				s := mr.Median
+				fmt.Fprintf(tw, "%d\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t\n", sr.MiB, mr.Method,
+					s.Downtime, s.Total, s.Dump, s.Transfer, s.Restore, mib(s.PageBytes), mib(s.WireBytes),
+					phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead))
+			}
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w, "\ntargets")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, t := range r.Targets {
+		fmt.Fprintf(tw, "  %s\t%s\t%d MiB\t%.3f\t<= %.2f\t%s\n", t.Name, t.Link, t.MiB, t.Value, t.Limit, metStr(t.Met))
+	}
+	tw.Flush()
+}
+
+func phaulOnly(method string, v float64) string {
+	if method != methodPhaul {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", v)
+}
+
+func metStr(met bool) string {
+	if met {
+		return "met"
+	}
+	return "NOT MET"
+}
+
+// save writes DATE.json and DATE.md into dir.
+func (r *results) save(dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	stamp := strings.NewReplacer(":", "", "-", "").Replace(r.Date[:16])
+	base := filepath.Join(dir, stamp)
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(base+".json", append(data, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	var md strings.Builder
+	r.writeMarkdown(&md)
+	if err := os.WriteFile(base+".md", []byte(md.String()), 0o644); err != nil {
+		return nil, err
+	}
+	return []string{base + ".json", base + ".md"}, nil
+}
+
+func (r *results) writeMarkdown(w io.Writer) {
+	fmt.Fprintf(w, "# phaul-bench, %s\n\n", r.Date)
+	fmt.Fprintf(w, "Machine: %d CPUs, %d MiB, Linux %s, CRIU %s, phaul %s. Both hosts are network namespaces of this one machine: they share its CPUs.\n\n",
+		r.Machine.CPUs, r.Machine.MemMiB, r.Machine.Kernel, r.Machine.CRIU, r.Machine.Phaul)
+	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s. Elapsed: %s. Methods: **phaul** (`phaul migrate`), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
+		r.Runs, r.Dirty, r.Elapsed)
+	for _, lr := range r.Links {
+		fmt.Fprintf(w, "## Link: %s (one TCP stream: %.2f Gbit/s)\n\n", lr.Link, lr.Throughput/1e9)
+		fmt.Fprintln(w, "| MiB | method | downtime s | total s | dump s | copy s | restore s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s |")
+		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		for _, sr := range lr.Sizes {
+			for _, mr := range sr.Methods {
+				s := mr.Median
+				fmt.Fprintf(w, "| %d | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s | %s | %s | %s |\n", sr.MiB, mr.Method,
+					s.Downtime, s.Total, s.Dump, s.Transfer, s.Restore, mib(s.PageBytes), mib(s.WireBytes),
+					phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead))
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "## Targets\n\n| target | link | MiB | value | limit | |\n|---|---|---:|---:|---:|---|")
+	for _, t := range r.Targets {
+		fmt.Fprintf(w, "| %s | %s | %d | %.3f | <= %.2f | %s |\n", t.Name, t.Link, t.MiB, t.Value, t.Limit, metStr(t.Met))
+	}
+	fmt.Fprintln(w, "\nphaul's downtime runs from CRIU's pre-dump notification to the destination's confirmation that the tree runs; its overhead is that downtime less CRIU's dump (pages streamed included) and CRIU's restore. The baselines' downtime is the wall time of their commands. See bench/results/README.md for what bounds each number.")
+}
