@@ -101,6 +101,9 @@ func TestMigrateLiveTreeToOtherHost(t *testing.T) {
 	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
 	dest := assertRunsOnB(t, h, w, r, st)
 	t.Logf("downtime %.3fs, total %.3fs, pages %.0f, wire %.0f", r.Num("downtime"), r.Num("total"), r.Num("page_bytes"), r.Num("wire_bytes"))
+	if got := r.Str("freeze"); got != "ptrace" {
+		t.Errorf("freeze = %q, want ptrace (the workload shares the root freezer cgroup with others)", got)
+	}
 
 	// Same process, same memory: the token it made at start, the data
 	// it holds, now on b's address.
@@ -168,6 +171,59 @@ func TestMigratePlacesTreeSharingCRIUsCgroups(t *testing.T) {
 	}
 }
 
+// TestMigrateShellJobInPidns: a command started from a shell does not lead
+// its session. phaul notices by itself; here the tree is also a PID
+// namespace, which CRIU cannot dump with its session leader outside, so the
+// checks must refuse it, say why and what to do, before anything is frozen.
+func TestMigrateShellJobInPidns(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{ShellJob: true, Args: []string{"--child"}})
+	if why := proc.ShellJobReason(w.Pid); why == "" {
+		t.Fatal("the harness started a session leader, not a shell job")
+	}
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	if r.ExitCode != 4 {
+		t.Fatalf("exit %d, want 4 (permanent check failure): %s\n%s", r.ExitCode, r.Str("error"), r.Stderr)
+	}
+	if !r.Bool("shell_job") || !strings.Contains(r.Str("shell_job_reason"), "whose leader is not in the tree") {
+		t.Errorf("report: shell_job=%v reason=%q, want it detected", r.Bool("shell_job"), r.Str("shell_job_reason"))
+	}
+	if msg := r.Str("error"); !strings.Contains(msg, "session") || !strings.Contains(msg, "setsid") {
+		t.Errorf("error does not name the session check and the remedy: %s", msg)
+	}
+	assertUntouched(t, h, w)
+	assertDestinationClean(t, h, svc, w)
+}
+
+// TestMigrateFreezesWithCgroup moves a tree that is alone in its freezer
+// cgroup: CRIU freezes it with the cgroup rather than task by task.
+func TestMigrateFreezesWithCgroup(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: h.Name + "/src", Freezer: true, Args: []string{"--child"}})
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	assertRunsOnB(t, h, w, r, st)
+	if got := r.Str("freeze"); got != "cgroup" {
+		t.Errorf("freeze = %q, want cgroup", got)
+	}
+	if v := verdict(r, "session"); v["result"] != "pass" {
+		t.Errorf("session check: %v", v)
+	}
+}
+
+// verdict returns the report's verdict of one check.
+func verdict(r *twohosts.Result, check string) map[string]any {
+	vs, _ := r.Report["verdicts"].([]any)
+	for _, v := range vs {
+		if m, ok := v.(map[string]any); ok && m["check"] == check {
+			return m
+		}
+	}
+	return nil
+}
+
 // assertUntouched checks that a workload still runs on host a, unchanged
 // and not stopped, after a failed migration.
 func assertUntouched(t *testing.T, h *twohosts.Hosts, w *twohosts.Workload) {
@@ -216,12 +272,17 @@ func TestRestoreFailureRollsBack(t *testing.T) {
 	h := twohosts.New(t)
 	// A cgroup root below a file: CRIU cannot create the tree's cgroup.
 	svc := h.StartService(t, "--cgroup-root", "/cgroup.procs")
-	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: h.Name + "/src", Args: []string{"--child"}})
+	// Alone in its freezer cgroup: frozen by the kernel, and thawed again
+	// when the migration fails.
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: h.Name + "/src", Freezer: true, Args: []string{"--child"}})
 	// The cgroups check sees it coming; skip it to make CRIU fail for
 	// real after the freeze.
 	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--skip-check", "cgroups")
 	if r.ExitCode != 1 {
 		t.Fatalf("exit %d, want 1: %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
+	}
+	if got := r.Str("freeze"); got != "cgroup" {
+		t.Errorf("freeze = %q, want cgroup", got)
 	}
 	msg := r.Str("error")
 	if !strings.Contains(msg, "restore") || !strings.Contains(msg, "Error (criu/") || !strings.Contains(msg, "still runs on the source") {

@@ -12,14 +12,20 @@ import (
 // Report is what one migration did, as `phaul migrate` prints it. The
 // JSON field names are stable.
 type Report struct {
-	ID          string   `json:"id"`
-	Pid         int      `json:"pid"`          // the tree's root on the source
-	Destination string   `json:"destination"`  // HOST:PORT
-	DestPid     int      `json:"dest_pid"`     // the tree's root on the destination
-	Committed   bool     `json:"committed"`    // the source copy is gone
-	Running     bool     `json:"running"`      // the destination confirmed the tree runs
-	ShellJob    bool     `json:"shell_job"`    // dumped and restored as a shell job
-	CgroupRoots []string `json:"cgroup_roots"` // as passed to CRIU on restore
+	ID          string `json:"id"`
+	Pid         int    `json:"pid"`         // the tree's root on the source
+	Destination string `json:"destination"` // HOST:PORT
+	DestPid     int    `json:"dest_pid"`    // the tree's root on the destination
+	Committed   bool   `json:"committed"`   // the source copy is gone
+	Running     bool   `json:"running"`     // the destination confirmed the tree runs
+	ShellJob    bool   `json:"shell_job"`   // dumped and restored as a shell job
+	// ShellJobReason says why phaul chose shell-job mode itself ("" when
+	// it was asked for, or not used).
+	ShellJobReason string   `json:"shell_job_reason,omitempty"`
+	CgroupRoots    []string `json:"cgroup_roots"` // as passed to CRIU on restore
+	// Freeze is how the source tree was frozen: "cgroup" (it was alone in
+	// its freezer cgroup) or "ptrace" (seized task by task).
+	Freeze string `json:"freeze,omitempty"`
 
 	Verdicts []precheck.Verdict `json:"verdicts"` // of the checks, one per check
 
@@ -30,6 +36,9 @@ type Report struct {
 	Restore  Duration `json:"restore"`  // CRIU restore on the destination
 	Downtime Duration `json:"downtime"` // frozen on the source until running on the destination
 	Total    Duration `json:"total"`
+	// CPU is the time this process spent on the CPU during the migration
+	// (user and system; CRIU, a child, is not included).
+	CPU Duration `json:"cpu"`
 
 	PageBytes  int64 `json:"page_bytes"`  // page-server traffic as CRIU wrote it
 	WireBytes  int64 `json:"wire_bytes"`  // the same, compressed, on the network
@@ -51,7 +60,14 @@ func (d Duration) String() string { return time.Duration(d).Round(time.Milliseco
 func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "migrated pid %d to %s as pid %d (migration %s)\n", r.Pid, r.Destination, r.DestPid, r.ID)
 	if r.ShellJob {
-		fmt.Fprintln(w, "  as a shell job")
+		if r.ShellJobReason != "" {
+			fmt.Fprintf(w, "  as a shell job: %s\n", r.ShellJobReason)
+		} else {
+			fmt.Fprintln(w, "  as a shell job")
+		}
+	}
+	if r.Freeze != "" {
+		fmt.Fprintf(w, "  frozen by  %s\n", r.Freeze)
 	}
 	if len(r.CgroupRoots) > 0 {
 		fmt.Fprintf(w, "  cgroups    %s\n", strings.Join(r.CgroupRoots, " "))

@@ -32,7 +32,7 @@ type Options struct {
 	Pid            int         // root of the tree to move
 	Addr           string      // HOST:PORT of phaul-service
 	TLS            *tls.Config // transport.ClientTLS
-	ShellJob       bool        // the root is not a session leader
+	ShellJob       bool        // force CRIU's shell-job mode (detected when needed: proc.ShellJobReason)
 	TCPEstablished bool        // checkpoint established TCP connections
 	CgroupRoot     string      // ask the destination for this cgroup root
 	Timeout        time.Duration
@@ -89,8 +89,18 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 			return nil, &Error{Phase: "checks", SourceRunning: true, Err: fmt.Errorf("unknown check %q: the checks are %s", n, strings.Join(precheck.Names, ", "))}
 		}
 	}
+	var shellWhy string
+	if !o.ShellJob {
+		if shellWhy = proc.ShellJobReason(o.Pid); shellWhy != "" {
+			o.ShellJob = true
+			o.Logger.Info("migrating as a shell job", "why", shellWhy)
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		r, err := migrateOnce(ctx, o, start)
+		if r != nil {
+			r.ShellJobReason = shellWhy
+		}
 		var pe *precheck.Error
 		if err == nil || !errors.As(err, &pe) || pe.Outcome != precheck.Transient || attempt >= o.RetryTransient {
 			return r, err
@@ -106,8 +116,10 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 
 func migrateOnce(ctx context.Context, o Options, start time.Time) (*Report, error) {
 	m := &source{o: o, log: o.Logger.With("migration", o.ID), r: &Report{ID: o.ID, Pid: o.Pid, Destination: o.Addr, ShellJob: o.ShellJob}}
+	cpu0 := cpuTime()
 	err := m.run(ctx)
 	m.r.Total = Duration(time.Since(start))
+	m.r.CPU = Duration(cpuTime() - cpu0)
 	if o.checkOnly {
 		var pe *precheck.Error
 		if errors.As(err, &pe) {
@@ -258,6 +270,9 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	}
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := precheck.JudgeSource(facts, popts)
+	if !popts.Skipped("session") {
+		local = append(local, precheck.JudgeSession(o.Pid, o.ShellJob, popts))
+	}
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
 		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly,
@@ -375,6 +390,18 @@ func (m *source) dump(ctx context.Context) error {
 	}
 	if o.TCPEstablished {
 		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
+	}
+	m.r.Freeze = "ptrace"
+	if layout, err := cgroups.Detect(); err == nil {
+		// A tree alone in its freezer cgroup is frozen at once by the
+		// kernel rather than seized task by task.
+		if dir, why := cgroups.FreezerDir(layout, proc.Tree(o.Pid)); dir != "" {
+			opts.FreezeCgroup = proto.String(dir)
+			m.r.Freeze = "cgroup"
+			m.log.Info("freezing with the freezer cgroup", "cgroup", dir)
+		} else {
+			m.log.Info("freezing with ptrace", "why not the freezer cgroup", why)
+		}
 	}
 	_, err = o.CRIU.Dump(ctx, criu.Request{Opts: opts, ImagesDir: dir, PageServer: theirs, Notify: notify})
 	m.r.PageBytes, m.r.WireBytes = counts.Raw.Load(), counts.Wire.Load()
@@ -541,6 +568,16 @@ func socketpair() (ours, theirs *os.File, err error) {
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
 	}
 	return os.NewFile(uintptr(fds[0]), "pages"), os.NewFile(uintptr(fds[1]), "pages-criu"), nil
+}
+
+// cpuTime is the CPU time this process used so far, not counting its
+// children.
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 var errBusy = errors.New("busy")

@@ -21,7 +21,7 @@ import (
 )
 
 // Names of the checks, in report order.
-var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "transient"}
+var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "transient"}
 
 // ValidName reports whether name is a check (for --skip-check).
 func ValidName(name string) bool {

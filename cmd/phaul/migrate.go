@@ -44,7 +44,7 @@ func checkFlags(fs *pflag.FlagSet) {
 	fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
 	fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")
 	fs.Bool("json", false, "print the report as one JSON object")
-	fs.Bool("shell-job", false, "the tree's root is not a session leader (started from a shell)")
+	fs.Bool("shell-job", false, "force CRIU's shell-job mode (phaul turns it on by itself when a task's session or process group leader is outside the tree)")
 	fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
 	fs.String("cgroup-root", "", "restore in exactly this cgroup on the destination (default: a cgroup of its own below the service's --cgroup-root)")
 	fs.StringSlice("skip-check", nil, "skip a check (repeatable): "+strings.Join(precheck.Names, ", "))

@@ -6,8 +6,11 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -155,4 +158,76 @@ func ParseProcCgroup(r io.Reader) ([]Set, error) {
 		sets = append(sets, Set{ID: parts[0], Controllers: parts[1], Path: parts[2]})
 	}
 	return sets, sc.Err()
+}
+
+// FreezerDir returns the freezer cgroup directory that holds exactly the
+// tasks of tree (tree[0] its root) and nothing else, so that CRIU can
+// freeze the tree at once with it (its freeze_cgroup option) instead of
+// seizing task by task; or "" and why not.
+func FreezerDir(l *Layout, tree []int) (string, string) {
+	if len(tree) == 0 {
+		return "", "no tasks"
+	}
+	mnt := l.V1["freezer"]
+	if mnt == "" {
+		return "", "no v1 freezer hierarchy"
+	}
+	path, err := freezerPath(tree[0])
+	if err != nil {
+		return "", err.Error()
+	}
+	if path == "/" || path == "" {
+		return "", "the tree is in the root freezer cgroup"
+	}
+	in := make(map[int]bool, len(tree))
+	for _, p := range tree {
+		in[p] = true
+		pp, err := freezerPath(p)
+		if err != nil {
+			return "", err.Error()
+		}
+		if pp != path && !strings.HasPrefix(pp, path+"/") {
+			return "", fmt.Sprintf("pid %d is in freezer cgroup %s, outside the root's %s", p, pp, path)
+		}
+	}
+	dir := filepath.Join(mnt, path)
+	var why string
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, _ := strconv.Atoi(f); !in[pid] {
+				why = fmt.Sprintf("freezer cgroup %s also holds pid %d, which is not in the tree", path, pid)
+				return filepath.SkipAll
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Sprintf("read freezer cgroup %s: %v", path, err)
+	}
+	if why != "" {
+		return "", why
+	}
+	return dir, ""
+}
+
+func freezerPath(pid int) (string, error) {
+	sets, err := ProcessSets(pid)
+	if err != nil {
+		return "", err
+	}
+	for _, s := range sets {
+		for _, c := range strings.Split(s.Controllers, ",") {
+			if c == "freezer" {
+				return s.Path, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("pid %d is in no freezer cgroup", pid)
 }

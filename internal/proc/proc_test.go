@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -68,5 +69,45 @@ func TestValidateTarget(t *testing.T) {
 				t.Fatalf("got %v, want a refusal saying %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestOutsideLeader(t *testing.T) {
+	in := map[int]bool{100: true, 101: true}
+	for _, tc := range []struct {
+		st      Stat
+		outside bool
+	}{
+		{Stat{Pid: 100, Session: 100, PGrp: 100}, false}, // session leader
+		{Stat{Pid: 101, Session: 100, PGrp: 100}, false}, // its child
+		{Stat{Pid: 101, Session: 100, PGrp: 101}, false}, // a job of its own inside
+		{Stat{Pid: 100, Session: 7, PGrp: 100}, true},    // started from a shell
+		{Stat{Pid: 100, Session: 100, PGrp: 55}, true},   // in someone else's group
+		{Stat{Pid: 100, Session: 0, PGrp: 0}, true},      // leader in an ancestor PID namespace
+	} {
+		if got := outsideLeader(tc.st, in) != ""; got != tc.outside {
+			t.Errorf("%+v: outside=%v, want %v", tc.st, got, tc.outside)
+		}
+	}
+}
+
+func TestShellJobReason(t *testing.T) {
+	start := func(setsid bool) int {
+		t.Helper()
+		cmd := exec.Command("sleep", "100")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: setsid}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		return cmd.Process.Pid
+	}
+	// A child of ours is in our session, led by someone else: a shell job.
+	if why := ShellJobReason(start(false)); !strings.Contains(why, "whose leader is not in the tree") {
+		t.Errorf("a child in our session: %q, want a shell job", why)
+	}
+	// A session leader of its own is not.
+	if why := ShellJobReason(start(true)); why != "" {
+		t.Errorf("a session leader: %q, want not a shell job", why)
 	}
 }

@@ -74,3 +74,36 @@ func RSS(pid int) uint64 {
 	}
 	return total
 }
+
+// ShellJobReason says why the tree rooted at pid must be checkpointed as a
+// shell job (CRIU's --shell-job), or "" if it need not: a task of the tree
+// is in a session or process group whose leader is outside the tree, as
+// for a command started from an interactive shell (the shell leads the
+// session) or a pipeline member.
+func ShellJobReason(pid int) string {
+	tree := Tree(pid)
+	in := make(map[int]bool, len(tree))
+	for _, p := range tree {
+		in[p] = true
+	}
+	for _, p := range tree {
+		st, err := ReadStat(p)
+		if err != nil {
+			continue // gone: the checks say so if it matters
+		}
+		if why := outsideLeader(st, in); why != "" {
+			return why
+		}
+	}
+	return ""
+}
+
+func outsideLeader(st Stat, in map[int]bool) string {
+	switch {
+	case !in[st.Session]:
+		return fmt.Sprintf("pid %d (%s) is in session %d, whose leader is not in the tree (started from a shell)", st.Pid, st.Comm, st.Session)
+	case !in[st.PGrp]:
+		return fmt.Sprintf("pid %d (%s) is in process group %d, whose leader is not in the tree", st.Pid, st.Comm, st.PGrp)
+	}
+	return ""
+}

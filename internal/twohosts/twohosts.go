@@ -226,6 +226,12 @@ type Workload struct {
 type WorkloadOptions struct {
 	Args   []string // workload flags (--child, --listen, --mem ...)
 	Cgroup string   // if set, start it in this cgroup (memory, cpu, cpuacct, pids), created for the test
+	// Freezer puts its tree alone in the freezer cgroup Cgroup (needs
+	// Cgroup): phaul then freezes it with the cgroup.
+	Freezer bool
+	// ShellJob starts it as a shell would: in the session and process
+	// group of its parent (unshare), not leading its own.
+	ShellJob bool
 }
 
 // V1Controllers the harness places a workload's own cgroup in.
@@ -235,7 +241,12 @@ var V1Controllers = []string{"memory", "cpu", "cpuacct", "pids"}
 func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	t.Helper()
 	w := &Workload{State: filepath.Join(h.Dir, fmt.Sprintf("state-%d", time.Now().UnixNano()))}
-	argv := append([]string{"unshare", "-p", "-f", "setsid", filepath.Join(h.Bin, "phaul-workload"), "--state", w.State, "--interval", "20ms"}, o.Args...)
+	argv := []string{"unshare", "-p", "-f", "setsid"}
+	if o.ShellJob {
+		argv = argv[:3]
+	}
+	argv = append(argv, filepath.Join(h.Bin, "phaul-workload"), "--state", w.State, "--interval", "20ms")
+	argv = append(argv, o.Args...)
 	if o.Cgroup != "" {
 		var moves []string
 		for _, c := range V1Controllers {
@@ -267,6 +278,19 @@ func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	}
 	if _, err := testutil.WaitCount(w.State, 3, 10*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	if o.Freezer {
+		// Only the tree: the unshare that waits for it stays outside.
+		dir := filepath.Join("/sys/fs/cgroup/freezer", o.Cgroup)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { RemoveCgroup(dir) })
+		for _, p := range proc.Tree(w.Pid) {
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(p)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	return w
 }
@@ -316,6 +340,12 @@ type Result struct {
 func (r *Result) Num(key string) float64 {
 	f, _ := r.Report[key].(float64)
 	return f
+}
+
+// Bool returns a boolean of the JSON report.
+func (r *Result) Bool(key string) bool {
+	b, _ := r.Report[key].(bool)
+	return b
 }
 
 // Str returns a string of the JSON report.
