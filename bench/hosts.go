@@ -22,6 +22,8 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/internal/twohosts"
 )
 
 const (
@@ -208,24 +210,17 @@ func unmountBelow(dir string) {
 	}
 }
 
-// removeCgroups removes the service's cgroup root in every hierarchy.
+// removeCgroups removes the service's cgroup root in every hierarchy,
+// retrying while killed tasks are leaving it.
 func removeCgroups() {
 	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", hostsName))
 	for _, root := range roots {
-		var dirs []string
-		filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-			if err == nil && fi.IsDir() {
-				dirs = append(dirs, p)
+		for try := 0; try < 50; try++ {
+			twohosts.RemoveCgroup(root)
+			if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
+				break
 			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			for try := 0; try < 50; try++ {
-				if err := os.Remove(dirs[i]); err == nil || errors.Is(err, os.ErrNotExist) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }
@@ -297,42 +292,18 @@ func reapIfChild(pid int) {
 	}
 }
 
-// waitGone waits until pid no longer exists (a dumped source tree).
-func waitGone(pid int, timeout time.Duration) error {
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if unix.Kill(pid, 0) != nil {
-			return nil
-		}
-		if st, err := proc.ReadStat(pid); err == nil && st.State == 'Z' {
-			return nil
-		}
-	}
-	return fmt.Errorf("pid %d still exists %v after its dump", pid, timeout)
-}
-
-// counter reads the workload's counter.
-func counter(state string) (int64, error) {
-	data, err := os.ReadFile(state)
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(string(data))
-	if len(f) == 0 {
-		return 0, fmt.Errorf("%s: empty", state)
-	}
-	return strconv.ParseInt(f[0], 10, 64)
-}
-
+// waitCount is testutil.WaitCount that also ends with ctx (the bench is
+// interruptible); it returns the last count read.
 func waitCount(ctx context.Context, state string, n int64, timeout time.Duration) (int64, error) {
 	var last int64
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		if c, err := counter(state); err == nil {
-			last = c
-			if c >= n {
-				return c, nil
+		if st, err := testutil.ReadState(state); err == nil {
+			last = st.Count
+			if last >= n {
+				return last, nil
 			}
 		}
 	}
@@ -343,11 +314,11 @@ func waitCount(ctx context.Context, state string, n int64, timeout time.Duration
 // memory is intact: it counts past its count at the dump, and its own
 // check of every page (SIGUSR1 writes STATE.sum) says ok.
 func verify(ctx context.Context, w *workload, pid int) error {
-	c, err := counter(w.state)
+	st, err := testutil.ReadState(w.state)
 	if err != nil {
 		return err
 	}
-	if _, err := waitCount(ctx, w.state, c+3, 10*time.Second); err != nil {
+	if _, err := waitCount(ctx, w.state, st.Count+3, 10*time.Second); err != nil {
 		return fmt.Errorf("the restored workload does not count: %w", err)
 	}
 	sum := w.state + ".sum"

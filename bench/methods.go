@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/phaul/phaul/internal/testutil"
 )
 
 const (
@@ -161,7 +163,7 @@ func (b *bench) dumpRestore(ctx context.Context, w *workload, dumpDir, restoreOn
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("criu dump: %w%s", err, criuLog(dumpDir, "dump.log"))
 	}
-	if err := waitGone(w.pid, 30*time.Second); err != nil {
+	if err := testutil.WaitGone(w.pid, 30*time.Second); err != nil {
 		return 0, 0, 0, err
 	}
 	if between != nil {

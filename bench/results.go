@@ -205,10 +205,7 @@ func (r *results) writeTable(w io.Writer) {
 		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\t")
 		for _, sr := range lr.Sizes {
 			for _, mr := range sr.Methods {
-				s := mr.Median
-				fmt.Fprintf(tw, "%d\t%s\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t\n", sr.MiB, mr.Method,
-					s.Downtime, s.Total, s.Dump, s.Transfer, s.Restore, mib(s.PageBytes), mib(s.WireBytes),
-					phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead))
+				fmt.Fprintln(tw, strings.Join(row(sr.MiB, mr), "\t")+"\t")
 			}
 		}
 		tw.Flush()
@@ -219,6 +216,16 @@ func (r *results) writeTable(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%s\t%d MiB\t%.3f\t<= %.2f\t%s\n", t.Name, t.Link, t.MiB, t.Value, t.Limit, metStr(t.Met))
 	}
 	tw.Flush()
+}
+
+// row is one line of a link's table: the medians of one method at one
+// size, as the text and the markdown tables show them.
+func row(size int, mr *methodResult) []string {
+	s := mr.Median
+	f := func(v float64) string { return fmt.Sprintf("%.3f", v) }
+	return []string{fmt.Sprint(size), mr.Method, f(s.Downtime), f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore),
+		mib(s.PageBytes), mib(s.WireBytes),
+		phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead)}
 }
 
 func phaulOnly(method string, v float64) string {
@@ -269,10 +276,7 @@ func (r *results) writeMarkdown(w io.Writer) {
 		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, sr := range lr.Sizes {
 			for _, mr := range sr.Methods {
-				s := mr.Median
-				fmt.Fprintf(w, "| %d | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s | %s | %s | %s |\n", sr.MiB, mr.Method,
-					s.Downtime, s.Total, s.Dump, s.Transfer, s.Restore, mib(s.PageBytes), mib(s.WireBytes),
-					phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead))
+				fmt.Fprintln(w, "| "+strings.Join(row(sr.MiB, mr), " | ")+" |")
 			}
 		}
 		fmt.Fprintln(w)
