@@ -269,10 +269,7 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 		return nil, fmt.Errorf("gather facts: %w", err)
 	}
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
-	local := precheck.JudgeSource(facts, popts)
-	if !popts.Skipped("session") {
-		local = append(local, precheck.JudgeSession(o.Pid, o.ShellJob, popts))
-	}
+	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
 		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly,

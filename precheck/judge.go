@@ -27,9 +27,6 @@ type Options struct {
 	Skip           []string
 }
 
-// Skipped reports whether the check name is to be skipped.
-func (o Options) Skipped(name string) bool { return o.skipped(name) }
-
 func (o Options) skipped(name string) bool {
 	for _, s := range o.Skip {
 		if s == name {

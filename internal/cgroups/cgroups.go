@@ -172,27 +172,26 @@ func FreezerDir(l *Layout, tree []int) (string, string) {
 	if mnt == "" {
 		return "", "no v1 freezer hierarchy"
 	}
-	path, err := freezerPath(tree[0])
-	if err != nil {
-		return "", err.Error()
-	}
-	if path == "/" || path == "" {
-		return "", "the tree is in the root freezer cgroup"
-	}
+	var path string // the root's
 	in := make(map[int]bool, len(tree))
-	for _, p := range tree {
+	for i, p := range tree {
 		in[p] = true
 		pp, err := freezerPath(p)
 		if err != nil {
 			return "", err.Error()
 		}
-		if pp != path && !strings.HasPrefix(pp, path+"/") {
+		switch {
+		case i == 0 && (pp == "/" || pp == ""):
+			return "", "the tree is in the root freezer cgroup"
+		case i == 0:
+			path = pp
+		case pp != path && !strings.HasPrefix(pp, path+"/"):
 			return "", fmt.Sprintf("pid %d is in freezer cgroup %s, outside the root's %s", p, pp, path)
 		}
 	}
 	dir := filepath.Join(mnt, path)
 	var why string
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.IsDir() {
 			return err
 		}
