@@ -18,6 +18,7 @@ type Stat struct {
 	PPid    int
 	PGrp    int
 	Session int
+	TtyNr   int // the controlling terminal's device number, as the kernel encodes it; 0 for none
 	Flags   uint64
 }
 
@@ -61,6 +62,9 @@ func ParseStat(s string) (Stat, error) {
 		if *p, err = strconv.Atoi(f[1+i]); err != nil {
 			return Stat{}, fmt.Errorf("malformed stat field %d: %w", 4+i, err)
 		}
+	}
+	if st.TtyNr, err = strconv.Atoi(f[4]); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat tty_nr: %w", err)
 	}
 	if st.Flags, err = strconv.ParseUint(f[6], 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("malformed stat flags: %w", err)

@@ -17,7 +17,10 @@
 //     with --dirty pages rewritten per second; every page's content is
 //     derived from its index and its rewrite generation, so the whole area
 //     can be re-verified at any time (SUM, or SIGUSR1, which writes the
-//     verdict to STATE.sum).
+//     verdict to STATE.sum);
+//   - optionally (--echo) the counter as a line "count N" on stdout at
+//     every tick, for the tests of terminals: a write error is ignored,
+//     so a terminal that went away does not stop the count.
 //go:debug multipathtcp=0
 
 package main
@@ -51,6 +54,7 @@ func main() {
 	listen := flag.String("listen", "", "serve GET/SUM on this TCP address")
 	memMiB := flag.Int("mem", 0, "MiB of verifiable memory to hold")
 	dirty := flag.Int("dirty", 0, "pages of --mem rewritten per second")
+	echo := flag.Bool("echo", false, "also print the counter on stdout at every tick")
 	connect := flag.String("connect", "", "keep trying to open a TCP connection to this address (for a socket in SYN_SENT)")
 	flag.Parse()
 	if *state == "" {
@@ -103,6 +107,9 @@ func main() {
 	for range t.C {
 		n := w.count.Add(1)
 		writeFile(*state, fmt.Sprintf("%d %d %d\n", n, os.Getpid(), w.childPid))
+		if *echo {
+			fmt.Fprintf(os.Stdout, "count %d\n", n)
+		}
 	}
 }
 
