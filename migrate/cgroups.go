@@ -180,3 +180,66 @@ func mkdirCgroup(mnt, rel string, cpuset bool) error {
 	}
 	return nil
 }
+
+// v2Limits reads the cgroup v2 limits of the tree's cgroup (sets are its
+// root's), which CRIU does not carry, for the destination to apply.
+func v2Limits(sets []cgroups.Set) []*pb.CgroupLimit {
+	l, err := cgroups.Detect()
+	if err != nil {
+		return nil
+	}
+	dir := l.V2Dir(sets)
+	if dir == "" {
+		return nil
+	}
+	ls, err := cgroups.ReadLimits(dir)
+	if err != nil {
+		return nil
+	}
+	out := make([]*pb.CgroupLimit, 0, len(ls))
+	for _, x := range ls {
+		out = append(out, &pb.CgroupLimit{File: x.File, Value: x.Value})
+	}
+	return out
+}
+
+// applyV2Limits writes the source's v2 limits on the restored tree's
+// cgroup.
+func applyV2Limits(l *cgroups.Layout, pid int, limits []*pb.CgroupLimit) ([]string, error) {
+	if len(limits) == 0 {
+		return nil, nil
+	}
+	sets, err := cgroups.ProcessSets(pid)
+	if err != nil {
+		return nil, err
+	}
+	dir := l.V2Dir(sets)
+	if dir == "" {
+		return nil, fmt.Errorf("the source's tree had cgroup v2 limits (%d), but this host has no cgroup v2 controllers to apply them", len(limits))
+	}
+	ls := make([]cgroups.Limit, 0, len(limits))
+	for _, x := range limits {
+		ls = append(ls, cgroups.Limit{File: x.File, Value: x.Value})
+	}
+	return cgroups.ApplyLimits(dir, ls)
+}
+
+// dumpControllers are the hierarchies CRIU is to record (its
+// cgroup_dump_controller), named as /proc/PID/cgroup names them: those
+// where the tree lives below the top. Where it lives at the top, CRIU
+// would record every cgroup of the whole hierarchy as the tree's own and
+// recreate them all below the destination's root; phaul places the tree
+// there itself instead (placeTree). If there is no such hierarchy, a name
+// that matches none keeps CRIU from recording any.
+func dumpControllers(sets []cgroups.Set) []string {
+	var out []string
+	for _, s := range sets {
+		if s.Path != "/" {
+			out = append(out, s.Controllers)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"phaul-none"}
+	}
+	return out
+}

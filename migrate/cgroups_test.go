@@ -67,3 +67,18 @@ func TestParseCgroupMode(t *testing.T) {
 		t.Errorf("bad mode: %v", err)
 	}
 }
+
+func TestDumpControllers(t *testing.T) {
+	sets := []cgroups.Set{
+		{ID: "8", Controllers: "pids", Path: "/user.slice/session-c2.scope"},
+		{ID: "7", Controllers: "blkio", Path: "/"},
+		{ID: "1", Controllers: "name=systemd", Path: "/user.slice/session-c2.scope"},
+		{ID: "0", Controllers: "", Path: "/"},
+	}
+	if got := strings.Join(dumpControllers(sets), " "); got != "pids name=systemd" {
+		t.Errorf("dumpControllers = %q, want the hierarchies the tree is below the top of", got)
+	}
+	if got := dumpControllers([]cgroups.Set{{ID: "7", Controllers: "blkio", Path: "/"}}); len(got) != 1 || got[0] != "phaul-none" {
+		t.Errorf("all at the top: %q, want a name matching none", got)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/phaul/phaul/internal/cgroups"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/tty"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
@@ -131,6 +132,9 @@ type incoming struct {
 	mounted    bool // a tmpfs is mounted on imgs
 	restored   int  // root pid of the restored, stopped tree
 	state      string
+	mode       rpc.CriuCgMode // CRIU's cgroup mode for this migration
+	ttyMode    tty.Mode
+	terms      *terminals
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
@@ -232,7 +236,13 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("checks", err)
 	}
 	defer in.d.release()
-	if in.roots, err = in.cgroupRoots(in.prep.Cgroups, in.prep.CgroupRoot); err != nil {
+	if in.mode, err = in.d.cgroupMode(in.prep.ManageCgroups); err != nil {
+		return in.fail("checks", err)
+	}
+	if in.ttyMode, err = tty.ParseMode(in.prep.Tty); err != nil {
+		return in.fail("checks", err)
+	}
+	if in.roots, err = in.cgroupRoots(in.prep.Cgroups, in.prep.CgroupRoot, in.mode); err != nil {
 		return in.fail("checks", err)
 	}
 	if err := prepareCpuset(in.d.layout, in.roots); err != nil {
@@ -295,22 +305,56 @@ func (in *incoming) run(ctx context.Context) error {
 		ShellJob:          proto.Bool(in.prep.ShellJob),
 		TcpEstablished:    proto.Bool(in.prep.TcpEstablished),
 		LeaveStopped:      proto.Bool(true),
-		ManageCgroupsMode: o.ManageCgroups.Enum(),
+		ManageCgroupsMode: in.mode.Enum(),
 		CgRoot:            criuRoots(in.roots),
 	}
-	res, err := o.CRIU.Restore(ctx, criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.dir})
+	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.dir}
+	if len(in.prep.Terminals) > 0 {
+		if n, err := tty.DetachSessions(in.imgs); err != nil {
+			return in.fail("restore", err)
+		} else if n > 0 {
+			in.log.Info("terminals restored without their session (it stays on the source)", "terminals", n)
+		}
+		if in.terms, err = openTerminals(in.prep.Terminals, in.ttyMode, in.dir); err != nil {
+			return in.fail("restore", err)
+		}
+		req.Inherit = in.terms.inherit(in.prep.Terminals)
+	}
+	if err := in.precreateCgroups(); err != nil {
+		return in.fail("restore", err)
+	}
+	res, err := o.CRIU.Restore(ctx, req)
 	if err != nil {
 		return in.fail("restore", err)
 	}
 	in.restored = res.Pid
-	if moved, err := placeTree(in.d.layout, in.roots, res.Pid); err != nil {
-		return in.fail("restore", err)
-	} else if len(moved) > 0 {
-		in.log.Info("placed the tree under the cgroup root (CRIU had no cgroups for it)", "cgroups", moved)
+	restored := &pb.Restored{Pid: int32(res.Pid)}
+	if in.terms != nil {
+		in.terms.start()
+		restored.TtyLogs = in.terms.logs
+		in.log.Info("terminals connected", "mode", in.ttyMode.String(), "logs", in.terms.logs)
+	}
+	if in.mode != rpc.CriuCgMode_IGNORE {
+		if moved, err := placeTree(in.d.layout, in.roots, res.Pid); err != nil {
+			return in.fail("restore", err)
+		} else if len(moved) > 0 {
+			in.log.Info("placed the tree under the cgroup root (CRIU had no cgroups for it)", "cgroups", moved)
+		}
+		if restored.LimitsApplied, err = applyV2Limits(in.d.layout, res.Pid, in.prep.Limits); err != nil {
+			return in.fail("restore", err)
+		} else if len(restored.LimitsApplied) > 0 {
+			in.log.Info("applied cgroup v2 limits", "limits", restored.LimitsApplied)
+		}
+	}
+	if sets, err := cgroups.ProcessSets(res.Pid); err == nil {
+		for _, s := range sets {
+			restored.Cgroups = append(restored.Cgroups, s.Controllers+":"+s.Path)
+		}
 	}
 	in.record("restored")
 	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
-	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: &pb.Restored{Pid: int32(res.Pid), RestoreNanos: int64(time.Since(t0))}}}); err != nil {
+	restored.RestoreNanos = int64(time.Since(t0))
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
 		return err
 	}
 
@@ -365,6 +409,7 @@ func (in *incoming) finish(err error) {
 			proc.SignalTree(in.restored, unix.SIGKILL)
 			in.log.Info("killed the restored tree", "pid", in.restored)
 		}
+		in.terms.close()
 		in.log.Error("migration failed", "phase", in.phase, "err", err)
 		unmount()
 		os.RemoveAll(in.dir)
@@ -531,8 +576,8 @@ func reap(pid int) {
 // cgroupRoots computes where the tree goes: exactly the root the source
 // asked for, or else a cgroup of its own, phaul-ID, below the service's
 // root (so that trees moved to one host do not share limits).
-func (in *incoming) cgroupRoots(sets []*pb.CgroupSet, requested string) ([]*pb.CgroupRoot, error) {
-	if in.d.o.ManageCgroups == rpc.CriuCgMode_IGNORE {
+func (in *incoming) cgroupRoots(sets []*pb.CgroupSet, requested string, mode rpc.CriuCgMode) ([]*pb.CgroupRoot, error) {
+	if mode == rpc.CriuCgMode_IGNORE {
 		return nil, nil
 	}
 	root := path.Join(in.d.o.CgroupRoot, "phaul-"+in.id)
@@ -567,7 +612,8 @@ func (d *Destination) localCPUInfo(ctx context.Context) *precheck.CPUInfo {
 
 // judge runs the destination's checks on the source's facts.
 func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
-	env := &precheck.Env{Layout: in.d.layout, CgroupMode: in.d.o.ManageCgroups, TempDir: in.d.o.WorkDir, Breakpoints: in.d.o.Breakpoints}
+	env := &precheck.Env{Layout: in.d.layout, TempDir: in.d.o.WorkDir, Breakpoints: in.d.o.Breakpoints}
+	env.CgroupMode, env.CgroupErr = in.d.cgroupMode(chk.ManageCgroups)
 	if v, err := criu.ParseVersion(in.d.o.CRIUVersion); err == nil {
 		env.CRIUVersion = v
 	}
@@ -578,7 +624,9 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 		env.Kernel = k.String()
 	}
 	env.LocalCPUInfo = in.d.localCPUInfo(ctx)
-	env.CgroupRoots, env.CgroupErr = in.cgroupRoots(chk.GetFacts().GetCgroups(), chk.CgroupRoot)
+	if env.CgroupErr == nil {
+		env.CgroupRoots, env.CgroupErr = in.cgroupRoots(chk.GetFacts().GetCgroups(), chk.CgroupRoot, env.CgroupMode)
+	}
 	if addrs, err := net.InterfaceAddrs(); err == nil {
 		for _, a := range addrs {
 			if ipn, ok := a.(*net.IPNet); ok {
@@ -610,6 +658,34 @@ func prepareCpuset(l *cgroups.Layout, roots []*pb.CgroupRoot) error {
 			if err := mkdirCgroup(mnt, path.Dir(r.Path), true); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// cgroupMode is the source's choice of CRIU's cgroup mode, or the
+// service's default.
+func (d *Destination) cgroupMode(asked string) (rpc.CriuCgMode, error) {
+	if asked == "" {
+		return d.o.ManageCgroups, nil
+	}
+	return ParseCgroupMode(asked)
+}
+
+// precreateCgroups makes the cgroup roots where CRIU wants them to exist
+// already: in the none and props modes it neither creates cgroups nor
+// accepts missing ones.
+func (in *incoming) precreateCgroups() error {
+	if in.mode != rpc.CriuCgMode_CG_NONE && in.mode != rpc.CriuCgMode_PROPS {
+		return nil
+	}
+	for _, r := range in.roots {
+		mnt := in.d.layout.Mount(r.Controllers)
+		if mnt == "" {
+			continue
+		}
+		if err := mkdirCgroup(mnt, r.Path, r.Controllers == "cpuset"); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -39,10 +39,23 @@ func cgroupPath(t *testing.T, pid int, ctrl string) string {
 // counts on from where it was, and is gone from the source.
 func assertRunsOnB(t *testing.T, h *twohosts.Hosts, w *twohosts.Workload, r *twohosts.Result, before testutil.State) int {
 	t.Helper()
+	return assertRunsOn(t, h, nil, w, r, before)
+}
+
+// assertRunsOn is assertRunsOnB for a service that may live in a PID
+// namespace of its own (svc translates the reported PID); it returns the
+// restored root's PID here.
+func assertRunsOn(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service, w *twohosts.Workload, r *twohosts.Result, before testutil.State) int {
+	t.Helper()
 	if r.ExitCode != 0 || r.Report["running"] != true || r.Report["committed"] != true {
 		t.Fatalf("migrate failed (exit %d): %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
 	}
 	dest := int(r.Num("dest_pid"))
+	if svc != nil {
+		if dest = svc.HostPid(dest); dest == 0 {
+			t.Fatalf("restored pid %v not found in the service's PID namespace", r.Report["dest_pid"])
+		}
+	}
 	t.Cleanup(func() { testutil.KillPid(dest) })
 	if dest <= 1 || !testutil.Alive(dest) {
 		t.Fatalf("destination pid %d not alive", dest)

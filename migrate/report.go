@@ -26,6 +26,16 @@ type Report struct {
 	// Freeze is how the source tree was frozen: "cgroup" (it was alone in
 	// its freezer cgroup) or "ptrace" (seized task by task).
 	Freeze string `json:"freeze,omitempty"`
+	// Cgroups are the restored root's cgroups on the destination
+	// ("memory:/phaul/phaul-ID"; "" controllers for v2).
+	Cgroups []string `json:"cgroups,omitempty"`
+	// LimitsApplied are the cgroup v2 limits phaul copied itself (CRIU
+	// does not carry them): "memory.max=104857600".
+	LimitsApplied []string `json:"limits_applied,omitempty"`
+	// TTYLogs are where the output of the tree's terminals goes on the
+	// destination (--tty): a log in the migration's directory, a file,
+	// or /dev/null; one per terminal from outside the tree.
+	TTYLogs []string `json:"tty_logs,omitempty"`
 
 	Verdicts []precheck.Verdict `json:"verdicts"` // of the checks, one per check
 
@@ -69,8 +79,16 @@ func (r *Report) WriteText(w io.Writer) {
 	if r.Freeze != "" {
 		fmt.Fprintf(w, "  frozen by  %s\n", r.Freeze)
 	}
-	if len(r.CgroupRoots) > 0 {
+	if len(r.Cgroups) > 0 {
+		fmt.Fprintf(w, "  cgroups    %s\n", strings.Join(r.Cgroups, " "))
+	} else if len(r.CgroupRoots) > 0 {
 		fmt.Fprintf(w, "  cgroups    %s\n", strings.Join(r.CgroupRoots, " "))
+	}
+	if len(r.LimitsApplied) > 0 {
+		fmt.Fprintf(w, "  limits     %s (cgroup v2, set by phaul)\n", strings.Join(r.LimitsApplied, " "))
+	}
+	for _, l := range r.TTYLogs {
+		fmt.Fprintf(w, "  terminal   output to %s on the destination\n", l)
 	}
 	for _, v := range r.Verdicts {
 		if v.Result != "pass" {

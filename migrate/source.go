@@ -20,6 +20,7 @@ import (
 	"github.com/phaul/phaul/internal/cgroups"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/tty"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
@@ -35,12 +36,19 @@ type Options struct {
 	ShellJob       bool        // force CRIU's shell-job mode (detected when needed: proc.ShellJobReason)
 	TCPEstablished bool        // checkpoint established TCP connections
 	CgroupRoot     string      // ask the destination for this cgroup root
-	Timeout        time.Duration
-	ID             string // migration ID; empty means NewID()
-	WorkDir        string // where the source writes its (small) images; default /var/tmp/phaul
-	CRIU           Checkpointer
-	CRIUVersion    string // of o.CRIU, for the destination's checks (criu.New's Host.Version)
-	Logger         *slog.Logger
+	// ManageCgroups is CRIU's cgroup mode on the destination (ignore,
+	// none, props, soft, full, strict); "" leaves the service's default.
+	ManageCgroups string
+	// TTY is where the tree's terminals from outside it lead on the
+	// destination: "pty" (default: a new pty, output logged by the
+	// service), "null", or "file:PATH" (tty.ParseMode).
+	TTY         string
+	Timeout     time.Duration
+	ID          string // migration ID; empty means NewID()
+	WorkDir     string // where the source writes its (small) images; default /var/tmp/phaul
+	CRIU        Checkpointer
+	CRIUVersion string // of o.CRIU, for the destination's checks (criu.New's Host.Version)
+	Logger      *slog.Logger
 
 	Skip           []string      // checks not to run (precheck.Names)
 	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
@@ -88,6 +96,14 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 		if !precheck.ValidName(n) {
 			return nil, &Error{Phase: "checks", SourceRunning: true, Err: fmt.Errorf("unknown check %q: the checks are %s", n, strings.Join(precheck.Names, ", "))}
 		}
+	}
+	if o.ManageCgroups != "" {
+		if _, err := ParseCgroupMode(o.ManageCgroups); err != nil {
+			return nil, &Error{Phase: "checks", SourceRunning: true, Err: err}
+		}
+	}
+	if _, err := tty.ParseMode(o.TTY); err != nil {
+		return nil, &Error{Phase: "checks", SourceRunning: true, Err: err}
 	}
 	var shellWhy string
 	if !o.ShellJob {
@@ -149,6 +165,8 @@ type source struct {
 	r     *Report
 	phase string
 	sess  *transport.Session
+	terms []*pb.Terminal // from outside the tree, declared external in the dump
+	sets  []cgroups.Set  // the cgroups of the tree's root
 }
 
 func (m *source) setPhase(p string) {
@@ -186,6 +204,7 @@ func (m *source) run(ctx context.Context) error {
 	if err != nil {
 		return m.refuse(err)
 	}
+	m.sets = sets
 
 	m.setPhase("connect")
 	t0 := time.Now()
@@ -230,6 +249,7 @@ func (m *source) run(ctx context.Context) error {
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: proc.RSS(o.Pid),
+		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(sets),
 	}}}); err != nil {
 		return m.refuse(err)
 	}
@@ -268,11 +288,17 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gather facts: %w", err)
 	}
+	terms, err := tty.External(proc.Tree(o.Pid))
+	if err != nil {
+		return nil, fmt.Errorf("find the tree's terminals: %w", err)
+	}
+	m.terms = terminalsToPB(terms)
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
+	local = append(local, precheck.JudgeTerminals(m.terms, o.TTY, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
-		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly,
+		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly, ManageCgroups: o.ManageCgroups,
 	}}}); err != nil {
 		return nil, err
 	}
@@ -385,6 +411,10 @@ func (m *source) dump(ctx context.Context) error {
 		TcpEstablished:    proto.Bool(o.TCPEstablished),
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
 	}
+	for _, t := range m.terms {
+		opts.External = append(opts.External, t.Key)
+	}
+	opts.CgroupDumpController = dumpControllers(m.sets)
 	if o.TCPEstablished {
 		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
 	}
@@ -489,6 +519,7 @@ func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error
 		return nil, unexpected(msg, "Restored")
 	}
 	m.r.Restore = Duration(time.Duration(restored.RestoreNanos))
+	m.r.TTYLogs, m.r.LimitsApplied, m.r.Cgroups = restored.TtyLogs, restored.LimitsApplied, restored.Cgroups
 	m.log.Info("restored on the destination, committing", "dest_pid", restored.Pid)
 	m.setPhase("commit")
 	return restored, nil
@@ -599,4 +630,13 @@ func lockTree(pid int) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// terminalsToPB converts what tty.External found.
+func terminalsToPB(ts []tty.Terminal) []*pb.Terminal {
+	out := make([]*pb.Terminal, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, &pb.Terminal{Key: t.Key, Path: t.Path, Ctty: t.Ctty, Users: t.Users})
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package precheck
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -432,17 +433,26 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	if env.CgroupErr != nil {
 		return fail("cgroups", env.CgroupErr.Error())
 	}
+	// The mapping, per controller: the tree's own cgroup on the source
+	// (a login session's scope, a container's) becomes the root here, and
+	// the sub-paths below it are kept.
 	var mapping []string
 	for _, r := range env.CgroupRoots {
-		mapping = append(mapping, strings.TrimPrefix(r.Controllers+":"+r.Path, ":"))
+		from := "?"
+		for _, s := range f.Cgroups {
+			if s.Controllers == r.Controllers {
+				from = s.Path
+			}
+		}
+		mapping = append(mapping, fmt.Sprintf("%s:%s -> %s", cmp.Or(r.Controllers, "v2"), from, r.Path))
 	}
 	kind := ""
 	if env.Layout != nil {
 		kind = env.Layout.Kind
 	}
-	detail := fmt.Sprintf("cgroup %s on the source, %s here; restored under %s", f.CgroupKind, kind, strings.Join(mapping, " "))
+	detail := fmt.Sprintf("cgroup %s on the source, %s here; the tree's cgroups are mapped %s (%s mode)", f.CgroupKind, kind, strings.Join(mapping, ", "), modeName(env.CgroupMode))
 	if env.CgroupMode == rpc.CriuCgMode_IGNORE {
-		return pass("cgroups", fmt.Sprintf("cgroup %s on the source, %s here; cgroups ignored (--manage-cgroups=ignore)", f.CgroupKind, kind))
+		return pass("cgroups", fmt.Sprintf("cgroup %s on the source, %s here; CRIU leaves cgroups alone: the tree joins the service's own cgroups, without its limits (ignore mode)", f.CgroupKind, kind))
 	}
 	var exists []string
 	for _, r := range env.CgroupRoots {
@@ -485,7 +495,26 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	case len(exists) > 0 && env.CgroupMode == rpc.CriuCgMode_SOFT:
 		return warn("cgroups", detail+"; existing cgroups keep their own limits (soft mode)", exists...)
 	case kind == "v2" || f.CgroupKind == "v2":
-		return warn("cgroups", detail+"; CRIU does not carry cgroup v2 limits (memory.max, cpu.max, pids.max)")
+		return pass("cgroups", detail+"; phaul copies the cgroup v2 limits CRIU does not carry (memory.max, cpu.max, pids.max, ...)")
 	}
 	return pass("cgroups", detail)
+}
+
+// modeName is the --manage-cgroups name of CRIU's mode.
+func modeName(m rpc.CriuCgMode) string {
+	switch m {
+	case rpc.CriuCgMode_IGNORE:
+		return "ignore"
+	case rpc.CriuCgMode_CG_NONE:
+		return "none"
+	case rpc.CriuCgMode_PROPS:
+		return "props"
+	case rpc.CriuCgMode_SOFT:
+		return "soft"
+	case rpc.CriuCgMode_FULL:
+		return "full"
+	case rpc.CriuCgMode_STRICT:
+		return "strict"
+	}
+	return m.String()
 }

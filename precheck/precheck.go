@@ -6,8 +6,8 @@
 // whether waiting could help (transient).
 //
 // The checks: cpu, modules (kernel features the tree uses), files,
-// network, cgroups, criu (versions, kernel, memory) and transient
-// conditions.
+// network, cgroups, criu (versions, kernel, memory), session (shell jobs),
+// terminals (from outside the tree) and transient conditions.
 package precheck
 
 import (
@@ -21,7 +21,7 @@ import (
 )
 
 // Names of the checks, in report order.
-var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "transient"}
+var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "terminals", "transient"}
 
 // ValidName reports whether name is a check (for --skip-check).
 func ValidName(name string) bool {

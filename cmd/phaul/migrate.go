@@ -13,6 +13,7 @@ import (
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/tty"
 	"github.com/phaul/phaul/migrate"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
@@ -47,6 +48,8 @@ func checkFlags(fs *pflag.FlagSet) {
 	fs.Bool("shell-job", false, "force CRIU's shell-job mode (phaul turns it on by itself when a task's session or process group leader is outside the tree)")
 	fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
 	fs.String("cgroup-root", "", "restore in exactly this cgroup on the destination (default: a cgroup of its own below the service's --cgroup-root)")
+	fs.String("manage-cgroups", "", "CRIU's cgroup mode on the destination: ignore, none, props, soft, full, strict (default: the service's --manage-cgroups)")
+	fs.String("tty", "pty", "where the tree's terminals from outside it (an ssh session's pty, a console) lead on the destination: pty (a new pty whose output the service logs in the migration's directory), null, or file:PATH (a file on the destination)")
 	fs.StringSlice("skip-check", nil, "skip a check (repeatable): "+strings.Join(precheck.Names, ", "))
 	fs.String("cpu-cap", "fpu,cpu,ins", "what CRIU's CPU check compares: fpu, cpu, ins (comma separated), or none")
 	fs.Int("retry-transient", 0, "when only transient checks fail, retry this many times (5 s apart)")
@@ -94,6 +97,16 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 	o.ShellJob, _ = fs.GetBool("shell-job")
 	o.TCPEstablished, _ = fs.GetBool("tcp-established")
 	o.CgroupRoot, _ = fs.GetString("cgroup-root")
+	o.ManageCgroups, _ = fs.GetString("manage-cgroups")
+	if o.ManageCgroups != "" {
+		if _, err := migrate.ParseCgroupMode(o.ManageCgroups); err != nil {
+			return o, cli.Usagef("--manage-cgroups: %v", err)
+		}
+	}
+	o.TTY, _ = fs.GetString("tty")
+	if _, err := tty.ParseMode(o.TTY); err != nil {
+		return o, cli.Usagef("%v", err)
+	}
 	o.Timeout, _ = fs.GetDuration("timeout")
 	o.Skip, _ = fs.GetStringSlice("skip-check")
 	o.RetryTransient, _ = fs.GetInt("retry-transient")

@@ -73,7 +73,7 @@ func (x Verdict_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verdict_Result.Descriptor instead.
 func (Verdict_Result) EnumDescriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16, 0}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18, 0}
 }
 
 // Envelope is the one message type on the control stream: exactly one of
@@ -567,9 +567,15 @@ type Prepare struct {
 	TcpEstablished bool                   `protobuf:"varint,4,opt,name=tcp_established,json=tcpEstablished,proto3" json:"tcp_established,omitempty"`
 	CgroupRoot     string                 `protobuf:"bytes,5,opt,name=cgroup_root,json=cgroupRoot,proto3" json:"cgroup_root,omitempty"` // requested cgroup root; "" = the service's default
 	Cgroups        []*CgroupSet           `protobuf:"bytes,6,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
-	MemoryBytes    uint64                 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"` // resident memory of the tree: an upper bound of the pages to come
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	MemoryBytes    uint64                 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`      // resident memory of the tree: an upper bound of the pages to come
+	ManageCgroups  string                 `protobuf:"bytes,8,opt,name=manage_cgroups,json=manageCgroups,proto3" json:"manage_cgroups,omitempty"` // CRIU's cgroup mode on restore; "" = the service's default
+	// tty says where the tree's terminals from outside go on the
+	// destination: "pty" (a new pty, output logged), "null", "file:PATH".
+	Tty           string         `protobuf:"bytes,9,opt,name=tty,proto3" json:"tty,omitempty"`
+	Terminals     []*Terminal    `protobuf:"bytes,10,rep,name=terminals,proto3" json:"terminals,omitempty"` // declared external in the dump
+	Limits        []*CgroupLimit `protobuf:"bytes,11,rep,name=limits,proto3" json:"limits,omitempty"`       // v2 limits of the tree's cgroup, for the destination to apply
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Prepare) Reset() {
@@ -651,6 +657,157 @@ func (x *Prepare) GetMemoryBytes() uint64 {
 	return 0
 }
 
+func (x *Prepare) GetManageCgroups() string {
+	if x != nil {
+		return x.ManageCgroups
+	}
+	return ""
+}
+
+func (x *Prepare) GetTty() string {
+	if x != nil {
+		return x.Tty
+	}
+	return ""
+}
+
+func (x *Prepare) GetTerminals() []*Terminal {
+	if x != nil {
+		return x.Terminals
+	}
+	return nil
+}
+
+func (x *Prepare) GetLimits() []*CgroupLimit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// Terminal is a terminal the tree uses but does not own (an ssh session's
+// pty, a console): CRIU dumps it as external, keyed tty[RDEV:DEV].
+type Terminal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`     // tty[rdev:dev], as CRIU's --external names it
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`   // /dev/pts/3
+	Ctty          bool                   `protobuf:"varint,3,opt,name=ctty,proto3" json:"ctty,omitempty"`  // the controlling terminal of a session outside the tree
+	Users         []string               `protobuf:"bytes,4,rep,name=users,proto3" json:"users,omitempty"` // "pid 42 fd 1"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Terminal) Reset() {
+	*x = Terminal{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Terminal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Terminal) ProtoMessage() {}
+
+func (x *Terminal) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Terminal.ProtoReflect.Descriptor instead.
+func (*Terminal) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Terminal) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Terminal) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Terminal) GetCtty() bool {
+	if x != nil {
+		return x.Ctty
+	}
+	return false
+}
+
+func (x *Terminal) GetUsers() []string {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+// CgroupLimit is one cgroup v2 interface file of the tree's cgroup.
+type CgroupLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	File          string                 `protobuf:"bytes,1,opt,name=file,proto3" json:"file,omitempty"` // memory.max, cpu.max, pids.max, ...
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CgroupLimit) Reset() {
+	*x = CgroupLimit{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CgroupLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CgroupLimit) ProtoMessage() {}
+
+func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CgroupLimit.ProtoReflect.Descriptor instead.
+func (*CgroupLimit) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CgroupLimit) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *CgroupLimit) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 // CgroupRoot is one --cgroup-root CRIU will be given on restore.
 type CgroupRoot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -662,7 +819,7 @@ type CgroupRoot struct {
 
 func (x *CgroupRoot) Reset() {
 	*x = CgroupRoot{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	mi := &file_internal_pb_phaul_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +831,7 @@ func (x *CgroupRoot) String() string {
 func (*CgroupRoot) ProtoMessage() {}
 
 func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	mi := &file_internal_pb_phaul_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +844,7 @@ func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupRoot.ProtoReflect.Descriptor instead.
 func (*CgroupRoot) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{6}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CgroupRoot) GetControllers() string {
@@ -714,7 +871,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +883,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +896,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{7}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Ready) GetCgroupRoots() []*CgroupRoot {
@@ -761,7 +918,7 @@ type ImagesSent struct {
 
 func (x *ImagesSent) Reset() {
 	*x = ImagesSent{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +930,7 @@ func (x *ImagesSent) String() string {
 func (*ImagesSent) ProtoMessage() {}
 
 func (x *ImagesSent) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +943,7 @@ func (x *ImagesSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagesSent.ProtoReflect.Descriptor instead.
 func (*ImagesSent) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{8}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ImagesSent) GetFiles() uint32 {
@@ -809,13 +966,16 @@ type Restored struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
 	RestoreNanos  int64                  `protobuf:"varint,2,opt,name=restore_nanos,json=restoreNanos,proto3" json:"restore_nanos,omitempty"`
+	TtyLogs       []string               `protobuf:"bytes,3,rep,name=tty_logs,json=ttyLogs,proto3" json:"tty_logs,omitempty"`                   // where the terminals' output goes on the destination
+	LimitsApplied []string               `protobuf:"bytes,4,rep,name=limits_applied,json=limitsApplied,proto3" json:"limits_applied,omitempty"` // v2 limits phaul set: "memory.max=104857600"
+	Cgroups       []string               `protobuf:"bytes,5,rep,name=cgroups,proto3" json:"cgroups,omitempty"`                                  // the restored root's cgroups: "memory:/phaul/phaul-ID"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Restored) Reset() {
 	*x = Restored{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +987,7 @@ func (x *Restored) String() string {
 func (*Restored) ProtoMessage() {}
 
 func (x *Restored) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1000,7 @@ func (x *Restored) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restored.ProtoReflect.Descriptor instead.
 func (*Restored) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Restored) GetPid() int32 {
@@ -857,6 +1017,27 @@ func (x *Restored) GetRestoreNanos() int64 {
 	return 0
 }
 
+func (x *Restored) GetTtyLogs() []string {
+	if x != nil {
+		return x.TtyLogs
+	}
+	return nil
+}
+
+func (x *Restored) GetLimitsApplied() []string {
+	if x != nil {
+		return x.LimitsApplied
+	}
+	return nil
+}
+
+func (x *Restored) GetCgroups() []string {
+	if x != nil {
+		return x.Cgroups
+	}
+	return nil
+}
+
 // Commit says the source copy is gone: resume the destination copy.
 type Commit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -866,7 +1047,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1059,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1072,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
 }
 
 // Done says the destination copy runs (destination to source).
@@ -904,7 +1085,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1097,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1110,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Done) GetPid() int32 {
@@ -949,7 +1130,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1142,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1155,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Abort) GetReason() string {
@@ -996,7 +1177,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1189,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1202,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Failure) GetPhase() string {
@@ -1057,13 +1238,14 @@ type Check struct {
 	CpuCap         uint32                 `protobuf:"varint,5,opt,name=cpu_cap,json=cpuCap,proto3" json:"cpu_cap,omitempty"` // CRIU's cpu_cap bits for the CPU check; 0: fpu|cpu|ins
 	Skip           []string               `protobuf:"bytes,6,rep,name=skip,proto3" json:"skip,omitempty"`                    // checks not to run (--skip-check)
 	Only           bool                   `protobuf:"varint,7,opt,name=only,proto3" json:"only,omitempty"`
+	ManageCgroups  string                 `protobuf:"bytes,8,opt,name=manage_cgroups,json=manageCgroups,proto3" json:"manage_cgroups,omitempty"` // as in Prepare
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1257,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1270,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Check) GetFacts() *SourceFacts {
@@ -1140,6 +1322,13 @@ func (x *Check) GetOnly() bool {
 	return false
 }
 
+func (x *Check) GetManageCgroups() string {
+	if x != nil {
+		return x.ManageCgroups
+	}
+	return ""
+}
+
 // CheckReport is the destination's verdicts.
 type CheckReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1150,7 +1339,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1351,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1364,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckReport) GetVerdicts() []*Verdict {
@@ -1198,7 +1387,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1399,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1412,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Verdict) GetCheck() string {
@@ -1280,7 +1469,7 @@ type SourceFacts struct {
 
 func (x *SourceFacts) Reset() {
 	*x = SourceFacts{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1481,7 @@ func (x *SourceFacts) String() string {
 func (*SourceFacts) ProtoMessage() {}
 
 func (x *SourceFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1494,7 @@ func (x *SourceFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceFacts.ProtoReflect.Descriptor instead.
 func (*SourceFacts) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SourceFacts) GetHost() *HostInfo {
@@ -1393,7 +1582,7 @@ type FileFact struct {
 
 func (x *FileFact) Reset() {
 	*x = FileFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1594,7 @@ func (x *FileFact) String() string {
 func (*FileFact) ProtoMessage() {}
 
 func (x *FileFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1607,7 @@ func (x *FileFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
 func (*FileFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FileFact) GetPath() string {
@@ -1486,7 +1675,7 @@ type SocketFact struct {
 
 func (x *SocketFact) Reset() {
 	*x = SocketFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1687,7 @@ func (x *SocketFact) String() string {
 func (*SocketFact) ProtoMessage() {}
 
 func (x *SocketFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1700,7 @@ func (x *SocketFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
 func (*SocketFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SocketFact) GetFamily() string {
@@ -1583,7 +1772,7 @@ type Need struct {
 
 func (x *Need) Reset() {
 	*x = Need{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1784,7 @@ func (x *Need) String() string {
 func (*Need) ProtoMessage() {}
 
 func (x *Need) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1797,7 @@ func (x *Need) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Need.ProtoReflect.Descriptor instead.
 func (*Need) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Need) GetKind() string {
@@ -1644,7 +1833,7 @@ type TaskFact struct {
 
 func (x *TaskFact) Reset() {
 	*x = TaskFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1845,7 @@ func (x *TaskFact) String() string {
 func (*TaskFact) ProtoMessage() {}
 
 func (x *TaskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1858,7 @@ func (x *TaskFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
 func (*TaskFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TaskFact) GetPid() int32 {
@@ -1735,7 +1924,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\"A\n" +
 	"\tCgroupSet\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\xe8\x01\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\x82\x03\n" +
 	"\aPrepare\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x1b\n" +
@@ -1744,7 +1933,20 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\vcgroup_root\x18\x05 \x01(\tR\n" +
 	"cgroupRoot\x12-\n" +
 	"\acgroups\x18\x06 \x03(\v2\x13.phaul.v1.CgroupSetR\acgroups\x12!\n" +
-	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\"B\n" +
+	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\x12%\n" +
+	"\x0emanage_cgroups\x18\b \x01(\tR\rmanageCgroups\x12\x10\n" +
+	"\x03tty\x18\t \x01(\tR\x03tty\x120\n" +
+	"\tterminals\x18\n" +
+	" \x03(\v2\x12.phaul.v1.TerminalR\tterminals\x12-\n" +
+	"\x06limits\x18\v \x03(\v2\x15.phaul.v1.CgroupLimitR\x06limits\"Z\n" +
+	"\bTerminal\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04ctty\x18\x03 \x01(\bR\x04ctty\x12\x14\n" +
+	"\x05users\x18\x04 \x03(\tR\x05users\"7\n" +
+	"\vCgroupLimit\x12\x12\n" +
+	"\x04file\x18\x01 \x01(\tR\x04file\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"B\n" +
 	"\n" +
 	"CgroupRoot\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
@@ -1754,10 +1956,13 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
 	"ImagesSent\x12\x14\n" +
 	"\x05files\x18\x01 \x01(\rR\x05files\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"A\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\x9d\x01\n" +
 	"\bRestored\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12#\n" +
-	"\rrestore_nanos\x18\x02 \x01(\x03R\frestoreNanos\"\b\n" +
+	"\rrestore_nanos\x18\x02 \x01(\x03R\frestoreNanos\x12\x19\n" +
+	"\btty_logs\x18\x03 \x03(\tR\attyLogs\x12%\n" +
+	"\x0elimits_applied\x18\x04 \x03(\tR\rlimitsApplied\x12\x18\n" +
+	"\acgroups\x18\x05 \x03(\tR\acgroups\"\b\n" +
 	"\x06Commit\"\x18\n" +
 	"\x04Done\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x1f\n" +
@@ -1767,7 +1972,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\xdc\x01\n" +
+	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\x83\x02\n" +
 	"\x05Check\x12+\n" +
 	"\x05facts\x18\x01 \x01(\v2\x15.phaul.v1.SourceFactsR\x05facts\x12\x1b\n" +
 	"\tshell_job\x18\x02 \x01(\bR\bshellJob\x12'\n" +
@@ -1776,7 +1981,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"cgroupRoot\x12\x17\n" +
 	"\acpu_cap\x18\x05 \x01(\rR\x06cpuCap\x12\x12\n" +
 	"\x04skip\x18\x06 \x03(\tR\x04skip\x12\x12\n" +
-	"\x04only\x18\a \x01(\bR\x04only\"<\n" +
+	"\x04only\x18\a \x01(\bR\x04only\x12%\n" +
+	"\x0emanage_cgroups\x18\b \x01(\tR\rmanageCgroups\"<\n" +
 	"\vCheckReport\x12-\n" +
 	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xd2\x01\n" +
 	"\aVerdict\x12\x14\n" +
@@ -1849,7 +2055,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0), // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),    // 1: phaul.v1.Envelope
@@ -1858,54 +2064,58 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*Welcome)(nil),     // 4: phaul.v1.Welcome
 	(*CgroupSet)(nil),   // 5: phaul.v1.CgroupSet
 	(*Prepare)(nil),     // 6: phaul.v1.Prepare
-	(*CgroupRoot)(nil),  // 7: phaul.v1.CgroupRoot
-	(*Ready)(nil),       // 8: phaul.v1.Ready
-	(*ImagesSent)(nil),  // 9: phaul.v1.ImagesSent
-	(*Restored)(nil),    // 10: phaul.v1.Restored
-	(*Commit)(nil),      // 11: phaul.v1.Commit
-	(*Done)(nil),        // 12: phaul.v1.Done
-	(*Abort)(nil),       // 13: phaul.v1.Abort
-	(*Failure)(nil),     // 14: phaul.v1.Failure
-	(*Check)(nil),       // 15: phaul.v1.Check
-	(*CheckReport)(nil), // 16: phaul.v1.CheckReport
-	(*Verdict)(nil),     // 17: phaul.v1.Verdict
-	(*SourceFacts)(nil), // 18: phaul.v1.SourceFacts
-	(*FileFact)(nil),    // 19: phaul.v1.FileFact
-	(*SocketFact)(nil),  // 20: phaul.v1.SocketFact
-	(*Need)(nil),        // 21: phaul.v1.Need
-	(*TaskFact)(nil),    // 22: phaul.v1.TaskFact
+	(*Terminal)(nil),    // 7: phaul.v1.Terminal
+	(*CgroupLimit)(nil), // 8: phaul.v1.CgroupLimit
+	(*CgroupRoot)(nil),  // 9: phaul.v1.CgroupRoot
+	(*Ready)(nil),       // 10: phaul.v1.Ready
+	(*ImagesSent)(nil),  // 11: phaul.v1.ImagesSent
+	(*Restored)(nil),    // 12: phaul.v1.Restored
+	(*Commit)(nil),      // 13: phaul.v1.Commit
+	(*Done)(nil),        // 14: phaul.v1.Done
+	(*Abort)(nil),       // 15: phaul.v1.Abort
+	(*Failure)(nil),     // 16: phaul.v1.Failure
+	(*Check)(nil),       // 17: phaul.v1.Check
+	(*CheckReport)(nil), // 18: phaul.v1.CheckReport
+	(*Verdict)(nil),     // 19: phaul.v1.Verdict
+	(*SourceFacts)(nil), // 20: phaul.v1.SourceFacts
+	(*FileFact)(nil),    // 21: phaul.v1.FileFact
+	(*SocketFact)(nil),  // 22: phaul.v1.SocketFact
+	(*Need)(nil),        // 23: phaul.v1.Need
+	(*TaskFact)(nil),    // 24: phaul.v1.TaskFact
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
 	4,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
 	6,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
-	8,  // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
-	9,  // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
-	10, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
-	11, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
-	12, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
-	13, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
-	14, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
-	15, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
-	16, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
+	10, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
+	11, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
+	12, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
+	13, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
+	14, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
+	15, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
+	16, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
+	17, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
+	18, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
 	2,  // 12: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
 	2,  // 13: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
 	5,  // 14: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	7,  // 15: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	18, // 16: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	17, // 17: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 18: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	2,  // 19: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	19, // 20: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	20, // 21: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	21, // 22: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 23: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	22, // 24: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	7,  // 15: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	8,  // 16: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	9,  // 17: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	20, // 18: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	19, // 19: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 20: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	2,  // 21: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	21, // 22: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	22, // 23: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	23, // 24: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 25: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	24, // 26: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -1933,7 +2143,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

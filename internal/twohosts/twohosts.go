@@ -130,6 +130,7 @@ type Service struct {
 	Addr    string
 	WorkDir string
 	log     *lockedBuffer
+	pidns   bool // the init of a PID namespace of its own
 }
 
 // StartService runs phaul-service on host b with extra flags and waits
@@ -146,12 +147,19 @@ func (h *Hosts) StartService(t testing.TB, extra ...string) *Service {
 // fake /proc/cpuinfo).
 func (h *Hosts) StartServiceWith(t testing.TB, setup []string, extra ...string) *Service {
 	t.Helper()
-	s := &Service{Addr: AddrB + ":7070", WorkDir: filepath.Join(h.Dir, "service"), log: &lockedBuffer{}}
+	var prefix []string
+	if len(setup) > 0 {
+		prefix = []string{"unshare", "-m", "--propagation", "private", "sh", "-ec", strings.Join(setup, "\n") + "\nexec \"$@\"", "sh"}
+	}
+	return h.startService(t, prefix, extra)
+}
+
+func (h *Hosts) startService(t testing.TB, prefix, extra []string) *Service {
+	t.Helper()
+	s := &Service{Addr: AddrB + ":7070", WorkDir: filepath.Join(h.Dir, "service"), log: &lockedBuffer{}, pidns: len(prefix) > 1 && prefix[1] == "-p"}
 	args := append([]string{filepath.Join(h.Bin, "phaul-service"), "--listen", s.Addr, "--tls-dir", h.TLS,
 		"--work-dir", s.WorkDir, "--cgroup-root", "/" + h.Name, "--timeout", "30s"}, extra...)
-	if len(setup) > 0 {
-		args = append([]string{"unshare", "-m", "--propagation", "private", "sh", "-ec", strings.Join(setup, "\n") + "\nexec \"$@\"", "sh"}, args...)
-	}
+	args = append(prefix, args...)
 	s.Cmd = h.Command("b", args...)
 	pr, pw := io.Pipe()
 	s.Cmd.Stderr = pw
@@ -175,8 +183,13 @@ func (h *Hosts) StartServiceWith(t testing.TB, setup []string, extra ...string) 
 	go func() { waitErr = s.Cmd.Wait(); pw.Close(); close(exited) }()
 	t.Cleanup(func() {
 		// SIGTERM stops the service cleanly (exit 0) once the
-		// migrations in flight are done.
-		s.Cmd.Process.Signal(syscall.SIGTERM)
+		// migrations in flight are done. In a PID namespace, it is
+		// unshare's child; unshare then exits with its status.
+		target := s.Cmd.Process.Pid
+		if kids, _ := proc.Children(target); s.pidns && len(kids) > 0 {
+			target = kids[0]
+		}
+		syscall.Kill(target, syscall.SIGTERM)
 		select {
 		case <-exited:
 			if waitErr != nil {
@@ -199,6 +212,50 @@ func (h *Hosts) StartServiceWith(t testing.TB, setup []string, extra ...string) 
 		t.Fatalf("phaul-service did not listen:\n%s", s.Log())
 	}
 	return s
+}
+
+// StartServiceInPidns is StartService with the service as the init of a
+// PID namespace (and a mount namespace with its own /proc) of its own:
+// trees restored there get PIDs of that namespace, so that a tree that is
+// not a PID namespace itself can be restored on this machine with the PIDs
+// it had on the source. Service.HostPid translates its PIDs.
+func (h *Hosts) StartServiceInPidns(t testing.TB, extra ...string) *Service {
+	t.Helper()
+	return h.startService(t, []string{"unshare", "-p", "-f", "-m", "--mount-proc", "--propagation", "private"}, extra)
+}
+
+// HostPid is the PID, in this test's PID namespace, of the task that has
+// pid in the service's PID namespace (0 if none). For a service in no PID
+// namespace of its own, pid itself.
+func (s *Service) HostPid(pid int) int {
+	if !s.pidns {
+		return pid
+	}
+	kids, _ := proc.Children(s.Cmd.Process.Pid)
+	if len(kids) == 0 {
+		return 0
+	}
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", kids[0]))
+	if err != nil {
+		return 0
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if n, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", p)); n != ns {
+			continue
+		}
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == "NSpid:" && f[len(f)-1] == strconv.Itoa(pid) {
+				return p
+			}
+		}
+	}
+	return 0
 }
 
 // Log is what the service logged so far.
@@ -232,6 +289,21 @@ type WorkloadOptions struct {
 	// ShellJob starts it as a shell would: in the session and process
 	// group of its parent (unshare), not leading its own.
 	ShellJob bool
+	// FromShell starts it the way a command typed in a shell runs: a
+	// child of `sh -c 'CMD & wait'`, which leads the session, and
+	// without a PID namespace of its own (restoring it on this machine
+	// needs a service in a PID namespace of its own:
+	// StartServiceInPidns).
+	FromShell bool
+	// Terminal, if set, is its stdin, stdout and stderr; with FromShell
+	// also the session's controlling terminal.
+	Terminal *os.File
+	// Controllers are the v1 hierarchies (directories of
+	// /sys/fs/cgroup) Cgroup is made in; default V1Controllers.
+	Controllers []string
+	// ChildCgroup moves the workload's child (--child) to this cgroup
+	// below Cgroup, in every one of Controllers.
+	ChildCgroup string
 }
 
 // V1Controllers the harness places a workload's own cgroup in.
@@ -241,15 +313,24 @@ var V1Controllers = []string{"memory", "cpu", "cpuacct", "pids"}
 func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	t.Helper()
 	w := &Workload{State: filepath.Join(h.Dir, fmt.Sprintf("state-%d", time.Now().UnixNano()))}
-	argv := []string{"unshare", "-p", "-f", "setsid"}
-	if o.ShellJob {
-		argv = argv[:3]
+	var argv []string
+	switch {
+	case o.FromShell:
+		argv = []string{"sh", "-c", `"$@" & wait`, "sh"}
+	case o.ShellJob:
+		argv = []string{"unshare", "-p", "-f"}
+	default:
+		argv = []string{"unshare", "-p", "-f", "setsid"}
 	}
 	argv = append(argv, filepath.Join(h.Bin, "phaul-workload"), "--state", w.State, "--interval", "20ms")
 	argv = append(argv, o.Args...)
+	ctrls := o.Controllers
+	if len(ctrls) == 0 {
+		ctrls = V1Controllers
+	}
 	if o.Cgroup != "" {
 		var moves []string
-		for _, c := range V1Controllers {
+		for _, c := range ctrls {
 			dir := filepath.Join("/sys/fs/cgroup", c, o.Cgroup)
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				t.Fatal(err)
@@ -261,6 +342,10 @@ func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	}
 	w.Cmd = h.Command("a", argv...)
 	w.Cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if o.Terminal != nil {
+		w.Cmd.Stdin, w.Cmd.Stdout, w.Cmd.Stderr = o.Terminal, o.Terminal, o.Terminal
+		w.Cmd.SysProcAttr.Setctty = o.FromShell
+	}
 	if err := w.Cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -278,6 +363,21 @@ func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	}
 	if _, err := testutil.WaitCount(w.State, 3, 10*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	if o.ChildCgroup != "" {
+		kids, _ := proc.Children(w.Pid)
+		if len(kids) == 0 {
+			t.Fatal("ChildCgroup: the workload has no child (--child)")
+		}
+		for _, c := range ctrls {
+			dir := filepath.Join("/sys/fs/cgroup", c, o.Cgroup, o.ChildCgroup)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(kids[0])), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	if o.Freezer {
 		// Only the tree: the unshare that waits for it stays outside.
