@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -206,3 +207,42 @@ func (e *authError) Error() string {
 }
 func (e *authError) Unwrap() error        { return e.err }
 func (e *authError) Is(target error) bool { return target == ErrAuth }
+
+// ReloadableTLS is a server TLS configuration whose certificates (the CA
+// and the server's pair, from a `phaul certs` directory) can be re-read
+// while the server runs, on SIGHUP: new handshakes use the new ones,
+// established connections are not touched.
+type ReloadableTLS struct {
+	dir string
+	cur atomic.Pointer[tls.Config]
+}
+
+// NewReloadableTLS loads the server's TLS configuration from dir.
+func NewReloadableTLS(dir string) (*ReloadableTLS, error) {
+	r := &ReloadableTLS{dir: dir}
+	if err := r.Reload(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Reload re-reads the certificates; on error the previous ones stay.
+func (r *ReloadableTLS) Reload() error {
+	c, err := ServerTLS(r.dir)
+	if err != nil {
+		return err
+	}
+	r.cur.Store(c)
+	return nil
+}
+
+// Config is what the listener uses: every handshake takes the current
+// configuration.
+func (r *ReloadableTLS) Config() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return r.cur.Load(), nil
+		},
+	}
+}

@@ -2,7 +2,9 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -174,5 +176,83 @@ func TestGenerateCertsRefusesOverwrite(t *testing.T) {
 	st, err := os.Stat(filepath.Join(dir, ServerKeyFile))
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("server key mode: %v %v", st.Mode(), err)
+	}
+}
+
+// TestReloadableTLS: after new certificates are written to the directory
+// and Reload is called (phaul-service does on SIGHUP), handshakes use
+// them; before, the old ones.
+func TestReloadableTLS(t *testing.T) {
+	dir := certDir(t)
+	r, err := NewReloadableTLS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handshake := func(clientDir string) error {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tc := tls.Server(c, r.Config())
+			tc.Handshake()
+			time.Sleep(100 * time.Millisecond)
+			tc.Close()
+		}()
+		conf, err := ClientTLS(clientDir, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := tls.Dial("tcp", ln.Addr().String(), conf)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		// TLS 1.3: the server's verdict on the client's certificate
+		// arrives with the first read.
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	if err := handshake(dir); err != nil {
+		t.Fatalf("the first certificates: %v", err)
+	}
+	fresh := certDir(t)
+	for _, f := range []string{CAFile, ServerCertFile, ServerKeyFile} {
+		data, err := os.ReadFile(filepath.Join(fresh, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := handshake(fresh); err == nil {
+		t.Fatal("new certificates accepted before Reload")
+	}
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := handshake(fresh); err != nil {
+		t.Errorf("new certificates after Reload: %v", err)
+	}
+	if err := handshake(dir); err == nil {
+		t.Errorf("a client of the old CA accepted after Reload")
+	}
+	// A broken directory keeps the last good configuration.
+	os.WriteFile(filepath.Join(dir, ServerKeyFile), []byte("junk"), 0o600)
+	if err := r.Reload(); err == nil {
+		t.Error("Reload accepted a broken key")
+	}
+	if err := handshake(fresh); err != nil {
+		t.Errorf("after a failed Reload: %v", err)
 	}
 }
