@@ -59,9 +59,17 @@ bench: deps build
 bench-go: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 
+# Both binaries, the systemd unit (its ExecStart points at PREFIX/bin) and
+# an example config (never overwriting one that exists).
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/phaul
 	install -m 0755 bin/phaul bin/phaul-service $(DESTDIR)$(PREFIX)/bin/
+	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/phaul-service.service.in > $(DESTDIR)$(UNITDIR)/phaul-service.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/phaul-service.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/phaul/phaul-service.conf || \
+		install -m 0644 dist/phaul-service.conf $(DESTDIR)$(SYSCONFDIR)/phaul/phaul-service.conf
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

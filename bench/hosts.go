@@ -116,7 +116,7 @@ func (b *bench) startService(ctx context.Context) error {
 	if b.svcLog, err = os.Create(filepath.Join(b.dir, "service.log")); err != nil {
 		return err
 	}
-	b.svc = b.on("b", filepath.Join(b.bin, "phaul-service"), "--listen", addrB+":"+servicePort,
+	b.svc = b.on("b", filepath.Join(b.bin, "phaul-service"), "--config", "", "--listen", addrB+":"+servicePort,
 		"--tls-dir", b.tls, "--work-dir", filepath.Join(b.dir, "service"), "--cgroup-root", cgroupRoot, "-v")
 	b.svc.Stdout, b.svc.Stderr = b.svcLog, b.svcLog
 	if err := b.svc.Start(); err != nil {

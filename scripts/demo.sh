@@ -30,7 +30,7 @@ echo "== two hosts: a = 10.77.0.1, b = 10.77.0.2 (network namespaces $name-a, $n
 scripts/two-hosts.sh up "$name" >/dev/null
 "$bin/phaul" certs "$work/tls" >/dev/null
 echo "== phaul-service on b"
-on b "$bin/phaul-service" --listen 10.77.0.2:7070 --tls-dir "$work/tls" --work-dir "$work/service" \
+on b "$bin/phaul-service" --config "" --listen 10.77.0.2:7070 --tls-dir "$work/tls" --work-dir "$work/service" \
 	--cgroup-root "/$name" >"$work/service.log" 2>&1 &
 svc=$!
 for _ in $(seq 100); do grep -q msg=listening "$work/service.log" && break; sleep 0.05; done

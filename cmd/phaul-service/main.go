@@ -21,6 +21,7 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/internal/sdnotify"
 	"github.com/phaul/phaul/migrate"
 	"github.com/phaul/phaul/transport"
 )
@@ -36,8 +37,13 @@ func main() {
 	os.Exit(cli.ExitCode(err))
 }
 
+// defaultConfig is read when it exists; --config or PHAUL_SERVICE_CONFIG
+// name a file that must exist.
+const defaultConfig = "/etc/phaul/phaul-service.conf"
+
 // options are phaul-service's flags.
 type options struct {
+	config                                             string
 	listen, tlsDir, workDir, cgroupRoot, manageCgroups string
 	timeout, shutdownTimeout                           time.Duration
 	maxMigrations                                      int
@@ -49,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := pflag.NewFlagSet("phaul-service", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
+	fs.StringVar(&o.config, "config", defaultConfig, "config file: one \"name = value\" per line, names of these flags (a missing default file is ignored)")
 	fs.StringVar(&o.listen, "listen", ":7070", "ADDR:PORT to accept migrations on")
 	fs.StringVar(&o.tlsDir, "tls-dir", "/etc/phaul/tls", "directory made by `phaul certs` (uses ca.pem, server.pem, server-key.pem)")
 	fs.StringVar(&o.workDir, "work-dir", "/var/lib/phaul", "one directory per migration (images, CRIU logs, state) below it")
@@ -67,9 +74,17 @@ until SIGTERM or SIGINT, then lets migrations in flight finish (or aborts
 them after --shutdown-timeout: one not yet restored is rolled back, one
 restored and waiting for the source's commit is kept stopped, in doubt).
 
+Every flag can also be set in the config file (--config) as "name = value"
+and in the environment as PHAUL_SERVICE_NAME (dashes as underscores:
+PHAUL_SERVICE_WORK_DIR); the command line wins over the environment, which
+wins over the file. Under systemd (Type=notify) it reports READY=1 once it
+listens, STATUS= with the migrations in flight, and STOPPING=1; SIGHUP
+re-reads the certificates of --tls-dir.
+
 Flags:
 %s
-Exit status: 0 after a clean shutdown, 1 on failure, 2 on a bad command line.
+Exit status: 0 after a clean shutdown, 1 on failure, 2 on a bad command line
+or config file.
 `, fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
@@ -85,6 +100,13 @@ Exit status: 0 after a clean shutdown, 1 on failure, 2 on a bad command line.
 		fmt.Fprintf(stdout, "phaul-service %s (%s)\n", cli.PhaulVersion(), runtime.Version())
 		return nil
 	}
+	_, envConfig := os.LookupEnv("PHAUL_SERVICE_CONFIG")
+	if envConfig && !fs.Changed("config") {
+		o.config = os.Getenv("PHAUL_SERVICE_CONFIG")
+	}
+	if err := cli.ApplyConfig(fs, o.config, fs.Changed("config") || envConfig, "PHAUL_SERVICE_", "config", "version"); err != nil {
+		return cli.Usagef("%v", err)
+	}
 	level := slog.LevelInfo
 	if o.verbose {
 		level = slog.LevelDebug
@@ -98,7 +120,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return cli.Usagef("--manage-cgroups: %v", err)
 	}
-	tlsConf, err := transport.ServerTLS(o.tlsDir)
+	tlsConf, err := transport.NewReloadableTLS(o.tlsDir)
 	if err != nil {
 		return err
 	}
@@ -129,16 +151,45 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := &migrate.Server{TLS: tlsConf, Dest: dest, Logger: log}
+	srv := &migrate.Server{TLS: tlsConf.Config(), Dest: dest, Logger: log}
 	log.Info("listening", "addr", ln.Addr().String(), "criu", host.Version.String(), "cgroup_root", o.cgroupRoot, "manage_cgroups", o.manageCgroups, "work_dir", o.workDir)
+	notify := sdnotify.FromEnv()
+	status := func() string {
+		return sdnotify.Status("listening on %s; %d migration(s) in flight", ln.Addr(), srv.Active())
+	}
+	if err := notify.Send(sdnotify.Ready, status()); err != nil {
+		log.Warn("cannot notify systemd", "err", err)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	last := ""
+loop:
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			break loop
+		case <-hup:
+			if err := tlsConf.Reload(); err != nil {
+				log.Error("SIGHUP: certificates not reloaded; the previous ones stay in use", "dir", o.tlsDir, "err", err)
+			} else {
+				log.Info("SIGHUP: certificates reloaded", "dir", o.tlsDir)
+			}
+		case <-tick.C:
+			if st := status(); st != last {
+				notify.Send(st)
+				last = st
+			}
+		}
 	}
 	log.Info("shutting down", "in_flight", srv.Active())
+	notify.Send(sdnotify.Stopping, sdnotify.Status("shutting down; %d migration(s) in flight", srv.Active()))
 	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

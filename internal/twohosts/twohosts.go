@@ -157,7 +157,7 @@ func (h *Hosts) StartServiceWith(t testing.TB, setup []string, extra ...string) 
 func (h *Hosts) startService(t testing.TB, prefix, extra []string) *Service {
 	t.Helper()
 	s := &Service{Addr: AddrB + ":7070", WorkDir: filepath.Join(h.Dir, "service"), log: &lockedBuffer{}, pidns: len(prefix) > 1 && prefix[1] == "-p"}
-	args := append([]string{filepath.Join(h.Bin, "phaul-service"), "--listen", s.Addr, "--tls-dir", h.TLS,
+	args := append([]string{filepath.Join(h.Bin, "phaul-service"), "--config", "", "--listen", s.Addr, "--tls-dir", h.TLS,
 		"--work-dir", s.WorkDir, "--cgroup-root", "/" + h.Name, "--timeout", "30s"}, extra...)
 	args = append(prefix, args...)
 	s.Cmd = h.Command("b", args...)
