@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -17,30 +16,6 @@ import (
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 )
-
-// CgroupModes maps the names of --manage-cgroups to CRIU's modes.
-var CgroupModes = map[string]rpc.CriuCgMode{
-	"ignore": rpc.CriuCgMode_IGNORE,
-	"none":   rpc.CriuCgMode_CG_NONE,
-	"props":  rpc.CriuCgMode_PROPS,
-	"soft":   rpc.CriuCgMode_SOFT,
-	"full":   rpc.CriuCgMode_FULL,
-	"strict": rpc.CriuCgMode_STRICT,
-}
-
-// ParseCgroupMode parses a --manage-cgroups value.
-func ParseCgroupMode(s string) (rpc.CriuCgMode, error) {
-	m, ok := CgroupModes[s]
-	if !ok {
-		names := make([]string, 0, len(CgroupModes))
-		for n := range CgroupModes {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		return 0, fmt.Errorf("unknown cgroup mode %q: want one of %s", s, strings.Join(names, ", "))
-	}
-	return m, nil
-}
 
 // alwaysMapped are v1 controllers whose cgroups can be created anywhere
 // without filling anything in: the tree is placed under the destination's

@@ -57,16 +57,6 @@ func TestCgroupRoots(t *testing.T) {
 	}
 }
 
-func TestParseCgroupMode(t *testing.T) {
-	for name := range CgroupModes {
-		if _, err := ParseCgroupMode(name); err != nil {
-			t.Errorf("%s: %v", name, err)
-		}
-	}
-	if _, err := ParseCgroupMode("hard"); err == nil || !strings.Contains(err.Error(), "ignore, none, props, soft, full, strict") && !strings.Contains(err.Error(), "full, ignore") {
-		t.Errorf("bad mode: %v", err)
-	}
-}
 
 func TestDumpControllers(t *testing.T) {
 	sets := []cgroups.Set{

@@ -669,7 +669,7 @@ func (d *Destination) cgroupMode(asked string) (rpc.CriuCgMode, error) {
 	if asked == "" {
 		return d.o.ManageCgroups, nil
 	}
-	return ParseCgroupMode(asked)
+	return criu.ParseCgroupMode(asked)
 }
 
 // precreateCgroups makes the cgroup roots where CRIU wants them to exist

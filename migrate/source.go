@@ -98,7 +98,7 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	if o.ManageCgroups != "" {
-		if _, err := ParseCgroupMode(o.ManageCgroups); err != nil {
+		if _, err := criu.ParseCgroupMode(o.ManageCgroups); err != nil {
 			return nil, &Error{Phase: "checks", SourceRunning: true, Err: err}
 		}
 	}

@@ -450,7 +450,7 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	if env.Layout != nil {
 		kind = env.Layout.Kind
 	}
-	detail := fmt.Sprintf("cgroup %s on the source, %s here; the tree's cgroups are mapped %s (%s mode)", f.CgroupKind, kind, strings.Join(mapping, ", "), modeName(env.CgroupMode))
+	detail := fmt.Sprintf("cgroup %s on the source, %s here; the tree's cgroups are mapped %s (%s mode)", f.CgroupKind, kind, strings.Join(mapping, ", "), criu.CgroupModeName(env.CgroupMode))
 	if env.CgroupMode == rpc.CriuCgMode_IGNORE {
 		return pass("cgroups", fmt.Sprintf("cgroup %s on the source, %s here; CRIU leaves cgroups alone: the tree joins the service's own cgroups, without its limits (ignore mode)", f.CgroupKind, kind))
 	}
@@ -500,21 +500,3 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	return pass("cgroups", detail)
 }
 
-// modeName is the --manage-cgroups name of CRIU's mode.
-func modeName(m rpc.CriuCgMode) string {
-	switch m {
-	case rpc.CriuCgMode_IGNORE:
-		return "ignore"
-	case rpc.CriuCgMode_CG_NONE:
-		return "none"
-	case rpc.CriuCgMode_PROPS:
-		return "props"
-	case rpc.CriuCgMode_SOFT:
-		return "soft"
-	case rpc.CriuCgMode_FULL:
-		return "full"
-	case rpc.CriuCgMode_STRICT:
-		return "strict"
-	}
-	return m.String()
-}

@@ -116,7 +116,7 @@ or config file.
 }
 
 func serve(ctx context.Context, o options, log *slog.Logger) error {
-	mode, err := migrate.ParseCgroupMode(o.manageCgroups)
+	mode, err := criu.ParseCgroupMode(o.manageCgroups)
 	if err != nil {
 		return cli.Usagef("--manage-cgroups: %v", err)
 	}

@@ -99,7 +99,7 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 	o.CgroupRoot, _ = fs.GetString("cgroup-root")
 	o.ManageCgroups, _ = fs.GetString("manage-cgroups")
 	if o.ManageCgroups != "" {
-		if _, err := migrate.ParseCgroupMode(o.ManageCgroups); err != nil {
+		if _, err := criu.ParseCgroupMode(o.ManageCgroups); err != nil {
 			return o, cli.Usagef("--manage-cgroups: %v", err)
 		}
 	}
