@@ -157,10 +157,10 @@ func mkdirCgroup(mnt, rel string, cpuset bool) error {
 }
 
 // v2Limits reads the cgroup v2 limits of the tree's cgroup (sets are its
-// root's), which CRIU does not carry, for the destination to apply.
-func v2Limits(sets []cgroups.Set) []*pb.CgroupLimit {
-	l, err := cgroups.Detect()
-	if err != nil {
+// root's, l this host's layout), which CRIU does not carry, for the
+// destination to apply.
+func v2Limits(l *cgroups.Layout, sets []cgroups.Set) []*pb.CgroupLimit {
+	if l == nil {
 		return nil
 	}
 	dir := l.V2Dir(sets)

@@ -160,13 +160,14 @@ func migrateOnce(ctx context.Context, o Options, start time.Time) (*Report, erro
 }
 
 type source struct {
-	o     Options
-	log   *slog.Logger
-	r     *Report
-	phase string
-	sess  *transport.Session
-	terms []*pb.Terminal // from outside the tree, declared external in the dump
-	sets  []cgroups.Set  // the cgroups of the tree's root
+	o      Options
+	log    *slog.Logger
+	r      *Report
+	phase  string
+	sess   *transport.Session
+	terms  []*pb.Terminal  // from outside the tree, declared external in the dump
+	sets   []cgroups.Set   // the cgroups of the tree's root
+	layout *cgroups.Layout // this host's cgroups; nil if unreadable
 }
 
 func (m *source) setPhase(p string) {
@@ -205,6 +206,9 @@ func (m *source) run(ctx context.Context) error {
 		return m.refuse(err)
 	}
 	m.sets = sets
+	if m.layout, err = cgroups.Detect(); err != nil {
+		m.log.Warn("cannot read this host's cgroup layout: no freezer cgroup, no v2 limits carried", "err", err)
+	}
 
 	m.setPhase("connect")
 	t0 := time.Now()
@@ -249,7 +253,7 @@ func (m *source) run(ctx context.Context) error {
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: proc.RSS(o.Pid),
-		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(sets),
+		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
 	}}}); err != nil {
 		return m.refuse(err)
 	}
@@ -419,10 +423,10 @@ func (m *source) dump(ctx context.Context) error {
 		opts.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
 	}
 	m.r.Freeze = "ptrace"
-	if layout, err := cgroups.Detect(); err == nil {
+	if m.layout != nil {
 		// A tree alone in its freezer cgroup is frozen at once by the
 		// kernel rather than seized task by task.
-		if dir, why := cgroups.FreezerDir(layout, proc.Tree(o.Pid)); dir != "" {
+		if dir, why := cgroups.FreezerDir(m.layout, proc.Tree(o.Pid)); dir != "" {
 			opts.FreezeCgroup = proto.String(dir)
 			m.r.Freeze = "cgroup"
 			m.log.Info("freezing with the freezer cgroup", "cgroup", dir)
