@@ -18,12 +18,19 @@ import (
 func install(t *testing.T) string {
 	t.Helper()
 	root := t.TempDir()
+	installInto(t, root)
+	return root
+}
+
+// installInto runs `make install` with PREFIX root/usr and SYSCONFDIR
+// root/etc.
+func installInto(t *testing.T, root string) {
+	t.Helper()
 	cmd := exec.Command("make", "-s", "install", "PREFIX="+root+"/usr", "SYSCONFDIR="+root+"/etc")
 	cmd.Dir = filepath.Join("..", "..")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)
 	}
-	return root
 }
 
 // TestInstalledUnitVerifies: the unit `make install` writes passes
@@ -49,11 +56,7 @@ func TestInstalledUnitVerifies(t *testing.T) {
 	}
 	// A second install keeps an edited config.
 	os.WriteFile(filepath.Join(root, "etc/phaul/phaul-service.conf"), []byte("listen = :9\n"), 0o644)
-	cmd := exec.Command("make", "-s", "install", "PREFIX="+root+"/usr", "SYSCONFDIR="+root+"/etc")
-	cmd.Dir = filepath.Join("..", "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("make install again: %v\n%s", err, out)
-	}
+	installInto(t, root)
 	if data, _ := os.ReadFile(filepath.Join(root, "etc/phaul/phaul-service.conf")); string(data) != "listen = :9\n" {
 		t.Errorf("make install overwrote the config: %q", data)
 	}
