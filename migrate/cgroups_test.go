@@ -57,7 +57,6 @@ func TestCgroupRoots(t *testing.T) {
 	}
 }
 
-
 func TestDumpControllers(t *testing.T) {
 	sets := []cgroups.Set{
 		{ID: "8", Controllers: "pids", Path: "/user.slice/session-c2.scope"},

@@ -499,4 +499,3 @@ func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	}
 	return pass("cgroups", detail)
 }
-
