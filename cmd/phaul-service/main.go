@@ -153,6 +153,11 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	srv := &migrate.Server{TLS: tlsConf.Config(), Dest: dest, Logger: log}
 	log.Info("listening", "addr", ln.Addr().String(), "criu", host.Version.String(), "cgroup_root", o.cgroupRoot, "manage_cgroups", o.manageCgroups, "work_dir", o.workDir)
+	// SIGHUP is caught before READY=1: a reload right after start must
+	// not kill the service (SIGHUP's default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	notify := sdnotify.FromEnv()
 	status := func() string {
 		return sdnotify.Status("listening on %s; %d migration(s) in flight", ln.Addr(), srv.Active())
@@ -162,9 +167,6 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
 	last := ""
