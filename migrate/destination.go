@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -54,6 +55,8 @@ type Destination struct {
 
 	mu     sync.Mutex
 	active int // migrations past Prepare
+
+	reg registry // for Status
 }
 
 // admit takes a place for one migration, or says why not.
@@ -135,6 +138,9 @@ type incoming struct {
 	mode       rpc.CriuCgMode // CRIU's cgroup mode for this migration
 	ttyMode    tty.Mode
 	terms      *terminals
+	checkOnly  bool      // a `phaul check`: not listed by Status
+	started    time.Time // Hello received
+	sourceHost string
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
@@ -183,6 +189,7 @@ func (in *incoming) send(ctx context.Context, e *pb.Envelope) error {
 
 func (in *incoming) setPhase(p string) {
 	in.phase = p
+	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Phase = p })
 	in.log.Info("phase", "phase", p)
 }
 
@@ -192,6 +199,10 @@ func (in *incoming) run(ctx context.Context) error {
 	msg, err := in.recv(ctx)
 	if err != nil {
 		return err
+	}
+	if req := msg.GetStatusRequest(); req != nil {
+		in.checkOnly = true
+		return in.serveStatus(ctx, req)
 	}
 	hello := msg.GetHello()
 	if hello == nil {
@@ -203,8 +214,13 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := validID(hello.MigrationId); err != nil {
 		return in.fail("connect", err)
 	}
-	in.id = hello.MigrationId
+	in.id, in.started, in.sourceHost = hello.MigrationId, time.Now(), hello.GetHost().GetHostname()
 	in.log = in.log.With("migration", in.id)
+	if err := in.d.reg.start(&pb.MigrationState{Id: in.id, Phase: in.phase, SourceHost: in.sourceHost,
+		Peer: in.sess.RemoteAddr().String(), StartedUnixNano: in.started.UnixNano()}); err != nil {
+		in.id = "" // not ours to end
+		return in.fail("connect", err)
+	}
 	in.log.Info("migration offered", "source_host", hello.GetHost().GetHostname())
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Welcome{Welcome: &pb.Welcome{
 		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(o.CRIUVersion),
@@ -221,6 +237,7 @@ func (in *incoming) run(ctx context.Context) error {
 			return err
 		}
 		if chk.Only {
+			in.checkOnly = true
 			in.log.Info("checks answered", "only", true)
 			return nil
 		}
@@ -232,6 +249,7 @@ func (in *incoming) run(ctx context.Context) error {
 	if in.prep == nil {
 		return in.fail("checks", unexpected(msg, "Prepare"))
 	}
+	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Comm, st.SourcePid = in.prep.Comm, in.prep.Pid })
 	if err := in.d.admit(); err != nil {
 		return in.fail("checks", err)
 	}
@@ -248,11 +266,18 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := prepareCpuset(in.d.layout, in.roots); err != nil {
 		return in.fail("checks", err)
 	}
-	in.dir = filepath.Join(o.WorkDir, in.id)
-	in.imgs = filepath.Join(in.dir, "images")
-	if err := os.Mkdir(in.dir, 0o700); err != nil {
+	// in.dir is set only once it is ours: finish removes it on failure,
+	// and a second migration with the ID of an earlier one must not
+	// remove the earlier one's directory.
+	dir := filepath.Join(o.WorkDir, in.id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			err = fmt.Errorf("migration %s was already received here (%s exists): a migration ID is used once", in.id, dir)
+		}
 		return in.fail("checks", fmt.Errorf("work dir: %w", err))
 	}
+	in.dir = dir
+	in.imgs = filepath.Join(in.dir, "images")
 	if err := os.Mkdir(in.imgs, 0o700); err != nil {
 		return in.fail("checks", fmt.Errorf("work dir: %w", err))
 	}
@@ -328,6 +353,7 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("restore", err)
 	}
 	in.restored = res.Pid
+	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
 	restored := &pb.Restored{Pid: int32(res.Pid)}
 	if in.terms != nil {
 		in.terms.start()
@@ -385,6 +411,7 @@ func (in *incoming) finish(err error) {
 	if in.ps != nil {
 		in.ps.Close()
 	}
+	in.d.reg.end(in.id, endState(in, err), err, !in.checkOnly)
 	if in.dir == "" {
 		return
 	}
@@ -400,7 +427,7 @@ func (in *incoming) finish(err error) {
 	case err == nil:
 		in.log.Info("migration done", "pid", in.restored)
 		unmount()
-	case in.restored > 0 && (in.phase == "commit" || in.phase == "resume") && !errors.Is(err, errAborted):
+	case in.inDoubt(err):
 		unmount() // the restored tree holds its memory; the images are not needed
 		in.record("in-doubt")
 		in.log.Error("lost the source after restoring: keeping the stopped tree, in doubt", "pid", in.restored, "err", err, "state", filepath.Join(in.dir, "state.json"))
@@ -416,11 +443,36 @@ func (in *incoming) finish(err error) {
 	}
 }
 
+// inDoubt says whether err leaves the restored tree in doubt: it came
+// after Restored was sent and before Commit or Abort arrived.
+func (in *incoming) inDoubt(err error) bool {
+	return err != nil && in.restored > 0 && (in.phase == "commit" || in.phase == "resume") && !errors.Is(err, errAborted)
+}
+
+// endState is how Status reports a migration that ended with err.
+func endState(in *incoming, err error) string {
+	switch {
+	case err == nil:
+		return StateDone
+	case in.inDoubt(err):
+		return StateInDoubt
+	case errors.Is(err, errAborted):
+		return StateAborted
+	}
+	return StateFailed
+}
+
 // record writes the migration's state to disk, so that an in-doubt
-// migration survives a restart of the service.
+// migration survives a restart of the service, and Status lists the
+// finished ones after one.
 func (in *incoming) record(state string) {
 	in.state = state
-	data, _ := json.Marshal(map[string]any{"id": in.id, "state": state, "pid": in.restored, "time": time.Now().UTC()})
+	f := stateFile{ID: in.id, State: state, Pid: in.restored, Time: time.Now().UTC(), SourceHost: in.sourceHost,
+		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
+	if in.prep != nil {
+		f.Comm, f.SourcePid = in.prep.Comm, int(in.prep.Pid)
+	}
+	data, _ := json.Marshal(f)
 	tmp := filepath.Join(in.dir, "state.json.tmp")
 	if os.WriteFile(tmp, data, 0o600) == nil {
 		os.Rename(tmp, filepath.Join(in.dir, "state.json"))

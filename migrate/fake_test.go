@@ -349,3 +349,75 @@ func TestFakeBusyDestination(t *testing.T) {
 		t.Fatalf("after the other migration ended: %v", err)
 	}
 }
+
+// TestFakeStatus: the service lists its migrations, newest first, as
+// `phaul status` asks for them (over the same mutual TLS): failed, done,
+// in doubt from before a restart (on disk), not the checks of `phaul check`.
+func TestFakeStatus(t *testing.T) {
+	f := &fakeCRIU{restoreErr: &criu.Error{Op: "restore", Lines: []string{"Error (criu/cr-restore.c:1): no"}}}
+	o, dest := setup(t, f)
+	// One left in doubt by an earlier run of the service.
+	old := filepath.Join(dest.o.WorkDir, "00000000000000aa")
+	os.MkdirAll(old, 0o700)
+	os.WriteFile(filepath.Join(old, "state.json"), []byte(`{"id":"00000000000000aa","state":"in-doubt","pid":4242,"comm":"old","started":"2026-01-02T03:04:05Z"}`), 0o600)
+
+	if _, err := Check(context.Background(), o); err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	if _, err := Migrate(context.Background(), o); err == nil {
+		t.Fatal("the restore was to fail")
+	}
+	f.mu.Lock()
+	f.restoreErr = nil
+	f.mu.Unlock()
+	r, err := Migrate(context.Background(), o)
+	if err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	st, err := QueryStatus(context.Background(), o.Addr, o.TLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range st.Migrations {
+		got = append(got, m.State+":"+m.Phase)
+	}
+	if want := "done:resume failed:restore in-doubt:commit"; strings.Join(got, " ") != want {
+		t.Fatalf("migrations %q, want %q", got, want)
+	}
+	done, failed, doubt := st.Migrations[0], st.Migrations[1], st.Migrations[2]
+	if done.ID != r.ID || done.Pid != r.DestPid || done.SourcePid != o.Pid || done.Comm != "sleep" || done.Ended == nil || done.Error != "" {
+		t.Errorf("done: %+v", done)
+	}
+	if !strings.Contains(failed.Error, "cr-restore.c:1") || failed.Ended == nil || failed.Pid != 0 {
+		t.Errorf("failed: %+v", failed)
+	}
+	if doubt.ID != "00000000000000aa" || doubt.Pid != 4242 || doubt.Ended != nil || doubt.Comm != "old" {
+		t.Errorf("in doubt: %+v", doubt)
+	}
+	if st.Host == "" || st.Phaul == "" {
+		t.Errorf("service: %+v", st)
+	}
+}
+
+// TestFakeReusedIDKeepsEarlierMigration: a second migration with the ID
+// of one already received is refused, and the first one's directory (its
+// logs, or a tree in doubt) stays.
+func TestFakeReusedIDKeepsEarlierMigration(t *testing.T) {
+	f := &fakeCRIU{}
+	o, dest := setup(t, f)
+	o.ID = "0123456789abcdef"
+	keep := filepath.Join(dest.o.WorkDir, o.ID)
+	os.MkdirAll(keep, 0o700)
+	os.WriteFile(filepath.Join(keep, "state.json"), []byte(`{"id":"0123456789abcdef","state":"in-doubt","pid":1}`), 0o600)
+	_, err := Migrate(context.Background(), o)
+	if err == nil || !strings.Contains(err.Error(), "already received") {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(keep, "state.json")); err != nil {
+		t.Errorf("the earlier migration's directory was touched: %v", err)
+	}
+	if proc.ValidateTarget(o.Pid) != nil {
+		t.Error("source not running")
+	}
+}

@@ -148,6 +148,12 @@ func TestMigrateLiveTreeToOtherHost(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", want, "memory.limit_in_bytes")); strings.TrimSpace(string(got)) != limit {
 		t.Errorf("memory limit on b = %q, want %s", got, limit)
 	}
+	// phaul status lists it as done, with its PIDs on both sides.
+	status, code := h.Status(t, svc.Addr)
+	if m := twohosts.Find(status, r.Str("id")); code != 0 || m == nil || m.State != "done" || m.Pid != dest || m.SourcePid != w.Pid ||
+		m.Comm != "phaul-workload" || m.Ended == nil || m.SourceHost == "" {
+		t.Errorf("phaul status (exit %d): %+v", code, m)
+	}
 	// Only CRIU's logs stay on the destination.
 	var imgs []string
 	for i := 0; i < 200; i++ { // the service cleans up right after Done
@@ -454,6 +460,11 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	// The service records the state, then logs it.
 	if !waitLog(svc, "in doubt") {
 		t.Errorf("service did not log the doubt:\n%s", svc.Log())
+	}
+	// phaul status lists it as in doubt and says so by its exit status.
+	st, code := h.Status(t, svc.Addr)
+	if len(st.Migrations) != 1 || st.Migrations[0].State != "in-doubt" || st.Migrations[0].Pid != state.Pid || code != 3 {
+		t.Errorf("phaul status (exit %d, want 3): %+v", code, st.Migrations)
 	}
 }
 

@@ -98,35 +98,15 @@ func DecodeEnvelope(data []byte) (*pb.Envelope, error) {
 	return m, nil
 }
 
-// MessageName names the message in an envelope, for logs and errors.
+// MessageName names the message in an envelope ("Hello", "Commit"), for
+// logs and errors; "unknown" when none is set.
 func MessageName(m *pb.Envelope) string {
-	switch m.GetMsg().(type) {
-	case *pb.Envelope_Hello:
-		return "Hello"
-	case *pb.Envelope_Welcome:
-		return "Welcome"
-	case *pb.Envelope_Prepare:
-		return "Prepare"
-	case *pb.Envelope_Ready:
-		return "Ready"
-	case *pb.Envelope_ImagesSent:
-		return "ImagesSent"
-	case *pb.Envelope_Restored:
-		return "Restored"
-	case *pb.Envelope_Commit:
-		return "Commit"
-	case *pb.Envelope_Done:
-		return "Done"
-	case *pb.Envelope_Abort:
-		return "Abort"
-	case *pb.Envelope_Failure:
-		return "Failure"
-	case *pb.Envelope_Check:
-		return "Check"
-	case *pb.Envelope_CheckReport:
-		return "CheckReport"
+	r := m.ProtoReflect()
+	fd := r.WhichOneof(r.Descriptor().Oneofs().ByName("msg"))
+	if fd == nil {
+		return "unknown"
 	}
-	return "unknown"
+	return string(fd.Message().Name())
 }
 
 // deadline applies ctx's deadline and cancellation to a connection's

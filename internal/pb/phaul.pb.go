@@ -94,6 +94,8 @@ type Envelope struct {
 	//	*Envelope_Failure
 	//	*Envelope_Check
 	//	*Envelope_CheckReport
+	//	*Envelope_StatusRequest
+	//	*Envelope_StatusReport
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -244,6 +246,24 @@ func (x *Envelope) GetCheckReport() *CheckReport {
 	return nil
 }
 
+func (x *Envelope) GetStatusRequest() *StatusRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_StatusRequest); ok {
+			return x.StatusRequest
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetStatusReport() *StatusReport {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_StatusReport); ok {
+			return x.StatusReport
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -296,6 +316,14 @@ type Envelope_CheckReport struct {
 	CheckReport *CheckReport `protobuf:"bytes,12,opt,name=check_report,json=checkReport,proto3,oneof"`
 }
 
+type Envelope_StatusRequest struct {
+	StatusRequest *StatusRequest `protobuf:"bytes,13,opt,name=status_request,json=statusRequest,proto3,oneof"`
+}
+
+type Envelope_StatusReport struct {
+	StatusReport *StatusReport `protobuf:"bytes,14,opt,name=status_report,json=statusReport,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Welcome) isEnvelope_Msg() {}
@@ -319,6 +347,10 @@ func (*Envelope_Failure) isEnvelope_Msg() {}
 func (*Envelope_Check) isEnvelope_Msg() {}
 
 func (*Envelope_CheckReport) isEnvelope_Msg() {}
+
+func (*Envelope_StatusRequest) isEnvelope_Msg() {}
+
+func (*Envelope_StatusReport) isEnvelope_Msg() {}
 
 // HostInfo describes one side.
 type HostInfo struct {
@@ -1889,11 +1921,254 @@ func (x *TaskFact) GetTracer() int32 {
 	return 0
 }
 
+// StatusRequest asks the service for its migrations (`phaul status`). It
+// is sent instead of Hello, first on the control stream; the service
+// answers with a StatusReport and the connection ends.
+type StatusRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StatusRequest) Reset() {
+	*x = StatusRequest{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRequest) ProtoMessage() {}
+
+func (x *StatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
+func (*StatusRequest) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *StatusRequest) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+// StatusReport lists the service's migrations: those in flight, those
+// held in doubt, and those finished recently (since it started, and the
+// finished ones recorded in its work directory).
+type StatusReport struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	Host            *HostInfo              `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	MaxMigrations   uint32                 `protobuf:"varint,3,opt,name=max_migrations,json=maxMigrations,proto3" json:"max_migrations,omitempty"` // 0: no limit
+	Migrations      []*MigrationState      `protobuf:"bytes,4,rep,name=migrations,proto3" json:"migrations,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StatusReport) Reset() {
+	*x = StatusReport{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusReport) ProtoMessage() {}
+
+func (x *StatusReport) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
+func (*StatusReport) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StatusReport) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *StatusReport) GetHost() *HostInfo {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *StatusReport) GetMaxMigrations() uint32 {
+	if x != nil {
+		return x.MaxMigrations
+	}
+	return 0
+}
+
+func (x *StatusReport) GetMigrations() []*MigrationState {
+	if x != nil {
+		return x.Migrations
+	}
+	return nil
+}
+
+// MigrationState is one migration as the service sees it.
+type MigrationState struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State           string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"` // in-flight, in-doubt, done, failed, aborted, interrupted
+	Phase           string                 `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"` // the last phase reached: checks, transfer, restore, commit, resume
+	SourceHost      string                 `protobuf:"bytes,4,opt,name=source_host,json=sourceHost,proto3" json:"source_host,omitempty"`
+	Peer            string                 `protobuf:"bytes,5,opt,name=peer,proto3" json:"peer,omitempty"` // the source's address
+	Comm            string                 `protobuf:"bytes,6,opt,name=comm,proto3" json:"comm,omitempty"` // command name of the tree's root
+	SourcePid       int32                  `protobuf:"varint,7,opt,name=source_pid,json=sourcePid,proto3" json:"source_pid,omitempty"`
+	Pid             int32                  `protobuf:"varint,8,opt,name=pid,proto3" json:"pid,omitempty"` // the restored root here (0 before restore)
+	StartedUnixNano int64                  `protobuf:"varint,9,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	EndedUnixNano   int64                  `protobuf:"varint,10,opt,name=ended_unix_nano,json=endedUnixNano,proto3" json:"ended_unix_nano,omitempty"` // 0 while in flight or in doubt
+	Error           string                 `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MigrationState) Reset() {
+	*x = MigrationState{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationState) ProtoMessage() {}
+
+func (x *MigrationState) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationState.ProtoReflect.Descriptor instead.
+func (*MigrationState) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *MigrationState) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MigrationState) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *MigrationState) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *MigrationState) GetSourceHost() string {
+	if x != nil {
+		return x.SourceHost
+	}
+	return ""
+}
+
+func (x *MigrationState) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *MigrationState) GetComm() string {
+	if x != nil {
+		return x.Comm
+	}
+	return ""
+}
+
+func (x *MigrationState) GetSourcePid() int32 {
+	if x != nil {
+		return x.SourcePid
+	}
+	return 0
+}
+
+func (x *MigrationState) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *MigrationState) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *MigrationState) GetEndedUnixNano() int64 {
+	if x != nil {
+		return x.EndedUnixNano
+	}
+	return 0
+}
+
+func (x *MigrationState) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_internal_pb_phaul_proto protoreflect.FileDescriptor
 
 const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
-	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xbb\x04\n" +
+	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xbc\x05\n" +
 	"\bEnvelope\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.phaul.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\awelcome\x18\x02 \x01(\v2\x11.phaul.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -1908,7 +2183,9 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\afailure\x18\n" +
 	" \x01(\v2\x11.phaul.v1.FailureH\x00R\afailure\x12'\n" +
 	"\x05check\x18\v \x01(\v2\x0f.phaul.v1.CheckH\x00R\x05check\x12:\n" +
-	"\fcheck_report\x18\f \x01(\v2\x15.phaul.v1.CheckReportH\x00R\vcheckReportB\x05\n" +
+	"\fcheck_report\x18\f \x01(\v2\x15.phaul.v1.CheckReportH\x00R\vcheckReport\x12@\n" +
+	"\x0estatus_request\x18\r \x01(\v2\x17.phaul.v1.StatusRequestH\x00R\rstatusRequest\x12=\n" +
+	"\rstatus_report\x18\x0e \x01(\v2\x16.phaul.v1.StatusReportH\x00R\fstatusReportB\x05\n" +
 	"\x03msg\"\x86\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
@@ -2040,7 +2317,31 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x14\n" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
-	"\x06tracer\x18\x04 \x01(\x05R\x06tracerB$Z\"github.com/phaul/phaul/internal/pbb\x06proto3"
+	"\x06tracer\x18\x04 \x01(\x05R\x06tracer\":\n" +
+	"\rStatusRequest\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\"\xc2\x01\n" +
+	"\fStatusReport\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12&\n" +
+	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\x12%\n" +
+	"\x0emax_migrations\x18\x03 \x01(\rR\rmaxMigrations\x128\n" +
+	"\n" +
+	"migrations\x18\x04 \x03(\v2\x18.phaul.v1.MigrationStateR\n" +
+	"migrations\"\xb0\x02\n" +
+	"\x0eMigrationState\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12\x1f\n" +
+	"\vsource_host\x18\x04 \x01(\tR\n" +
+	"sourceHost\x12\x12\n" +
+	"\x04peer\x18\x05 \x01(\tR\x04peer\x12\x12\n" +
+	"\x04comm\x18\x06 \x01(\tR\x04comm\x12\x1d\n" +
+	"\n" +
+	"source_pid\x18\a \x01(\x05R\tsourcePid\x12\x10\n" +
+	"\x03pid\x18\b \x01(\x05R\x03pid\x12*\n" +
+	"\x11started_unix_nano\x18\t \x01(\x03R\x0fstartedUnixNano\x12&\n" +
+	"\x0fended_unix_nano\x18\n" +
+	" \x01(\x03R\rendedUnixNano\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05errorB$Z\"github.com/phaul/phaul/internal/pbb\x06proto3"
 
 var (
 	file_internal_pb_phaul_proto_rawDescOnce sync.Once
@@ -2055,33 +2356,36 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_internal_pb_phaul_proto_goTypes = []any{
-	(Verdict_Result)(0), // 0: phaul.v1.Verdict.Result
-	(*Envelope)(nil),    // 1: phaul.v1.Envelope
-	(*HostInfo)(nil),    // 2: phaul.v1.HostInfo
-	(*Hello)(nil),       // 3: phaul.v1.Hello
-	(*Welcome)(nil),     // 4: phaul.v1.Welcome
-	(*CgroupSet)(nil),   // 5: phaul.v1.CgroupSet
-	(*Prepare)(nil),     // 6: phaul.v1.Prepare
-	(*Terminal)(nil),    // 7: phaul.v1.Terminal
-	(*CgroupLimit)(nil), // 8: phaul.v1.CgroupLimit
-	(*CgroupRoot)(nil),  // 9: phaul.v1.CgroupRoot
-	(*Ready)(nil),       // 10: phaul.v1.Ready
-	(*ImagesSent)(nil),  // 11: phaul.v1.ImagesSent
-	(*Restored)(nil),    // 12: phaul.v1.Restored
-	(*Commit)(nil),      // 13: phaul.v1.Commit
-	(*Done)(nil),        // 14: phaul.v1.Done
-	(*Abort)(nil),       // 15: phaul.v1.Abort
-	(*Failure)(nil),     // 16: phaul.v1.Failure
-	(*Check)(nil),       // 17: phaul.v1.Check
-	(*CheckReport)(nil), // 18: phaul.v1.CheckReport
-	(*Verdict)(nil),     // 19: phaul.v1.Verdict
-	(*SourceFacts)(nil), // 20: phaul.v1.SourceFacts
-	(*FileFact)(nil),    // 21: phaul.v1.FileFact
-	(*SocketFact)(nil),  // 22: phaul.v1.SocketFact
-	(*Need)(nil),        // 23: phaul.v1.Need
-	(*TaskFact)(nil),    // 24: phaul.v1.TaskFact
+	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
+	(*Envelope)(nil),       // 1: phaul.v1.Envelope
+	(*HostInfo)(nil),       // 2: phaul.v1.HostInfo
+	(*Hello)(nil),          // 3: phaul.v1.Hello
+	(*Welcome)(nil),        // 4: phaul.v1.Welcome
+	(*CgroupSet)(nil),      // 5: phaul.v1.CgroupSet
+	(*Prepare)(nil),        // 6: phaul.v1.Prepare
+	(*Terminal)(nil),       // 7: phaul.v1.Terminal
+	(*CgroupLimit)(nil),    // 8: phaul.v1.CgroupLimit
+	(*CgroupRoot)(nil),     // 9: phaul.v1.CgroupRoot
+	(*Ready)(nil),          // 10: phaul.v1.Ready
+	(*ImagesSent)(nil),     // 11: phaul.v1.ImagesSent
+	(*Restored)(nil),       // 12: phaul.v1.Restored
+	(*Commit)(nil),         // 13: phaul.v1.Commit
+	(*Done)(nil),           // 14: phaul.v1.Done
+	(*Abort)(nil),          // 15: phaul.v1.Abort
+	(*Failure)(nil),        // 16: phaul.v1.Failure
+	(*Check)(nil),          // 17: phaul.v1.Check
+	(*CheckReport)(nil),    // 18: phaul.v1.CheckReport
+	(*Verdict)(nil),        // 19: phaul.v1.Verdict
+	(*SourceFacts)(nil),    // 20: phaul.v1.SourceFacts
+	(*FileFact)(nil),       // 21: phaul.v1.FileFact
+	(*SocketFact)(nil),     // 22: phaul.v1.SocketFact
+	(*Need)(nil),           // 23: phaul.v1.Need
+	(*TaskFact)(nil),       // 24: phaul.v1.TaskFact
+	(*StatusRequest)(nil),  // 25: phaul.v1.StatusRequest
+	(*StatusReport)(nil),   // 26: phaul.v1.StatusReport
+	(*MigrationState)(nil), // 27: phaul.v1.MigrationState
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
@@ -2096,26 +2400,30 @@ var file_internal_pb_phaul_proto_depIdxs = []int32{
 	16, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
 	17, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
 	18, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
-	2,  // 12: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
-	2,  // 13: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
-	5,  // 14: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	7,  // 15: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
-	8,  // 16: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
-	9,  // 17: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	20, // 18: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	19, // 19: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 20: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	2,  // 21: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	21, // 22: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	22, // 23: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	23, // 24: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 25: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	24, // 26: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	25, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
+	26, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
+	2,  // 14: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
+	2,  // 15: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
+	5,  // 16: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
+	7,  // 17: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	8,  // 18: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	9,  // 19: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	20, // 20: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	19, // 21: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 22: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	2,  // 23: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	21, // 24: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	22, // 25: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	23, // 26: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 27: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	24, // 28: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	2,  // 29: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	27, // 30: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -2136,6 +2444,8 @@ func file_internal_pb_phaul_proto_init() {
 		(*Envelope_Failure)(nil),
 		(*Envelope_Check)(nil),
 		(*Envelope_CheckReport)(nil),
+		(*Envelope_StatusRequest)(nil),
+		(*Envelope_StatusReport)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2143,7 +2453,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/migrate"
 	"github.com/phaul/phaul/internal/testutil"
 )
 
@@ -518,4 +519,35 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Status runs `phaul status --json` on host a against addr and returns
+// what it printed and its exit status.
+func (h *Hosts) Status(t testing.TB, addr string) (*migrate.ServiceStatus, int) {
+	t.Helper()
+	cmd := h.Command("a", filepath.Join(h.Bin, "phaul"), "status", "--json", "--tls-dir", h.TLS, addr)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run phaul status: %v", err)
+	}
+	var st migrate.ServiceStatus
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatalf("phaul status --json printed no JSON (exit %d, %v):\nstdout %s\nstderr %s", code, err, out.String(), errb.String())
+	}
+	return &st, code
+}
+
+// Find returns the migration id of st, or nil.
+func Find(st *migrate.ServiceStatus, id string) *migrate.MigrationStatus {
+	for i := range st.Migrations {
+		if st.Migrations[i].ID == id {
+			return &st.Migrations[i]
+		}
+	}
+	return nil
 }

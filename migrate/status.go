@@ -1,0 +1,255 @@
+package migrate
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/transport"
+)
+
+// The states of a migration as the service reports them (phaul status).
+const (
+	StateInFlight    = "in-flight"   // between Hello and the end
+	StateInDoubt     = "in-doubt"    // restored, stopped, the source's decision unknown
+	StateDone        = "done"        // running here
+	StateFailed      = "failed"      // ended before the tree ran here; the source keeps it
+	StateAborted     = "aborted"     // the source called it off
+	StateInterrupted = "interrupted" // the service stopped during it (found on disk)
+)
+
+// recentKept is how many finished migrations the service remembers.
+const recentKept = 64
+
+// registry is the destination's list of migrations, for status.
+type registry struct {
+	mu     sync.Mutex
+	live   map[string]*pb.MigrationState
+	recent []*pb.MigrationState // oldest first
+}
+
+// start lists a new migration; an ID already in flight is refused.
+func (r *registry) start(st *pb.MigrationState) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.live == nil {
+		r.live = map[string]*pb.MigrationState{}
+	}
+	if r.live[st.Id] != nil {
+		return fmt.Errorf("migration %s is already in flight here", st.Id)
+	}
+	r.live[st.Id] = st
+	return nil
+}
+
+// update changes a live migration under the registry's lock.
+func (r *registry) update(id string, f func(st *pb.MigrationState)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.live[id]; st != nil {
+		f(st)
+	}
+}
+
+// end moves a migration to the recent ones (keep false: forget it, as for
+// `phaul check`, which is not a migration).
+func (r *registry) end(id, state string, err error, keep bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.live[id]
+	if st == nil {
+		return
+	}
+	delete(r.live, id)
+	if !keep {
+		return
+	}
+	st.State = state
+	if state != StateInDoubt {
+		st.EndedUnixNano = time.Now().UnixNano()
+	}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	r.recent = append(r.recent, st)
+	if len(r.recent) > recentKept {
+		r.recent = r.recent[len(r.recent)-recentKept:]
+	}
+}
+
+// snapshot copies the live and recent migrations.
+func (r *registry) snapshot() []*pb.MigrationState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*pb.MigrationState
+	for _, st := range r.live {
+		c := proto.Clone(st).(*pb.MigrationState)
+		c.State = StateInFlight
+		out = append(out, c)
+	}
+	for _, st := range r.recent {
+		out = append(out, proto.Clone(st).(*pb.MigrationState))
+	}
+	return out
+}
+
+// stateFile is what WORK_DIR/ID/state.json holds: enough to list the
+// migration after a restart of the service, and to find an in-doubt
+// tree again.
+type stateFile struct {
+	ID         string    `json:"id"`
+	State      string    `json:"state"` // receiving, restored, running, in-doubt
+	Pid        int       `json:"pid"`
+	Time       time.Time `json:"time"`
+	SourceHost string    `json:"source_host,omitempty"`
+	Peer       string    `json:"peer,omitempty"`
+	Comm       string    `json:"comm,omitempty"`
+	SourcePid  int       `json:"source_pid,omitempty"`
+	Started    time.Time `json:"started"`
+}
+
+// fromDisk lists the migrations recorded in the work directory, as the
+// service reports them.
+func fromDisk(workDir string) []*pb.MigrationState {
+	paths, _ := filepath.Glob(filepath.Join(workDir, "*", "state.json"))
+	var out []*pb.MigrationState
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var f stateFile
+		if json.Unmarshal(data, &f) != nil || validID(f.ID) != nil {
+			continue
+		}
+		st := &pb.MigrationState{Id: f.ID, Pid: int32(f.Pid), SourceHost: f.SourceHost, Peer: f.Peer,
+			Comm: f.Comm, SourcePid: int32(f.SourcePid), StartedUnixNano: unixNano(f.Started)}
+		switch f.State {
+		case "running":
+			st.State, st.Phase, st.EndedUnixNano = StateDone, "resume", unixNano(f.Time)
+		case "in-doubt":
+			st.State, st.Phase = StateInDoubt, "commit"
+		default: // receiving, restored: the service went away in the middle
+			st.State, st.Phase, st.EndedUnixNano = StateInterrupted, f.State, unixNano(f.Time)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// Status lists the destination's migrations: in flight, in doubt, and
+// finished recently (in memory since the service started, and on disk in
+// the work directory), newest first.
+func (d *Destination) Status() []*pb.MigrationState {
+	seen := map[string]bool{}
+	var out []*pb.MigrationState
+	for _, st := range d.reg.snapshot() {
+		seen[st.Id] = true
+		out = append(out, st)
+	}
+	for _, st := range fromDisk(d.o.WorkDir) {
+		if !seen[st.Id] {
+			out = append(out, st)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].StartedUnixNano > out[j].StartedUnixNano })
+	return out
+}
+
+// serveStatus answers a StatusRequest.
+func (in *incoming) serveStatus(ctx context.Context, req *pb.StatusRequest) error {
+	if req.ProtocolVersion != transport.ProtocolVersion {
+		return in.fail("status", fmt.Errorf("client speaks protocol %d, this phaul-service %d: install the same phaul version on both hosts", req.ProtocolVersion, transport.ProtocolVersion))
+	}
+	in.log.Info("status asked")
+	return in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_StatusReport{StatusReport: &pb.StatusReport{
+		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(in.d.o.CRIUVersion),
+		MaxMigrations: uint32(in.d.o.MaxMigrations), Migrations: in.d.Status(),
+	}}})
+}
+
+// ServiceStatus is what `phaul status` prints. The JSON field names are
+// stable (docs/json.md).
+type ServiceStatus struct {
+	Address       string            `json:"address"`
+	Host          string            `json:"host"`
+	Kernel        string            `json:"kernel"`
+	CRIU          string            `json:"criu"`
+	Phaul         string            `json:"phaul"`
+	MaxMigrations int               `json:"max_migrations"`
+	Migrations    []MigrationStatus `json:"migrations"`
+	Error         string            `json:"error,omitempty"` // the service could not be asked
+}
+
+// MigrationStatus is one migration in a ServiceStatus.
+type MigrationStatus struct {
+	ID         string     `json:"id"`
+	State      string     `json:"state"` // in-flight, in-doubt, done, failed, aborted, interrupted
+	Phase      string     `json:"phase"`
+	SourceHost string     `json:"source_host"`
+	Peer       string     `json:"peer"`
+	Comm       string     `json:"comm"`
+	SourcePid  int        `json:"source_pid"`
+	Pid        int        `json:"pid"` // on the service's host; 0 before the restore
+	Started    time.Time  `json:"started"`
+	Ended      *time.Time `json:"ended"` // null while in flight or in doubt
+	Error      string     `json:"error"`
+}
+
+// QueryStatus asks the phaul-service at addr for its migrations.
+func QueryStatus(ctx context.Context, addr string, conf *tls.Config) (*ServiceStatus, error) {
+	sess, err := transport.Dial(ctx, addr, conf)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	if err := sess.Control().Send(ctx, &pb.Envelope{Msg: &pb.Envelope_StatusRequest{StatusRequest: &pb.StatusRequest{
+		ProtocolVersion: transport.ProtocolVersion,
+	}}}); err != nil {
+		return nil, err
+	}
+	msg, err := sess.Control().Recv(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if f := msg.GetFailure(); f != nil {
+		return nil, fmt.Errorf("status: the service refused: %s", f.Message)
+	}
+	rep := msg.GetStatusReport()
+	if rep == nil {
+		return nil, fmt.Errorf("status: %w", unexpected(msg, "StatusReport"))
+	}
+	if rep.ProtocolVersion != transport.ProtocolVersion {
+		return nil, errors.New("status: the service speaks another protocol version: install the same phaul version on both hosts")
+	}
+	out := &ServiceStatus{Address: addr, Host: rep.GetHost().GetHostname(), Kernel: rep.GetHost().GetKernel(),
+		CRIU: rep.GetHost().GetCriuVersion(), Phaul: rep.GetHost().GetPhaulVersion(),
+		MaxMigrations: int(rep.MaxMigrations), Migrations: []MigrationStatus{}}
+	for _, m := range rep.Migrations {
+		ms := MigrationStatus{ID: m.Id, State: m.State, Phase: m.Phase, SourceHost: m.SourceHost, Peer: m.Peer,
+			Comm: m.Comm, SourcePid: int(m.SourcePid), Pid: int(m.Pid), Started: time.Unix(0, m.StartedUnixNano).UTC(), Error: m.Error}
+		if m.EndedUnixNano != 0 {
+			t := time.Unix(0, m.EndedUnixNano).UTC()
+			ms.Ended = &t
+		}
+		out.Migrations = append(out.Migrations, ms)
+	}
+	return out, nil
+}
