@@ -102,10 +102,11 @@ func (r *Report) WriteText(w io.Writer) {
 		ratio = float64(r.WireBytes) / float64(r.PageBytes)
 	}
 	fmt.Fprintf(w, "  pages      %s raw, %s on the wire (%.2f)\n  images     %d files, %s\n",
-		bytesStr(r.PageBytes), bytesStr(r.WireBytes), ratio, r.ImageFiles, bytesStr(r.ImageBytes))
+		FormatBytes(r.PageBytes), FormatBytes(r.WireBytes), ratio, r.ImageFiles, FormatBytes(r.ImageBytes))
 }
 
-func bytesStr(n int64) string {
+// FormatBytes writes n in B, KiB, MiB or GiB.
+func FormatBytes(n int64) string {
 	switch {
 	case n >= 1<<30:
 		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))

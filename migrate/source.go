@@ -49,6 +49,8 @@ type Options struct {
 	CRIU        Checkpointer
 	CRIUVersion string // of o.CRIU, for the destination's checks (criu.New's Host.Version)
 	Logger      *slog.Logger
+	// Progress, if set, is kept up to date for a progress bar.
+	Progress *Progress
 
 	Skip           []string      // checks not to run (precheck.Names)
 	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
@@ -168,10 +170,12 @@ type source struct {
 	terms  []*pb.Terminal  // from outside the tree, declared external in the dump
 	sets   []cgroups.Set   // the cgroups of the tree's root
 	layout *cgroups.Layout // this host's cgroups; nil if unreadable
+	rss    int64           // of the tree, announced in Prepare
 }
 
 func (m *source) setPhase(p string) {
 	m.phase = p
+	m.o.Progress.setPhase(p)
 	m.log.Info("phase", "phase", p)
 }
 
@@ -250,9 +254,11 @@ func (m *source) run(ctx context.Context) error {
 		return nil
 	}
 	t0 = time.Now()
+	rss := proc.RSS(o.Pid)
+	m.rss = int64(rss)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished,
-		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: proc.RSS(o.Pid),
+		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss,
 		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
 	}}}); err != nil {
 		return m.refuse(err)
@@ -353,6 +359,7 @@ func (m *source) dump(ctx context.Context) error {
 		return m.refuse(err)
 	}
 	var counts transport.Counts
+	o.Progress.setPages(m.rss, &counts)
 	pumpDone := make(chan error, 1)
 	go func() {
 		err := transport.SendCompressed(pages, ours, &counts)

@@ -156,10 +156,17 @@ streams (compressed) to the destination, which restores it. The source copy
 is destroyed only once the destination has restored the tree; any failure
 before that leaves the workload running on the source, unchanged.
 
+On a terminal, a progress bar on stderr shows the phase and, while the
+memory streams, the bytes sent against the tree's resident memory, the
+rate, the time left and the bytes on the wire; not with --json, --quiet
+or -v, nor when stderr is not a terminal. Then the report goes to stdout
+(--json: one object, described in docs/json.md).
+
 ` + exitHelp,
 	Flags: func(fs *pflag.FlagSet) {
 		checkFlags(fs)
 		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")
+		fs.BoolP("quiet", "q", false, "print nothing on success (no report, no progress bar); errors still go to stderr")
 	},
 	Run: runMigrate,
 }
@@ -171,8 +178,18 @@ func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	}
 	o.WorkDir, _ = fs.GetString("work-dir")
 	asJSON, _ := fs.GetBool("json")
+	quiet, _ := fs.GetBool("quiet")
 	start := time.Now()
+	stopBar := func() {}
+	if !asJSON && !quiet && env.Verbose == 0 && cli.IsTerminal(env.Stderr) {
+		o.Progress = &migrate.Progress{}
+		stopBar = startProgress(env.Stderr, o.Progress)
+	}
 	report, err := migrate.Migrate(ctx, o)
+	stopBar()
+	if quiet && err == nil {
+		return nil
+	}
 	if asJSON {
 		if werr := writeJSONReport(env, report, err); werr != nil {
 			return werr

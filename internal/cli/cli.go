@@ -95,6 +95,7 @@ func ExitCode(err error) int {
 type Env struct {
 	Stdout, Stderr io.Writer
 	Logger         *slog.Logger
+	Verbose        int // how many -v
 }
 
 // Command is one subcommand.
@@ -155,7 +156,7 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 	case *verbose == 1:
 		level = slog.LevelInfo
 	}
-	env := &Env{Stdout: stdout, Stderr: stderr, Logger: NewLogger(stderr, level)}
+	env := &Env{Stdout: stdout, Stderr: stderr, Logger: NewLogger(stderr, level), Verbose: *verbose}
 	return cmd.Run(ctx, env, fs, fs.Args())
 }
 
