@@ -26,8 +26,8 @@ import (
 	"time"
 
 	"github.com/phaul/phaul/internal/proc"
-	"github.com/phaul/phaul/migrate"
 	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/migrate"
 )
 
 // Addresses of the two hosts (they exist only inside the namespaces).
