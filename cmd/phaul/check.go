@@ -43,20 +43,19 @@ func runCheck(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []strin
 			Pid      int                `json:"pid"`
 			Dest     string             `json:"destination"`
 			OK       bool               `json:"ok"`
-			Outcome  string             `json:"outcome"` // ok, transient, permanent, error
+			Outcome  string             `json:"outcome"` // ok, failed, permanent, transient
 			Verdicts []precheck.Verdict `json:"verdicts"`
 			Seconds  float64            `json:"seconds"`
 			Error    string             `json:"error,omitempty"`
-		}{Pid: o.Pid, Dest: o.Addr, OK: err == nil, Outcome: "ok"}
+		}{Pid: o.Pid, Dest: o.Addr, OK: err == nil, Outcome: outcomeFor(err), Verdicts: []precheck.Verdict{}}
 		if report != nil {
-			out.ID, out.Verdicts, out.Seconds = report.ID, report.Verdicts, float64(report.Total)/1e9
+			out.ID, out.Seconds = report.ID, float64(report.Total)/1e9
+			if report.Verdicts != nil {
+				out.Verdicts = report.Verdicts
+			}
 		}
 		if err != nil {
 			out.Error = err.Error()
-			out.Outcome = map[int]string{exitPermanent: "permanent", exitTransient: "transient"}[exitFor(err)]
-			if out.Outcome == "" {
-				out.Outcome = "error"
-			}
 		}
 		if werr := cli.WriteJSON(env.Stdout, out); werr != nil {
 			return werr

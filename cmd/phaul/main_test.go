@@ -90,17 +90,20 @@ func TestLocalDumpRestoreCommands(t *testing.T) {
 	w := testutil.StartWorkload(t, testutil.WorkloadOptions{})
 	dir := filepath.Join(t.TempDir(), "img")
 	pid := w.Cmd.Process.Pid
-	if _, _, err := runPhaul(t, "dump", strconv.Itoa(pid), dir); err != nil {
+	out, _, err := runPhaul(t, "dump", "--json", strconv.Itoa(pid), dir)
+	if err != nil {
 		t.Fatalf("phaul dump: %v", err)
 	}
+	checkJSON(t, "local", []byte(out))
 	st, _ := testutil.ReadState(w.State)
 	if err := testutil.WaitReaped(pid, 10e9); err != nil {
 		t.Fatal(err)
 	}
-	out, _, err := runPhaul(t, "restore", "--json", dir)
+	out, _, err = runPhaul(t, "restore", "--json", dir)
 	if err != nil {
 		t.Fatalf("phaul restore: %v", err)
 	}
+	checkJSON(t, "local", []byte(out))
 	var r struct{ Pid int }
 	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Pid != pid {
 		t.Fatalf("restore --json: %q (%v), want pid %d", out, err, pid)

@@ -205,18 +205,52 @@ func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	return nil
 }
 
+// migrateJSON is what `phaul migrate --json` prints
+// (docs/json/migrate.schema.json).
+type migrateJSON struct {
+	*migrate.Report
+	Outcome       string `json:"outcome"`
+	SourceRunning bool   `json:"source_running"`
+	Error         string `json:"error,omitempty"`
+	ErrorPhase    string `json:"error_phase,omitempty"`
+}
+
 func writeJSONReport(env *cli.Env, report *migrate.Report, err error) error {
-	out := struct {
-		*migrate.Report
-		Error string `json:"error,omitempty"`
-	}{Report: report}
+	out := migrateJSON{Report: report, Outcome: outcomeFor(err)}
 	if out.Report == nil {
 		out.Report = &migrate.Report{}
 	}
+	if out.CgroupRoots == nil {
+		out.CgroupRoots = []string{}
+	}
+	if out.Verdicts == nil {
+		out.Verdicts = []precheck.Verdict{}
+	}
+	var me *migrate.Error
 	if err != nil {
 		out.Error = err.Error()
+		out.SourceRunning = errors.As(err, &me) && me.SourceRunning
+		if me != nil {
+			out.ErrorPhase = me.Phase
+		}
 	}
 	return cli.WriteJSON(env.Stdout, out)
+}
+
+// outcomeFor names the outcome of a migration or a check in --json.
+func outcomeFor(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	switch exitFor(err) {
+	case exitPermanent:
+		return "permanent"
+	case exitTransient:
+		return "transient"
+	case exitInDoubt:
+		return "in-doubt"
+	}
+	return "failed"
 }
 
 func printFailedChecks(env *cli.Env, r *migrate.Report) {
