@@ -31,6 +31,10 @@ import (
 // DestOptions configure the destination side.
 type DestOptions struct {
 	WorkDir       string         // one directory per migration below it
+	// LogDir, if set, gets the logs of each migration (CRIU's, the
+	// terminals') in LogDir/ID, kept when a failed migration's work
+	// directory is removed; "" keeps them in the work directory.
+	LogDir        string
 	CgroupRoot    string         // default root for restored trees
 	ManageCgroups rpc.CriuCgMode // CRIU's cgroup mode on restore
 	Timeout       time.Duration  // bound on each wait for the source
@@ -100,6 +104,11 @@ func NewDestination(o DestOptions) (*Destination, error) {
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("destination: work dir: %w", err)
 	}
+	if o.LogDir != "" {
+		if err := os.MkdirAll(o.LogDir, 0o700); err != nil {
+			return nil, fmt.Errorf("destination: log dir: %w", err)
+		}
+	}
 	if _, err := CgroupRoots(nil, o.CgroupRoot, &cgroups.Layout{}); err != nil {
 		return nil, fmt.Errorf("destination: %w", err)
 	}
@@ -121,6 +130,7 @@ type incoming struct {
 	id    string
 	dir   string // work dir of this migration
 	imgs  string // its images
+	logs  string // its logs: dir, or LogDir/ID
 	prep  *pb.Prepare
 	roots []*pb.CgroupRoot
 	phase string
@@ -195,7 +205,7 @@ func (in *incoming) setPhase(p string) {
 
 func (in *incoming) run(ctx context.Context) error {
 	o := in.d.o
-	in.setPhase("connect")
+	in.phase = "connect" // logged once the migration's ID is known
 	msg, err := in.recv(ctx)
 	if err != nil {
 		return err
@@ -221,6 +231,7 @@ func (in *incoming) run(ctx context.Context) error {
 		in.id = "" // not ours to end
 		return in.fail("connect", err)
 	}
+	in.setPhase("connect")
 	in.log.Info("migration offered", "source_host", hello.GetHost().GetHostname())
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Welcome{Welcome: &pb.Welcome{
 		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(o.CRIUVersion),
@@ -278,6 +289,13 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 	in.dir = dir
 	in.imgs = filepath.Join(in.dir, "images")
+	in.logs = in.dir
+	if o.LogDir != "" {
+		in.logs = filepath.Join(o.LogDir, in.id)
+		if err := os.MkdirAll(in.logs, 0o700); err != nil {
+			return in.fail("checks", fmt.Errorf("log dir: %w", err))
+		}
+	}
 	if err := os.Mkdir(in.imgs, 0o700); err != nil {
 		return in.fail("checks", fmt.Errorf("work dir: %w", err))
 	}
@@ -333,14 +351,14 @@ func (in *incoming) run(ctx context.Context) error {
 		ManageCgroupsMode: in.mode.Enum(),
 		CgRoot:            criuRoots(in.roots),
 	}
-	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.dir}
+	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.logs}
 	if len(in.prep.Terminals) > 0 {
 		if n, err := tty.DetachSessions(in.imgs); err != nil {
 			return in.fail("restore", err)
 		} else if n > 0 {
 			in.log.Info("terminals restored without their session (it stays on the source)", "terminals", n)
 		}
-		if in.terms, err = openTerminals(in.prep.Terminals, in.ttyMode, in.dir); err != nil {
+		if in.terms, err = openTerminals(in.prep.Terminals, in.ttyMode, in.logs); err != nil {
 			return in.fail("restore", err)
 		}
 		req.Inherit = in.terms.inherit(in.prep.Terminals)
@@ -437,7 +455,11 @@ func (in *incoming) finish(err error) {
 			in.log.Info("killed the restored tree", "pid", in.restored)
 		}
 		in.terms.close()
-		in.log.Error("migration failed", "phase", in.phase, "err", err)
+		if in.logs != in.dir {
+			in.log.Error("migration failed", "phase", in.phase, "err", err, "logs", in.logs)
+		} else {
+			in.log.Error("migration failed", "phase", in.phase, "err", err)
+		}
 		unmount()
 		os.RemoveAll(in.dir)
 	}
@@ -486,7 +508,7 @@ func (in *incoming) startPages(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, WorkDir: in.dir, PageServer: theirs})
+	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, WorkDir: in.logs, PageServer: theirs})
 	theirs.Close()
 	if err != nil {
 		ours.Close()

@@ -478,3 +478,50 @@ func waitLog(svc *twohosts.Service, s string) bool {
 	}
 	return false
 }
+
+// TestLogsFollowOneMigrationAcrossHosts: with JSON logs on both sides
+// (as under systemd), each side logs one line per phase carrying the same
+// migration ID, so that an operator can follow a migration through both
+// journals; the service's per-migration logs go to --log-dir.
+func TestLogsFollowOneMigrationAcrossHosts(t *testing.T) {
+	h := twohosts.New(t)
+	logDir := filepath.Join(h.Dir, "logs")
+	svc := h.StartService(t, "--log-format", "json", "--log-dir", logDir)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "-v", "--log-format", "json")
+	assertRunsOnB(t, h, w, r, st)
+	id := r.Str("id")
+	phases := func(side, log string) []string {
+		t.Helper()
+		var out []string
+		for _, line := range strings.Split(strings.TrimSpace(log), "\n") {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(line), &m); err != nil {
+				t.Fatalf("%s logged a line that is not JSON: %q", side, line)
+			}
+			if m["msg"] == "phase" && m["migration"] == id {
+				out = append(out, m["phase"].(string))
+			} else if m["msg"] == "phase" {
+				t.Errorf("%s: a phase line without the migration's ID: %q", side, line)
+			}
+		}
+		return out
+	}
+	if got, want := strings.Join(phases("source", r.Stderr), " "), "checks connect checks dump transfer restore commit resume"; got != want {
+		t.Errorf("source phases %q, want %q", got, want)
+	}
+	var dest string
+	for i := 0; i < 100; i++ { // "migration done" comes right after Done
+		if dest = strings.Join(phases("service", svc.Log()), " "); strings.HasSuffix(dest, "resume") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if want := "connect checks transfer restore commit resume"; dest != want {
+		t.Errorf("service phases %q, want %q", dest, want)
+	}
+	if _, err := os.Stat(filepath.Join(logDir, id, "restore.log")); err != nil {
+		t.Errorf("CRIU's restore log is not in --log-dir: %v", err)
+	}
+}

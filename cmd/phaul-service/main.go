@@ -45,6 +45,7 @@ const defaultConfig = "/etc/phaul/phaul-service.conf"
 type options struct {
 	config                                             string
 	listen, tlsDir, workDir, cgroupRoot, manageCgroups string
+	logDir, logFormat                                  string
 	timeout, shutdownTimeout                           time.Duration
 	maxMigrations                                      int
 	verbose, version                                   bool
@@ -59,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.listen, "listen", ":7070", "ADDR:PORT to accept migrations on")
 	fs.StringVar(&o.tlsDir, "tls-dir", "/etc/phaul/tls", "directory made by `phaul certs` (uses ca.pem, server.pem, server-key.pem)")
 	fs.StringVar(&o.workDir, "work-dir", "/var/lib/phaul", "one directory per migration (images, CRIU logs, state) below it")
+	fs.StringVar(&o.logDir, "log-dir", "", "logs of each migration (CRIU's, the terminals') in LOG_DIR/ID, kept after a failure (default: in the work dir, removed with it)")
+	fs.StringVar(&o.logFormat, "log-format", "auto", "the service's own log: text, json, or auto (json when stderr is the journal, as under systemd; text otherwise)")
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "/phaul", "cgroup root for restored trees: each goes to ROOT/phaul-ID in every controller it uses")
 	fs.StringVar(&o.manageCgroups, "manage-cgroups", "soft", "CRIU's cgroup mode on restore: ignore, none, props, soft, full, strict")
 	fs.DurationVar(&o.timeout, "timeout", migrate.DefaultTimeout, "longest wait for the source at each step")
@@ -111,7 +114,10 @@ or config file.
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	log := cli.NewLogger(stderr, level)
+	log, err := cli.NewLoggerFormat(stderr, level, o.logFormat)
+	if err != nil {
+		return cli.Usagef("--log-format: %v", err)
+	}
 	return serve(ctx, o, log)
 }
 
@@ -141,7 +147,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	dest, err := migrate.NewDestination(migrate.DestOptions{
 		Breakpoints: bp,
-		WorkDir:     o.workDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout, MaxMigrations: o.maxMigrations,
+		WorkDir:     o.workDir, LogDir: o.logDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout, MaxMigrations: o.maxMigrations,
 		CRIU: migrate.CRIU{Client: c}, CRIUVersion: host.Version.String(), Logger: log,
 	})
 	if err != nil {
@@ -152,7 +158,7 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	srv := &migrate.Server{TLS: tlsConf.Config(), Dest: dest, Logger: log}
-	log.Info("listening", "addr", ln.Addr().String(), "criu", host.Version.String(), "cgroup_root", o.cgroupRoot, "manage_cgroups", o.manageCgroups, "work_dir", o.workDir)
+	log.Info("listening", "addr", ln.Addr().String(), "criu", host.Version.String(), "cgroup_root", o.cgroupRoot, "manage_cgroups", o.manageCgroups, "work_dir", o.workDir, "log_dir", o.logDir)
 	// SIGHUP is caught before READY=1: a reload right after start must
 	// not kill the service (SIGHUP's default action).
 	hup := make(chan os.Signal, 1)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -10,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/phaul/phaul/internal/testutil"
 )
@@ -46,7 +50,7 @@ func TestInstalledUnitVerifies(t *testing.T) {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	data, _ := os.ReadFile(unit)
-	for _, want := range []string{"Type=notify", "ExecStart=" + root + "/usr/bin/phaul-service ", "ExecReload=", "StateDirectory=phaul", "KillMode=process"} {
+	for _, want := range []string{"Type=notify", "ExecStart=" + root + "/usr/bin/phaul-service ", "ExecReload=", "StateDirectory=phaul", "LogsDirectory=phaul", "--log-dir /var/log/phaul", "KillMode=process"} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("unit lacks %q", want)
 		}
@@ -62,9 +66,13 @@ func TestInstalledUnitVerifies(t *testing.T) {
 	}
 }
 
+// notJSON marks a log line that did not parse.
+const notJSON = "NOT JSON: "
+
 // TestServiceNotifiesSystemd starts the installed phaul-service the way
-// the unit does, with a notify socket of the test's: READY=1 once it
-// listens, a reload on SIGHUP, STOPPING=1 and exit 0 on SIGTERM.
+// the unit does, with a notify socket and a journal stream of the test's:
+// READY=1 once it listens, JSON log lines, a reload on SIGHUP, STOPPING=1
+// and exit 0 on SIGTERM.
 func TestServiceNotifiesSystemd(t *testing.T) {
 	testutil.CRIU(t)
 	root := install(t)
@@ -103,17 +111,30 @@ func TestServiceNotifiesSystemd(t *testing.T) {
 	// The config file names what the unit leaves to it.
 	conf := filepath.Join(t.TempDir(), "phaul-service.conf")
 	os.WriteFile(conf, []byte("listen = 127.0.0.1:0\ntls-dir = "+tlsDir+"\n"), 0o644)
-	args := append(argv[1:], "--config", conf, "--work-dir", t.TempDir())
+	args := append(argv[1:], "--config", conf, "--work-dir", t.TempDir(), "--log-dir", t.TempDir())
 	cmd := exec.Command(argv[0], args...)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
-	stderr, _ := cmd.StderrPipe()
+	// stderr is "the journal": JOURNAL_STREAM names it, as systemd does.
+	stderr, journal, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	unix.Fstat(int(journal.Fd()), &st)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, fmt.Sprintf("JOURNAL_STREAM=%d:%d", st.Dev, st.Ino))
+	cmd.Stderr = journal
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	journal.Close()
 	logs := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			var m map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				logs <- notJSON + sc.Text()
+				continue
+			}
 			logs <- sc.Text()
 		}
 		close(logs)
@@ -127,6 +148,9 @@ func TestServiceNotifiesSystemd(t *testing.T) {
 			case m, ok := <-ch:
 				if !ok {
 					t.Fatalf("%s: channel closed before %q", what, want)
+				}
+				if strings.HasPrefix(m, notJSON) {
+					t.Errorf("%s: a line in the journal that is not JSON: %q", what, m)
 				}
 				if strings.Contains(m, want) {
 					return
@@ -144,11 +168,12 @@ func TestServiceNotifiesSystemd(t *testing.T) {
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	expect("notify", msgs, "STOPPING=1")
-	go func() {
-		for range logs {
-		}
-	}()
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
+	}
+	for m := range logs { // until EOF: the service has exited
+		if strings.HasPrefix(m, notJSON) {
+			t.Errorf("a line in the journal that is not JSON: %q", m)
+		}
 	}
 }

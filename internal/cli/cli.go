@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 )
 
 // Version is phaul's version, set at build time with
@@ -134,6 +135,7 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	verbose := fs.CountP("verbose", "v", "log progress to stderr (-v: phases, -vv: debug)")
+	logFormat := fs.String("log-format", "auto", "log format on stderr: text, json, or auto (json when stderr is the journal, text otherwise)")
 	if cmd.Flags != nil {
 		cmd.Flags(fs)
 	}
@@ -156,7 +158,11 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 	case *verbose == 1:
 		level = slog.LevelInfo
 	}
-	env := &Env{Stdout: stdout, Stderr: stderr, Logger: NewLogger(stderr, level), Verbose: *verbose}
+	log, err := NewLoggerFormat(stderr, level, *logFormat)
+	if err != nil {
+		return Usagef("%s %s: --log-format: %v", prog, cmd.Name, err)
+	}
+	env := &Env{Stdout: stdout, Stderr: stderr, Logger: log, Verbose: *verbose}
 	return cmd.Run(ctx, env, fs, fs.Args())
 }
 
@@ -170,17 +176,50 @@ func printUsage(w io.Writer, prog, about string, cmds []*Command) {
 	fmt.Fprintf(w, "\nRun `%s COMMAND --help` for a command's flags.\n\nExit status: 0 success, 1 failure, 2 bad command line (see each command's help for more).\n", prog)
 }
 
-// NewLogger returns a text logger on a terminal and a JSON logger
-// otherwise (under systemd, the journal gets one JSON object per line).
+// NewLogger returns a logger in the automatic format (NewLoggerFormat
+// "auto").
 func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
+	l, _ := NewLoggerFormat(w, level, "auto")
+	return l
+}
+
+// NewLoggerFormat returns a slog logger writing to w as format says: "text"
+// (key=value), "json" (one object per line), or "auto": JSON when w is the
+// journal's stream (JOURNAL_STREAM names its device and inode, as systemd
+// sets it for a service), text otherwise.
+func NewLoggerFormat(w io.Writer, level slog.Level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: level}
-	if f, ok := w.(*os.File); ok && isTerminal(f) {
-		return slog.New(slog.NewTextHandler(w, opts))
+	switch format {
+	case "text":
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "auto", "":
+		if isJournal(w, os.Getenv("JOURNAL_STREAM")) {
+			return slog.New(slog.NewJSONHandler(w, opts)), nil
+		}
+	default:
+		return nil, fmt.Errorf("unknown log format %q (want text, json or auto)", format)
 	}
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// isJournal says whether w is the stream JOURNAL_STREAM ("DEV:INODE")
+// names. A child of a service inherits the variable but not always the
+// stream, hence the comparison (systemd.exec(5)).
+func isJournal(w io.Writer, env string) bool {
+	f, ok := w.(*os.File)
+	if !ok || env == "" {
+		return false
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	var dev, ino uint64
+	if _, err := fmt.Sscanf(env, "%d:%d", &dev, &ino); err != nil {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return st.Dev == dev && st.Ino == ino
 }
 
 // WriteJSON writes v as indented JSON.

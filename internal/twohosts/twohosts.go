@@ -174,7 +174,7 @@ func (h *Hosts) startService(t testing.TB, prefix, extra []string) *Service {
 		once := sync.Once{}
 		for sc.Scan() {
 			s.log.WriteLine(sc.Text())
-			if strings.Contains(sc.Text(), "msg=listening") {
+			if line := sc.Text(); strings.Contains(line, "msg=listening") || strings.Contains(line, `"msg":"listening"`) {
 				once.Do(func() { close(listening) })
 			}
 		}
