@@ -30,7 +30,7 @@ import (
 
 // DestOptions configure the destination side.
 type DestOptions struct {
-	WorkDir       string         // one directory per migration below it
+	WorkDir string // one directory per migration below it
 	// LogDir, if set, gets the logs of each migration (CRIU's, the
 	// terminals') in LogDir/ID, kept when a failed migration's work
 	// directory is removed; "" keeps them in the work directory.
