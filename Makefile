@@ -10,7 +10,7 @@ LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
 # not depend on the libraries of the host. (Not exported: -race needs cgo.)
 GOBUILD := CGO_ENABLED=0 $(GO) build
 
-.PHONY: all build deps test unit demo demo-local bench bench-go install clean fmt vet proto
+.PHONY: all build deps test unit demo demo-local bench bench-go install dist clean fmt vet proto
 
 all: build
 
@@ -59,17 +59,26 @@ bench: deps build
 bench-go: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 
-# Both binaries, the systemd unit (its ExecStart points at PREFIX/bin) and
-# an example config (never overwriting one that exists).
+# Both binaries, the demo workload (PREFIX/lib/phaul), the systemd unit
+# (its ExecStart points at PREFIX/bin) and an example config (never
+# overwriting one that exists): scripts/install.sh.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 SYSCONFDIR ?= /etc
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/phaul
-	install -m 0755 bin/phaul bin/phaul-service $(DESTDIR)$(PREFIX)/bin/
-	sed 's|@BINDIR@|$(PREFIX)/bin|g' dist/phaul-service.service.in > $(DESTDIR)$(UNITDIR)/phaul-service.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/phaul-service.service
-	test -e $(DESTDIR)$(SYSCONFDIR)/phaul/phaul-service.conf || \
-		install -m 0644 dist/phaul-service.conf $(DESTDIR)$(SYSCONFDIR)/phaul/phaul-service.conf
+	PREFIX='$(PREFIX)' DESTDIR='$(DESTDIR)' UNITDIR='$(UNITDIR)' SYSCONFDIR='$(SYSCONFDIR)' scripts/install.sh
+
+# A tarball to install on hosts without Go: unpack it and run
+# `sudo ./scripts/install.sh --with-criu` (docs/ci.md).
+DIST := build/phaul-$(VERSION)-linux-$(shell $(GO) env GOARCH)
+dist: build
+	rm -rf $(DIST) && mkdir -p $(DIST)/bin $(DIST)/scripts $(DIST)/dist
+	cp bin/phaul bin/phaul-service bin/phaul-workload $(DIST)/bin/
+	cp scripts/install.sh scripts/install-criu.sh $(DIST)/scripts/
+	cp dist/phaul-service.service.in dist/phaul-service.conf $(DIST)/dist/
+	cp README.md $(DIST)/
+	tar -C build -czf $(DIST).tar.gz $(notdir $(DIST))
+	rm -rf $(DIST)
+	@echo $(DIST).tar.gz
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -80,4 +89,4 @@ proto:
 	protoc --go_out=. --go_opt=paths=source_relative internal/pb/phaul.proto
 
 clean:
-	rm -rf bin
+	rm -rf bin build
