@@ -19,6 +19,9 @@ var certsCmd = &cli.Command{
 server.pem and server-key.pem, phaul migrate uses client.pem and
 client-key.pem, and both trust only ca.pem. The CA's key is not kept unless
 --keep-ca-key, so no other certificate can ever be signed by this CA.`,
+	Exit: `0  written
+1  not written (DIR cannot be made or written)
+2  bad command line`,
 	Flags: func(fs *pflag.FlagSet) {
 		fs.StringSlice("host", nil, "extra name or IP address for the server certificate (repeatable); "+transport.TLSServerName+" is always included")
 		fs.Duration("valid", 5*365*24*time.Hour, "validity of the certificates")

@@ -18,14 +18,12 @@ var checkCmd = &cli.Command{
 	Summary: "check, without freezing anything, whether PID's tree can move to HOST:PORT",
 	Help: `Runs every check of a migration against the destination and prints one line
 per check: its name, pass / warn / FAIL, permanent or transient, and the
-detail, with one line per problem below it. The checks: ` + strings.Join(precheck.Names, ", ") + `.
-
-Exit status:
-  0  the migration can go ahead (warnings may be printed)
-  1  the checks could not run (connection, CRIU, ...)
-  2  bad command line
-  4  a permanent failure: the migration cannot work until something changes
-  5  only transient failures: retry later`,
+detail, with one line per problem below it. The checks: ` + strings.Join(precheck.Names, ", ") + `.`,
+	Exit: `0  the migration can go ahead (warnings may be printed)
+1  the checks could not run (connection, CRIU, ...)
+2  bad command line
+4  a permanent failure: the migration cannot work until something changes
+5  only transient failures: retry later`,
 	Flags: checkFlags,
 	Run:   runCheck,
 }

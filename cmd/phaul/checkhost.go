@@ -16,8 +16,9 @@ import (
 var checkHostCmd = &cli.Command{
 	Name:    "check-host",
 	Summary: "show what this host offers for migration: CRIU, kernel, breakpoints, features, cgroups",
-	Help: `Exits 0 when CRIU is usable here, 1 when it is not (missing, or too old for
-the kernel: the message says what to install).`,
+	Exit: `0  CRIU is usable here
+1  it is not (missing, or too old for the kernel: the message says what to install)
+2  bad command line`,
 	Flags: func(fs *pflag.FlagSet) {
 		fs.Bool("json", false, "print one JSON object")
 	},

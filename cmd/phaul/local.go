@@ -22,7 +22,7 @@ import (
 
 func localFlags(fs *pflag.FlagSet) {
 	fs.Bool("shell-job", false, "the tree is a shell job (its root is not a session leader)")
-	fs.Bool("tcp-established", false, "checkpoint established TCP connections")
+	fs.Bool("tcp-established", false, "checkpoint (dump) or restore established TCP connections")
 	fs.Bool("json", false, "print one JSON object")
 }
 
@@ -36,7 +36,12 @@ var dumpCmd = &cli.Command{
 	Name:    "dump",
 	Args:    "PID DIR",
 	Summary: "checkpoint the process tree rooted at PID into DIR on this host",
-	Help:    "Without --leave-running the tree is gone once the dump succeeds; on failure it keeps running.",
+	Help: `Without --leave-running the tree is gone once the dump succeeds; on
+failure it keeps running. CRIU's log is DIR/dump.log. For a live migration
+to another host use phaul migrate, which checks, streams and rolls back.`,
+	Exit: `0  dumped
+1  the dump failed (with CRIU's error lines); the tree keeps running
+2  bad command line`,
 	Flags: func(fs *pflag.FlagSet) {
 		localFlags(fs)
 		fs.Bool("leave-running", false, "keep the tree running after the dump")
@@ -77,7 +82,12 @@ var restoreCmd = &cli.Command{
 	Name:    "restore",
 	Args:    "DIR",
 	Summary: "restore a process tree dumped into DIR on this host",
-	Flags:   localFlags,
+	Help: `Restores the tree as phaul dump left it (the same PIDs: they must be free).
+CRIU's log is DIR/restore.log.`,
+	Exit: `0  restored and running
+1  the restore failed (with CRIU's error lines); nothing is left running
+2  bad command line`,
+	Flags: localFlags,
 	Run: func(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string) error {
 		if len(args) != 1 {
 			return cli.Usagef("restore needs DIR")

@@ -30,15 +30,12 @@ const (
 	exitTransient = 5
 )
 
-const exitHelp = `Exit status:
-  0  the workload runs on the destination and not on the source
-  1  the migration failed; the workload still runs on the source
-  2  bad command line
-  3  in doubt: the source copy is gone but the destination did not confirm
-     that its copy runs (it keeps it stopped; see its logs and state.json)
-  4  the checks failed for good (nothing was frozen): see the failed checks
-  5  the checks failed for now (nothing was frozen): retry later, or use
-     --retry-transient N`
+const migrateExit = `0  the workload runs on the destination and not on the source
+1  the migration failed; the workload still runs on the source
+2  bad command line
+3  in doubt: the source copy is gone but the destination did not confirm that its copy runs (it keeps it stopped: phaul status lists it)
+4  the checks failed for good (nothing was frozen): see the failed checks
+5  the checks failed for now (nothing was frozen): retry later, or use --retry-transient N`
 
 // checkFlags are the flags migrate and check share.
 func checkFlags(fs *pflag.FlagSet) {
@@ -160,9 +157,8 @@ On a terminal, a progress bar on stderr shows the phase and, while the
 memory streams, the bytes sent against the tree's resident memory, the
 rate, the time left and the bytes on the wire; not with --json, --quiet
 or -v, nor when stderr is not a terminal. Then the report goes to stdout
-(--json: one object, described in docs/json.md).
-
-` + exitHelp,
+(--json: one object, described in docs/json.md).`,
+	Exit: migrateExit,
 	Flags: func(fs *pflag.FlagSet) {
 		checkFlags(fs)
 		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")

@@ -32,13 +32,11 @@ States:
   interrupted  the service stopped in the middle (found in its work dir)
 
 The service remembers the last 64 migrations since it started, and lists
-the finished and in-doubt ones recorded in its work directory too.
-
-Exit status:
-  0  listed, none in doubt
-  1  the service could not be asked (connection, certificates)
-  2  bad command line
-  3  listed, and at least one migration is in doubt`,
+the finished and in-doubt ones recorded in its work directory too.`,
+	Exit: `0  listed, none in doubt
+1  the service could not be asked (connection, certificates)
+2  bad command line
+3  listed, and at least one migration is in doubt`,
 	Flags: func(fs *pflag.FlagSet) {
 		fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
 		fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")

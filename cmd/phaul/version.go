@@ -14,6 +14,8 @@ import (
 var versionCmd = &cli.Command{
 	Name:    "version",
 	Summary: "print phaul's version and the CRIU it would use",
+	Exit: `0  printed (a missing CRIU is reported, not a failure)
+2  bad command line`,
 	Flags: func(fs *pflag.FlagSet) {
 		fs.Bool("json", false, "print one JSON object")
 	},

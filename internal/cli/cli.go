@@ -105,6 +105,9 @@ type Command struct {
 	Args    string // synopsis of the arguments, for help
 	Summary string
 	Help    string // more text after the flags in `--help`
+	// Exit lists the command's exit statuses for `--help`, one per line
+	// ("0  the tree runs on the destination"); every command has it.
+	Exit string
 	// Flags adds the command's flags; Run receives the positional args.
 	Flags func(fs *pflag.FlagSet)
 	Run   func(ctx context.Context, env *Env, fs *pflag.FlagSet, args []string) error
@@ -131,39 +134,78 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 	if cmd == nil {
 		return Usagef("%s: unknown command %q (see `%s help`)", prog, args[0], prog)
 	}
-	fs := pflag.NewFlagSet(prog+" "+cmd.Name, pflag.ContinueOnError)
+	fs := CommandFlags(prog, cmd)
 	fs.SetOutput(stderr)
-	fs.SortFlags = false
-	verbose := fs.CountP("verbose", "v", "log progress to stderr (-v: phases, -vv: debug)")
-	logFormat := fs.String("log-format", "auto", "log format on stderr: text, json, or auto (json when stderr is the journal, text otherwise)")
-	if cmd.Flags != nil {
-		cmd.Flags(fs)
-	}
-	fs.Usage = func() {
-		fmt.Fprintf(stdout, "Usage: %s %s [flags] %s\n\n%s\n\nFlags:\n%s", prog, cmd.Name, cmd.Args, cmd.Summary, fs.FlagUsages())
-		if cmd.Help != "" {
-			fmt.Fprintf(stdout, "\n%s\n", strings.TrimSpace(cmd.Help))
-		}
-	}
+	common := commonFlags()
+	fs.AddFlagSet(common)
+	fs.Usage = func() { WriteHelp(stdout, prog, cmd) }
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil
 		}
 		return Usagef("%s %s: %v", prog, cmd.Name, err)
 	}
+	v, _ := fs.GetCount("verbose")
+	logFormat, _ := fs.GetString("log-format")
 	level := slog.LevelWarn
 	switch {
-	case *verbose >= 2:
+	case v >= 2:
 		level = slog.LevelDebug
-	case *verbose == 1:
+	case v == 1:
 		level = slog.LevelInfo
 	}
-	log, err := NewLoggerFormat(stderr, level, *logFormat)
+	log, err := NewLoggerFormat(stderr, level, logFormat)
 	if err != nil {
 		return Usagef("%s %s: --log-format: %v", prog, cmd.Name, err)
 	}
-	env := &Env{Stdout: stdout, Stderr: stderr, Logger: log, Verbose: *verbose}
+	env := &Env{Stdout: stdout, Stderr: stderr, Logger: log, Verbose: v}
 	return cmd.Run(ctx, env, fs, fs.Args())
+}
+
+// CommandFlags returns a FlagSet with cmd's own flags (not the common
+// ones).
+func CommandFlags(prog string, cmd *Command) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(prog+" "+cmd.Name, pflag.ContinueOnError)
+	fs.SortFlags = false
+	if cmd.Flags != nil {
+		cmd.Flags(fs)
+	}
+	return fs
+}
+
+// commonFlags are the flags of every command.
+func commonFlags() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("common", pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.CountP("verbose", "v", "log progress to stderr (-v: phases, -vv: debug)")
+	fs.String("log-format", "auto", "log format on stderr: text, json, or auto (json when stderr is the journal, text otherwise)")
+	return fs
+}
+
+// CommonFlagNames are the long names of the flags every command has.
+func CommonFlagNames() []string { return []string{"verbose", "log-format"} }
+
+// WriteHelp writes cmd's `--help`: synopsis, summary, its flags, the
+// common flags, more text, and its exit statuses.
+func WriteHelp(w io.Writer, prog string, cmd *Command) {
+	args := ""
+	if cmd.Args != "" {
+		args = " " + cmd.Args
+	}
+	fmt.Fprintf(w, "Usage: %s %s [flags]%s\n\n%s\n", prog, cmd.Name, args, cmd.Summary)
+	if own := CommandFlags(prog, cmd).FlagUsages(); own != "" {
+		fmt.Fprintf(w, "\nFlags:\n%s", own)
+	}
+	fmt.Fprintf(w, "\nCommon flags:\n%s", commonFlags().FlagUsages())
+	if cmd.Help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.Help))
+	}
+	if cmd.Exit != "" {
+		fmt.Fprintf(w, "\nExit status:\n")
+		for _, line := range strings.Split(strings.TrimSpace(cmd.Exit), "\n") {
+			fmt.Fprintf(w, "  %s\n", strings.TrimSpace(line))
+		}
+	}
 }
 
 func printUsage(w io.Writer, prog, about string, cmds []*Command) {
