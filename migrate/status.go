@@ -179,10 +179,15 @@ func (in *incoming) serveStatus(ctx context.Context, req *pb.StatusRequest) erro
 		return in.fail("status", fmt.Errorf("client speaks protocol %d, this phaul-service %d: install the same phaul version on both hosts", req.ProtocolVersion, transport.ProtocolVersion))
 	}
 	in.log.Info("status asked")
-	return in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_StatusReport{StatusReport: &pb.StatusReport{
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_StatusReport{StatusReport: &pb.StatusReport{
 		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(in.d.o.CRIUVersion),
 		MaxMigrations: uint32(in.d.o.MaxMigrations), Migrations: in.d.Status(),
-	}}})
+	}}}); err != nil {
+		// As for `phaul check`: the client hangs up once it has read the
+		// report, which yamux may report as a failed send.
+		in.log.Debug("status sent; the client hung up", "err", err)
+	}
+	return nil
 }
 
 // ServiceStatus is what `phaul status` prints. The JSON field names are
