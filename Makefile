@@ -10,7 +10,7 @@ LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
 # not depend on the libraries of the host. (Not exported: -race needs cgo.)
 GOBUILD := CGO_ENABLED=0 $(GO) build
 
-.PHONY: all build deps test unit demo demo-local bench bench-go install dist clean fmt vet proto
+.PHONY: all build deps test unit demo demo-local bench bench-go install dist fuzz clean fmt vet proto
 
 all: build
 
@@ -31,10 +31,17 @@ deps:
 vet:
 	$(GO) vet ./...
 
-# Unit and integration tests. As root with CRIU the integration tests run
-# for real; with CI=true a test that cannot run fails instead of skipping.
+# Unit and integration tests, then every fuzz target for FUZZTIME. As root
+# with CRIU the integration tests run for real; with CI=true a test that
+# cannot run fails instead of skipping.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 15m ./...
+	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+# Every fuzz target for FUZZTIME each (part of `make test`).
+FUZZTIME ?= 20s
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 # Only the tests that need neither root nor CRIU.
 unit:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"io"
 	"os"
 	"testing"
 
@@ -58,3 +59,27 @@ func FuzzImages(f *testing.F) {
 func mkdir(dir string) error { return os.Mkdir(dir, 0o700) }
 
 func readDir(dir string) ([]os.DirEntry, error) { return os.ReadDir(dir) }
+
+// limitWriter fails once more than n bytes were written.
+type limitWriter struct{ n int }
+
+func (w *limitWriter) Write(p []byte) (int, error) {
+	if w.n -= len(p); w.n < 0 {
+		return 0, io.ErrShortWrite
+	}
+	return len(p), nil
+}
+
+// FuzzReceiveCompressed feeds arbitrary bytes to the destination's side of
+// the page stream (zstd, window at most 8 MiB): it must return, with an
+// error or not, and never panic.
+func FuzzReceiveCompressed(f *testing.F) {
+	var good bytes.Buffer
+	SendCompressed(&good, bytes.NewReader(bytes.Repeat([]byte("page"), 4096)), &Counts{})
+	f.Add(good.Bytes())
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xff}) // a frame header asking for a huge window
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ReceiveCompressed(&limitWriter{n: 64 << 20}, bytes.NewReader(data), &Counts{})
+	})
+}
