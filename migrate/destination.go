@@ -135,28 +135,31 @@ type incoming struct {
 	roots []*pb.CgroupRoot
 	phase string
 
-	ps         PageServer
-	pagesDone  chan error
-	imgsDone   chan error
-	pagesSock  *os.File
-	imgFiles   int // received, valid once imgsDone has answered
-	imgBytes   int64
-	pageCounts transport.Counts
-	mounted    bool // a tmpfs is mounted on imgs
-	restored   int  // root pid of the restored, stopped tree
-	state      string
-	mode       rpc.CriuCgMode // CRIU's cgroup mode for this migration
-	ttyMode    tty.Mode
-	terms      *terminals
-	checkOnly  bool      // a `phaul check`: not listed by Status
-	started    time.Time // Hello received
-	sourceHost string
+	ps        PageServer
+	pagesDone chan error
+	imgsDone  chan error
+	pagesSock *os.File
+	imgFiles  int // received, valid once imgsDone has answered
+	// imgsReceived: imgsDone answered nil while the pages were coming.
+	imgsReceived bool
+	protoErr     chan error // a protocol error found by acceptStreams
+	imgBytes     int64
+	pageCounts   transport.Counts
+	mounted      bool // a tmpfs is mounted on imgs
+	restored     int  // root pid of the restored, stopped tree
+	state        string
+	mode         rpc.CriuCgMode // CRIU's cgroup mode for this migration
+	ttyMode      tty.Mode
+	terms        *terminals
+	checkOnly    bool      // a `phaul check`: not listed by Status
+	started      time.Time // Hello received
+	sourceHost   string
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
 func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error {
 	in := &incoming{d: d, sess: sess, log: d.o.Logger.With("peer", sess.RemoteAddr().String()),
-		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1)}
+		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1), protoErr: make(chan error, 1)}
 	err := in.run(ctx)
 	in.finish(err)
 	return err
@@ -182,6 +185,10 @@ func (in *incoming) recvWithin(ctx context.Context, d time.Duration) (*pb.Envelo
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	msg, err := in.sess.Control().Recv(ctx)
+	if errors.Is(err, transport.ErrFrameTooLarge) || errors.Is(err, transport.ErrUnknownMessage) || errors.Is(err, transport.ErrMalformed) {
+		// The source broke the protocol: say so, then hang up.
+		return nil, in.fail(in.phase, fmt.Errorf("%w: %w", ErrProtocol, err))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connection to the source: %w", err)
 	}
@@ -553,8 +560,14 @@ func (in *incoming) acceptStreams(ctx context.Context) {
 				in.imgsDone <- err
 			}()
 		default:
+			// A stream of another kind, or a second one of a kind,
+			// breaks the protocol: the migration ends.
 			in.log.Warn("unexpected stream refused", "kind", transport.KindName(kind))
 			st.Close()
+			select {
+			case in.protoErr <- fmt.Errorf("%w: unexpected %s stream", ErrProtocol, transport.KindName(kind)):
+			default:
+			}
 		}
 	}
 }
@@ -590,6 +603,15 @@ func (in *incoming) waitPages(ctx context.Context) error {
 		select {
 		case err := <-in.pagesDone:
 			return err
+		case err := <-in.protoErr:
+			return err
+		case err := <-in.imgsDone:
+			// A bad images stream (a refused name, a full tmpfs) ends
+			// the migration now, not when the pages are done.
+			if err != nil {
+				return fmt.Errorf("images stream: %w", err)
+			}
+			in.imgsReceived = true
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-in.sess.Done():
@@ -609,16 +631,18 @@ func (in *incoming) waitPages(ctx context.Context) error {
 func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error {
 	ctx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
 	defer cancel()
-	select {
-	case err := <-in.imgsDone:
-		if err != nil {
-			return err
+	if !in.imgsReceived {
+		select {
+		case err := <-in.imgsDone:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("images did not arrive: %w", ctx.Err())
 		}
-		if in.imgFiles != int(sent.Files) || in.imgBytes != int64(sent.Bytes) {
-			return fmt.Errorf("received %d image files (%d bytes), the source sent %d (%d bytes)", in.imgFiles, in.imgBytes, sent.Files, sent.Bytes)
-		}
-	case <-ctx.Done():
-		return fmt.Errorf("images did not arrive: %w", ctx.Err())
+	}
+	if in.imgFiles != int(sent.Files) || in.imgBytes != int64(sent.Bytes) {
+		return fmt.Errorf("received %d image files (%d bytes), the source sent %d (%d bytes)", in.imgFiles, in.imgBytes, sent.Files, sent.Bytes)
 	}
 	return in.ps.Wait(ctx)
 }

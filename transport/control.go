@@ -19,6 +19,7 @@ import (
 var (
 	ErrFrameTooLarge  = errors.New("control frame too large")
 	ErrUnknownMessage = errors.New("unknown control message")
+	ErrMalformed      = errors.New("malformed control message") // not a protobuf Envelope
 )
 
 // Control is the control stream: one length-prefixed protobuf Envelope per
@@ -90,7 +91,7 @@ func ReadFrame(r io.Reader) ([]byte, error) {
 func DecodeEnvelope(data []byte) (*pb.Envelope, error) {
 	m := &pb.Envelope{}
 	if err := proto.Unmarshal(data, m); err != nil {
-		return nil, fmt.Errorf("decode control message: %w", err)
+		return nil, fmt.Errorf("%w: decode control message: %v", ErrMalformed, err)
 	}
 	if m.Msg == nil {
 		return nil, ErrUnknownMessage

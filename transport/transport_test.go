@@ -90,7 +90,7 @@ func TestControlRejects(t *testing.T) {
 		{"oversized", binary.BigEndian.AppendUint32(nil, MaxFrameSize+1), ErrFrameTooLarge, ""},
 		{"empty envelope", binary.BigEndian.AppendUint32(nil, 0), ErrUnknownMessage, ""},
 		{"unknown field", append(binary.BigEndian.AppendUint32(nil, 3), 0x9a, 0x06, 0), ErrUnknownMessage, ""}, // field 99, empty
-		{"garbage", append(binary.BigEndian.AppendUint32(nil, 3), 0xff, 0xff, 0xff), nil, "decode control message"},
+		{"garbage", append(binary.BigEndian.AppendUint32(nil, 3), 0xff, 0xff, 0xff), ErrMalformed, "decode control message"},
 		{"truncated", append(binary.BigEndian.AppendUint32(nil, 10), 1, 2), nil, "frame of 10 bytes"},
 	}
 	for _, tt := range tests {

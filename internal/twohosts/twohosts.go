@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
 	"github.com/phaul/phaul/migrate"
@@ -550,4 +552,44 @@ func Find(st *migrate.ServiceStatus, id string) *migrate.MigrationStatus {
 		}
 	}
 	return nil
+}
+
+// DialFrom opens a TCP connection to addr from host's network namespace:
+// one thread of this process enters it to make the socket, then goes back
+// (a thread left there would make `two-hosts.sh down` kill this process).
+func (h *Hosts) DialFrom(host, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer home.Close()
+		f, err := os.Open(h.NetnsPath(host))
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("setns %s: %w", host, err)}
+			return
+		}
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread() // home again: the thread may serve others
+		} // else: stays locked, and the thread ends with this goroutine
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
 }

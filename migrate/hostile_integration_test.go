@@ -1,0 +1,252 @@
+package migrate_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/internal/twohosts"
+	"github.com/phaul/phaul/transport"
+)
+
+// hostile is a client with valid certificates that speaks the protocol
+// by hand, to send what phaul never would.
+type hostile struct {
+	t   *testing.T
+	mux *yamux.Session
+	ctl net.Conn
+}
+
+func dialHostile(t *testing.T, h *twohosts.Hosts, addr string) *hostile {
+	t.Helper()
+	conf, err := transport.ClientTLS(h.TLS, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := h.DialFrom("a", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(raw, conf)
+	var b [1]byte
+	if _, err := io.ReadFull(tc, b[:]); err != nil || b[0] != transport.Accepted {
+		t.Fatalf("not accepted: %v %q", err, b[0])
+	}
+	mux, err := yamux.Client(tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mux.Close() })
+	c := &hostile{t: t, mux: mux}
+	c.ctl = c.open(transport.KindControl)
+	return c
+}
+
+func (c *hostile) open(kind byte) net.Conn {
+	c.t.Helper()
+	st, err := c.mux.OpenStream()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := st.Write([]byte{kind}); err != nil {
+		c.t.Fatal(err)
+	}
+	return st
+}
+
+func frame(data []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(data))), data...)
+}
+
+func (c *hostile) send(m *pb.Envelope) {
+	c.t.Helper()
+	data, err := proto.Marshal(m)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := c.ctl.Write(frame(data)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *hostile) recv() (*pb.Envelope, error) {
+	c.ctl.SetReadDeadline(time.Now().Add(20 * time.Second))
+	data, err := transport.ReadFrame(c.ctl)
+	if err != nil {
+		return nil, err
+	}
+	return transport.DecodeEnvelope(data)
+}
+
+// closed waits until the service has closed the control stream, skipping
+// a Failure it may send first, which it returns.
+func (c *hostile) closed() *pb.Failure {
+	c.t.Helper()
+	var f *pb.Failure
+	for {
+		m, err := c.recv()
+		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				c.t.Fatal("the service did not close the connection")
+			}
+			return f
+		}
+		if m.GetFailure() == nil {
+			c.t.Fatalf("the service answered %s", transport.MessageName(m))
+		}
+		// The service hangs up once we have read its last word (or
+		// after a grace period): we do so now.
+		return m.GetFailure()
+	}
+}
+
+// prepared runs a migration's opening as phaul would, up to Ready: the
+// service has made its directory, mounted the images tmpfs for the memory
+// announced and started CRIU's page server.
+func (c *hostile) prepared(id string, memory uint64) {
+	c.t.Helper()
+	c.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{ProtocolVersion: transport.ProtocolVersion, MigrationId: id}}})
+	if m, err := c.recv(); err != nil || m.GetWelcome() == nil {
+		c.t.Fatalf("no Welcome: %v %v", m, err)
+	}
+	c.send(&pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{Pid: 4242, Comm: "hostile", MemoryBytes: memory, Tty: "null"}}})
+	if m, err := c.recv(); err != nil || m.GetReady() == nil {
+		c.t.Fatalf("no Ready: %v %v", m, err)
+	}
+}
+
+// image is one file of the images stream.
+func image(name string, size uint64, content []byte) []byte {
+	b := binary.BigEndian.AppendUint16(nil, uint16(len(name)))
+	b = append(b, name...)
+	b = binary.BigEndian.AppendUint64(b, size)
+	return append(b, content...)
+}
+
+// TestHostilePeers: a client with a valid certificate that breaks the
+// protocol is refused with a logged reason and its connection closed,
+// whatever it sends and at whatever step; nothing it sent stays on disk
+// and nothing is written outside its migration's directory; the service
+// keeps serving, and a real migration succeeds afterwards.
+func TestHostilePeers(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t, "--timeout", "10s")
+	hello := func(id string) *pb.Envelope {
+		return &pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{ProtocolVersion: transport.ProtocolVersion, MigrationId: id}}}
+	}
+	tests := []struct {
+		name string
+		run  func(c *hostile)
+		log  string // the reason the service logs
+	}{
+		{"oversized frame", func(c *hostile) { c.ctl.Write(binary.BigEndian.AppendUint32(nil, transport.MaxFrameSize+1)) }, "control frame too large"},
+		{"unknown message type", func(c *hostile) {
+			c.ctl.Write(frame(protoField(99, []byte("x"))))
+		}, "unknown control message"},
+		{"not protobuf", func(c *hostile) { c.ctl.Write(frame([]byte{0xff, 0xff, 0xff})) }, "decode control message"},
+		{"commit first", func(c *hostile) { c.send(&pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}}) }, "want Hello"},
+		{"prepare before hello", func(c *hostile) {
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{Pid: 1}}})
+		}, "want Hello"},
+		{"another protocol", func(c *hostile) {
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{ProtocolVersion: 99, MigrationId: "00000000000000a1"}}})
+		}, "protocol 99"},
+		{"id with a path", func(c *hostile) { c.send(hello("../../../etc")) }, "bad migration id"},
+		{"commit before restore", func(c *hostile) {
+			c.send(hello("00000000000000a2"))
+			c.recv()
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}})
+		}, "want Prepare"},
+		{"image name with ..", func(c *hostile) {
+			c.prepared("00000000000000a3", 1<<20)
+			c.open(transport.KindImages).Write(image("../../escaped.img", 1, []byte("x")))
+		}, "bad image"},
+		{"absolute image name", func(c *hostile) {
+			c.prepared("00000000000000a4", 1<<20)
+			c.open(transport.KindImages).Write(image("/tmp/escaped.img", 1, []byte("x")))
+		}, "bad image"},
+		{"image name with odd characters", func(c *hostile) {
+			c.prepared("00000000000000a5", 1<<20)
+			c.open(transport.KindImages).Write(image("core\n1.img", 1, []byte("x")))
+		}, "bad image"},
+		{"image larger than allowed", func(c *hostile) {
+			c.prepared("00000000000000a6", 1<<20)
+			c.open(transport.KindImages).Write(image("core-1.img", 1<<40, nil))
+		}, "bad image"},
+		{"endless images stream", func(c *hostile) {
+			// 1 MiB announced: the images tmpfs holds that and a margin,
+			// and the stream that never ends fills it.
+			c.prepared("00000000000000a7", 1<<20)
+			st := c.open(transport.KindImages)
+			chunk := bytes.Repeat([]byte{7}, 1<<20)
+			go func() {
+				for i := 0; ; i++ {
+					if _, err := st.Write(image("pages-"+itoa(i)+".img", uint64(len(chunk)), chunk)); err != nil {
+						return
+					}
+				}
+			}()
+		}, "no space left on device"},
+		{"second control stream", func(c *hostile) {
+			c.prepared("00000000000000a8", 1<<20)
+			c.open(transport.KindControl)
+		}, "unexpected control stream"},
+		{"unknown stream kind", func(c *hostile) {
+			c.prepared("00000000000000a9", 1<<20)
+			c.open('Z')
+		}, "unexpected stream"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialHostile(t, h, svc.Addr)
+			tt.run(c)
+			c.closed()
+			if !waitLog(svc, tt.log) {
+				t.Errorf("the service did not log %q:\n%s", tt.log, svc.Log())
+			}
+		})
+	}
+	// Nothing left: no migration directory, no escaped file, no mount.
+	for i := 0; i < 100 && len(svc.Migrations()) > 0; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m := svc.Migrations(); len(m) != 0 {
+		t.Errorf("left in the work dir: %v", m)
+	}
+	for _, p := range []string{filepath.Join(svc.WorkDir, "escaped.img"), filepath.Join(filepath.Dir(svc.WorkDir), "escaped.img"), "/tmp/escaped.img"} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("a hostile peer wrote %s", p)
+		}
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), svc.WorkDir) {
+		t.Errorf("an images tmpfs is still mounted")
+	}
+	// The service still serves: a real migration.
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	assertRunsOnB(t, h, w, r, st)
+}
+
+// protoField encodes one length-delimited field.
+func protoField(num int, b []byte) []byte {
+	out := binary.AppendUvarint(nil, uint64(num)<<3|2)
+	out = binary.AppendUvarint(out, uint64(len(b)))
+	return append(out, b...)
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
