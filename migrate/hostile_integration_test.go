@@ -250,3 +250,72 @@ func protoField(num int, b []byte) []byte {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestConcurrentMigrationsAndBusy: migrations of different workloads to
+// one service at once all succeed; beyond --max-migrations the checks
+// answer a transient "busy" (exit 5) and nothing is frozen; once a place
+// is free the same migration goes through.
+func TestConcurrentMigrationsAndBusy(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t, "--max-migrations", "3")
+	type run struct {
+		w      *twohosts.Workload
+		before testutil.State
+		r      *twohosts.Result
+	}
+	runs := make([]*run, 3)
+	for i := range runs {
+		w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--mem", "32"}})
+		st, _ := testutil.ReadState(w.State)
+		runs[i] = &run{w: w, before: st}
+	}
+	done := make(chan struct{})
+	for _, r := range runs {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r.r = h.Migrate(t, context.Background(), r.w.Pid, svc.Addr)
+		}()
+	}
+	for range runs {
+		<-done
+	}
+	ids := map[string]bool{}
+	for _, r := range runs {
+		assertRunsOnB(t, h, r.w, r.r, r.before)
+		ids[r.r.Str("id")] = true
+	}
+	if len(ids) != len(runs) {
+		t.Errorf("migration IDs %v: not one each", ids)
+	}
+
+	// Three migrations in flight (clients holding their places after
+	// Prepare): a fourth is busy.
+	var holders []*hostile
+	for i := 0; i < 3; i++ {
+		c := dialHostile(t, h, svc.Addr)
+		c.prepared("00000000000000b"+strconv.Itoa(i), 1<<20)
+		holders = append(holders, c)
+	}
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{})
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	if r.ExitCode != 5 || r.Str("outcome") != "transient" || !strings.Contains(r.Stderr+r.Str("error"), "busy") {
+		t.Fatalf("a fourth migration: exit %d, outcome %q, error %q", r.ExitCode, r.Str("outcome"), r.Str("error"))
+	}
+	assertUntouched(t, h, w)
+	holders[0].mux.Close()
+	inFlight := func() int {
+		st, _ := h.Status(t, svc.Addr)
+		n := 0
+		for _, m := range st.Migrations {
+			if m.State == "in-flight" {
+				n++
+			}
+		}
+		return n
+	}
+	for i := 0; i < 100 && inFlight() > 2; i++ { // the service frees the place once it sees the hangup
+		time.Sleep(50 * time.Millisecond)
+	}
+	before, _ := testutil.ReadState(w.State)
+	assertRunsOnB(t, h, w, h.Migrate(t, context.Background(), w.Pid, svc.Addr), before)
+}
