@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -60,7 +59,8 @@ type Destination struct {
 	mu     sync.Mutex
 	active int // migrations past Prepare
 
-	reg registry // for Status
+	reg       registry   // for Status
+	resolveMu sync.Mutex // one Resolve at a time
 }
 
 // admit takes a place for one migration, or says why not.
@@ -147,13 +147,15 @@ type incoming struct {
 	pageCounts   transport.Counts
 	mounted      bool // a tmpfs is mounted on imgs
 	restored     int  // root pid of the restored, stopped tree
-	state        string
-	mode         rpc.CriuCgMode // CRIU's cgroup mode for this migration
-	ttyMode      tty.Mode
-	terms        *terminals
-	checkOnly    bool      // a `phaul check`: not listed by Status
-	started      time.Time // Hello received
-	sourceHost   string
+	// restoredStart is its start time (proc.Stat.StartTime).
+	restoredStart uint64
+	state         string
+	mode          rpc.CriuCgMode // CRIU's cgroup mode for this migration
+	ttyMode       tty.Mode
+	terms         *terminals
+	checkOnly     bool      // a `phaul check`: not listed by Status
+	started       time.Time // Hello received
+	sourceHost    string
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
@@ -220,6 +222,9 @@ func (in *incoming) run(ctx context.Context) error {
 	if req := msg.GetStatusRequest(); req != nil {
 		in.checkOnly = true
 		return in.serveStatus(ctx, req)
+	}
+	if req := msg.GetResolve(); req != nil {
+		return in.serveResolve(ctx, req)
 	}
 	hello := msg.GetHello()
 	if hello == nil {
@@ -385,6 +390,9 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("restore", err)
 	}
 	in.restored = res.Pid
+	if st, err := proc.ReadStat(res.Pid); err == nil {
+		in.restoredStart = st.StartTime
+	}
 	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
 	restored := &pb.Restored{Pid: int32(res.Pid)}
 	if in.terms != nil {
@@ -503,16 +511,12 @@ func endState(in *incoming, err error) string {
 // finished ones after one.
 func (in *incoming) record(state string) {
 	in.state = state
-	f := stateFile{ID: in.id, State: state, Pid: in.restored, Time: time.Now().UTC(), SourceHost: in.sourceHost,
+	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, SourceHost: in.sourceHost,
 		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
 	if in.prep != nil {
 		f.Comm, f.SourcePid = in.prep.Comm, int(in.prep.Pid)
 	}
-	data, _ := json.Marshal(f)
-	tmp := filepath.Join(in.dir, "state.json.tmp")
-	if os.WriteFile(tmp, data, 0o600) == nil {
-		os.Rename(tmp, filepath.Join(in.dir, "state.json"))
-	}
+	writeState(in.dir, f)
 }
 
 // startPages starts CRIU's page server on one end of a socketpair whose

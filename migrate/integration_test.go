@@ -15,6 +15,7 @@ import (
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
 	"github.com/phaul/phaul/internal/twohosts"
+	"github.com/phaul/phaul/migrate"
 )
 
 // Real migrations between two network-namespace hosts with the real
@@ -452,10 +453,14 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	// On the source, CRIU lost its caller before the commit and resumed
 	// the tree; if the commit got through first, the source copy is gone.
 	// Either way there are never two running copies.
+	sourceCommitted := len(migrate.PendingDecisions(filepath.Join(h.Dir, "source"))) > 0
 	if testutil.Alive(w.Pid) {
 		assertUntouched(t, h, w)
 	} else {
 		t.Log("the source had committed before it died: only the stopped copy on b is left")
+		if !sourceCommitted {
+			t.Fatal("the source tree is gone, and the source recorded no decision to commit")
+		}
 	}
 	// The service records the state, then logs it.
 	if !waitLog(svc, "in doubt") {
@@ -465,6 +470,65 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	st, code := h.Status(t, svc.Addr)
 	if len(st.Migrations) != 1 || st.Migrations[0].State != "in-doubt" || st.Migrations[0].Pid != state.Pid || code != 3 {
 		t.Errorf("phaul status (exit %d, want 3): %+v", code, st.Migrations)
+	}
+	id := st.Migrations[0].ID
+
+	// A restart of the service forgets nothing: the copy stays stopped,
+	// and the new service lists it in doubt.
+	svc.Stop()
+	if !testutil.Alive(state.Pid) || !twohosts.Stopped(state.Pid) {
+		t.Fatalf("stopping the service touched the copy in doubt")
+	}
+	svc = h.StartService(t)
+	if st, code := h.Status(t, svc.Addr); code != 3 || len(st.Migrations) != 1 || st.Migrations[0].ID != id {
+		t.Fatalf("after a restart, phaul status (exit %d): %+v", code, st.Migrations)
+	}
+
+	// phaul resolve on the source host decides from the source's record:
+	// commit if the source tree is gone, abort if CRIU resumed it. Either
+	// way exactly one copy runs.
+	out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--json", "--tls-dir", h.TLS,
+		"--work-dir", filepath.Join(h.Dir, "source"), id).CombinedOutput()
+	var res struct {
+		State     string
+		Pid       int
+		DecidedBy string `json:"decided_by"`
+	}
+	if !sourceCommitted {
+		// The agent died before recording a commit: no record, so
+		// resolve needs the operator's word; the source runs: abort.
+		if err == nil || !strings.Contains(string(out), "no record") {
+			t.Fatalf("resolve without a record: %v\n%s", err, out)
+		}
+		out, err = h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--json", "--tls-dir", h.TLS,
+			"--work-dir", filepath.Join(h.Dir, "source"), "--dest", svc.Addr, id, "abort").CombinedOutput()
+	}
+	if err != nil || json.Unmarshal(out, &res) != nil {
+		t.Fatalf("phaul resolve: %v\n%s", err, out)
+	}
+	t.Logf("resolved: %+v", res)
+	if testutil.Alive(w.Pid) {
+		if res.State != "aborted" {
+			t.Fatalf("the source runs, and resolve said %q: two copies", res.State)
+		}
+		if err := testutil.WaitGone(state.Pid, 10*time.Second); err != nil {
+			t.Errorf("the aborted copy on b is still there: %v", err)
+		}
+		assertUntouched(t, h, w)
+	} else {
+		if res.State != "done" || res.Pid != state.Pid {
+			t.Fatalf("the source is gone, and resolve said %+v", res)
+		}
+		before, _ := testutil.ReadState(w.State)
+		if _, err := testutil.WaitCount(w.State, before.Count+10, 10*time.Second); err != nil || twohosts.Stopped(state.Pid) {
+			t.Fatalf("the resumed copy on b does not count on: %v", err)
+		}
+	}
+	if st, code := h.Status(t, svc.Addr); code != 0 {
+		t.Errorf("still in doubt after resolve (exit %d): %+v", code, st.Migrations)
+	}
+	if d := migrate.PendingDecisions(filepath.Join(h.Dir, "source")); len(d) != 0 {
+		t.Errorf("the source's record stays after resolve: %+v", d)
 	}
 }
 

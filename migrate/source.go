@@ -114,6 +114,9 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 			o.Logger.Info("migrating as a shell job", "why", shellWhy)
 		}
 	}
+	if o.TLS != nil {
+		settlePending(ctx, o)
+	}
 	for attempt := 0; ; attempt++ {
 		r, err := migrateOnce(ctx, o, start)
 		if r != nil {
@@ -171,6 +174,7 @@ type source struct {
 	sets   []cgroups.Set   // the cgroups of the tree's root
 	layout *cgroups.Layout // this host's cgroups; nil if unreadable
 	rss    int64           // of the tree, announced in Prepare
+	start  uint64          // the root's start time (proc.Stat.StartTime)
 }
 
 func (m *source) setPhase(p string) {
@@ -205,6 +209,7 @@ func (m *source) run(ctx context.Context) error {
 	if err != nil {
 		return m.refuse(err)
 	}
+	m.start = st.StartTime
 	sets, err := cgroups.ProcessSets(o.Pid)
 	if err != nil {
 		return m.refuse(err)
@@ -413,6 +418,13 @@ func (m *source) dump(ctx context.Context) error {
 				cause = err
 				return err
 			}
+			// The point of no return: the decision to commit is on disk
+			// before CRIU may kill the source tree, so that whatever
+			// happens next it can be settled (resolve.go).
+			if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "commit"}); err != nil {
+				cause = err
+				return err
+			}
 		}
 		return nil
 	}
@@ -464,25 +476,70 @@ func (m *source) dump(ctx context.Context) error {
 	}
 	keepDir = false
 	m.r.Committed = true
+	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "committed"}); err != nil {
+		m.log.Warn("cannot record the commit (the record of the decision to commit stays)", "err", err)
+	}
 
 	// The source tree is gone: only the destination's stopped copy is
 	// left. Tell it to resume.
 	m.setPhase("resume")
-	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}}); err != nil {
-		return &Error{Phase: "resume", InDoubt: true, Err: err}
-	}
-	msg, err := m.recv(ctx)
+	pid, err := m.commit(ctx)
 	if err != nil {
-		return &Error{Phase: "resume", InDoubt: true, Err: err}
+		// Lost the destination after the commit: it holds the only
+		// copy, stopped. Reconnect and tell it to resume.
+		m.log.Warn("lost the destination after the commit; reconnecting to resume its copy", "err", err)
+		m.sess.Close() // so that the destination stops waiting on this one
+		if pid, err = m.reconnect(ctx, err); err != nil {
+			return &Error{Phase: "resume", InDoubt: true, Err: err}
+		}
 	}
-	done := msg.GetDone()
-	if done == nil {
-		return &Error{Phase: "resume", InDoubt: true, Err: unexpected(msg, "Done")}
-	}
-	m.r.DestPid = int(done.Pid)
+	removeDecision(o.WorkDir, o.ID)
+	m.r.DestPid = pid
 	m.r.Running = true
 	m.r.Downtime = Duration(time.Since(frozen))
 	return nil
+}
+
+// commit sends Commit and waits for Done.
+func (m *source) commit(ctx context.Context) (int, error) {
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}}); err != nil {
+		return 0, err
+	}
+	msg, err := m.recv(ctx)
+	if err != nil {
+		return 0, err
+	}
+	done := msg.GetDone()
+	if done == nil {
+		return 0, unexpected(msg, "Done")
+	}
+	return int(done.Pid), nil
+}
+
+// reconnect settles the migration over a new connection, retrying for
+// the timeout: the destination resumes its copy (Resolve, commit). lost
+// is why the first connection ended.
+func (m *source) reconnect(ctx context.Context, lost error) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
+	defer cancel()
+	last := lost
+	for {
+		r, err := ResolveAt(ctx, m.o.Addr, m.o.TLS, m.o.ID, true)
+		if err == nil {
+			m.log.Info("reconnected: the destination resumed its copy", "dest_pid", r.Pid)
+			return r.Pid, nil
+		}
+		var re *RemoteError
+		if errors.As(err, &re) && re.Phase != phaseInFlight {
+			return 0, fmt.Errorf("%v; then the destination refused to resume its copy: %w", lost, err)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%v; then could not reach the destination for %v (%v): run `phaul resolve %s` once it is reachable", lost, m.o.Timeout, last, m.o.ID)
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // transfer runs at post-dump: the pages are through, the tasks frozen.

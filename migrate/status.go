@@ -87,6 +87,28 @@ func (r *registry) end(id, state string, err error, keep bool) {
 	}
 }
 
+// inFlight says whether migration id is being received now.
+func (r *registry) inFlight(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.live[id] != nil
+}
+
+// settled records that migration id, in doubt, was resolved to state.
+func (r *registry) settled(id, state string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now().UnixNano()
+	for _, st := range r.recent {
+		if st.Id == id {
+			st.State, st.EndedUnixNano = state, now
+			return
+		}
+	}
+	// In doubt since before a restart: known from disk only.
+	r.recent = append(r.recent, &pb.MigrationState{Id: id, State: state, Phase: "commit", EndedUnixNano: now})
+}
+
 // snapshot copies the live and recent migrations.
 func (r *registry) snapshot() []*pb.MigrationState {
 	r.mu.Lock()
@@ -116,6 +138,19 @@ type stateFile struct {
 	Comm       string    `json:"comm,omitempty"`
 	SourcePid  int       `json:"source_pid,omitempty"`
 	Started    time.Time `json:"started"`
+	// PidStart is the restored root's start time (proc.Stat.StartTime),
+	// so that a reused PID is never taken for it.
+	PidStart uint64 `json:"pid_start,omitempty"`
+}
+
+// writeState writes dir/state.json atomically.
+func writeState(dir string, f stateFile) {
+	f.Time = time.Now().UTC()
+	data, _ := json.Marshal(f)
+	tmp := filepath.Join(dir, "state.json.tmp")
+	if os.WriteFile(tmp, data, 0o600) == nil {
+		os.Rename(tmp, filepath.Join(dir, "state.json"))
+	}
 }
 
 // fromDisk lists the migrations recorded in the work directory, as the

@@ -16,7 +16,7 @@ import (
 
 const about = "phaul: live migration of Linux process trees with CRIU"
 
-var commands = []*cli.Command{migrateCmd, checkCmd, statusCmd, certsCmd, versionCmd, checkHostCmd, dumpCmd, restoreCmd}
+var commands = []*cli.Command{migrateCmd, checkCmd, statusCmd, resolveCmd, certsCmd, versionCmd, checkHostCmd, dumpCmd, restoreCmd}
 
 func main() {
 	cli.TuneGC()

@@ -96,6 +96,8 @@ type Envelope struct {
 	//	*Envelope_CheckReport
 	//	*Envelope_StatusRequest
 	//	*Envelope_StatusReport
+	//	*Envelope_Resolve
+	//	*Envelope_Resolved
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -264,6 +266,24 @@ func (x *Envelope) GetStatusReport() *StatusReport {
 	return nil
 }
 
+func (x *Envelope) GetResolve() *Resolve {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Resolve); ok {
+			return x.Resolve
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetResolved() *Resolved {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Resolved); ok {
+			return x.Resolved
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -324,6 +344,14 @@ type Envelope_StatusReport struct {
 	StatusReport *StatusReport `protobuf:"bytes,14,opt,name=status_report,json=statusReport,proto3,oneof"`
 }
 
+type Envelope_Resolve struct {
+	Resolve *Resolve `protobuf:"bytes,15,opt,name=resolve,proto3,oneof"`
+}
+
+type Envelope_Resolved struct {
+	Resolved *Resolved `protobuf:"bytes,16,opt,name=resolved,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Welcome) isEnvelope_Msg() {}
@@ -351,6 +379,10 @@ func (*Envelope_CheckReport) isEnvelope_Msg() {}
 func (*Envelope_StatusRequest) isEnvelope_Msg() {}
 
 func (*Envelope_StatusReport) isEnvelope_Msg() {}
+
+func (*Envelope_Resolve) isEnvelope_Msg() {}
+
+func (*Envelope_Resolved) isEnvelope_Msg() {}
 
 // HostInfo describes one side.
 type HostInfo struct {
@@ -2164,11 +2196,143 @@ func (x *MigrationState) GetError() string {
 	return ""
 }
 
+// Resolve settles a migration the service holds in doubt (`phaul resolve`,
+// or a source reconnecting after it lost the service past its commit). It
+// is sent instead of Hello; the service answers Resolved or Failure.
+type Resolve struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProtocolVersion uint32                 `protobuf:"varint,1,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	MigrationId     string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	Commit          bool                   `protobuf:"varint,3,opt,name=commit,proto3" json:"commit,omitempty"` // true: resume the restored tree; false: kill it
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Resolve) Reset() {
+	*x = Resolve{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resolve) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resolve) ProtoMessage() {}
+
+func (x *Resolve) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
+func (*Resolve) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Resolve) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Resolve) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *Resolve) GetCommit() bool {
+	if x != nil {
+		return x.Commit
+	}
+	return false
+}
+
+// Resolved says how the migration stands now.
+type Resolved struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MigrationId   string                 `protobuf:"bytes,1,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`      // done (running here) or aborted
+	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`         // the restored root, when done
+	Already       bool                   `protobuf:"varint,4,opt,name=already,proto3" json:"already,omitempty"` // it was so before this Resolve
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resolved) Reset() {
+	*x = Resolved{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resolved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resolved) ProtoMessage() {}
+
+func (x *Resolved) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
+func (*Resolved) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Resolved) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *Resolved) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Resolved) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Resolved) GetAlready() bool {
+	if x != nil {
+		return x.Already
+	}
+	return false
+}
+
 var File_internal_pb_phaul_proto protoreflect.FileDescriptor
 
 const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
-	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xbc\x05\n" +
+	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\x9d\x06\n" +
 	"\bEnvelope\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.phaul.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\awelcome\x18\x02 \x01(\v2\x11.phaul.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -2185,7 +2349,9 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05check\x18\v \x01(\v2\x0f.phaul.v1.CheckH\x00R\x05check\x12:\n" +
 	"\fcheck_report\x18\f \x01(\v2\x15.phaul.v1.CheckReportH\x00R\vcheckReport\x12@\n" +
 	"\x0estatus_request\x18\r \x01(\v2\x17.phaul.v1.StatusRequestH\x00R\rstatusRequest\x12=\n" +
-	"\rstatus_report\x18\x0e \x01(\v2\x16.phaul.v1.StatusReportH\x00R\fstatusReportB\x05\n" +
+	"\rstatus_report\x18\x0e \x01(\v2\x16.phaul.v1.StatusReportH\x00R\fstatusReport\x12-\n" +
+	"\aresolve\x18\x0f \x01(\v2\x11.phaul.v1.ResolveH\x00R\aresolve\x120\n" +
+	"\bresolved\x18\x10 \x01(\v2\x12.phaul.v1.ResolvedH\x00R\bresolvedB\x05\n" +
 	"\x03msg\"\x86\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
@@ -2341,7 +2507,16 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\t \x01(\x03R\x0fstartedUnixNano\x12&\n" +
 	"\x0fended_unix_nano\x18\n" +
 	" \x01(\x03R\rendedUnixNano\x12\x14\n" +
-	"\x05error\x18\v \x01(\tR\x05errorB$Z\"github.com/phaul/phaul/internal/pbb\x06proto3"
+	"\x05error\x18\v \x01(\tR\x05error\"o\n" +
+	"\aResolve\x12)\n" +
+	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x16\n" +
+	"\x06commit\x18\x03 \x01(\bR\x06commit\"o\n" +
+	"\bResolved\x12!\n" +
+	"\fmigration_id\x18\x01 \x01(\tR\vmigrationId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x18\n" +
+	"\aalready\x18\x04 \x01(\bR\aalreadyB$Z\"github.com/phaul/phaul/internal/pbb\x06proto3"
 
 var (
 	file_internal_pb_phaul_proto_rawDescOnce sync.Once
@@ -2356,7 +2531,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),       // 1: phaul.v1.Envelope
@@ -2386,6 +2561,8 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*StatusRequest)(nil),  // 25: phaul.v1.StatusRequest
 	(*StatusReport)(nil),   // 26: phaul.v1.StatusReport
 	(*MigrationState)(nil), // 27: phaul.v1.MigrationState
+	(*Resolve)(nil),        // 28: phaul.v1.Resolve
+	(*Resolved)(nil),       // 29: phaul.v1.Resolved
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
@@ -2402,28 +2579,30 @@ var file_internal_pb_phaul_proto_depIdxs = []int32{
 	18, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
 	25, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
 	26, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
-	2,  // 14: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
-	2,  // 15: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
-	5,  // 16: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	7,  // 17: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
-	8,  // 18: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
-	9,  // 19: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	20, // 20: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	19, // 21: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 22: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	2,  // 23: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	21, // 24: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	22, // 25: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	23, // 26: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 27: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	24, // 28: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	2,  // 29: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
-	27, // 30: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	28, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
+	29, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
+	2,  // 16: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
+	2,  // 17: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
+	5,  // 18: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
+	7,  // 19: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	8,  // 20: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	9,  // 21: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	20, // 22: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	19, // 23: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 24: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	2,  // 25: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	21, // 26: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	22, // 27: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	23, // 28: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 29: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	24, // 30: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	2,  // 31: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	27, // 32: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -2446,6 +2625,8 @@ func file_internal_pb_phaul_proto_init() {
 		(*Envelope_CheckReport)(nil),
 		(*Envelope_StatusRequest)(nil),
 		(*Envelope_StatusReport)(nil),
+		(*Envelope_Resolve)(nil),
+		(*Envelope_Resolved)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2453,7 +2634,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -20,6 +20,9 @@ type Stat struct {
 	Session int
 	TtyNr   int // the controlling terminal's device number, as the kernel encodes it; 0 for none
 	Flags   uint64
+	// StartTime is when the task started, in clock ticks after boot:
+	// with the PID, it names one process (PIDs are reused).
+	StartTime uint64
 }
 
 // pfKthread is PF_KTHREAD in /proc/PID/stat's flags.
@@ -68,6 +71,11 @@ func ParseStat(s string) (Stat, error) {
 	}
 	if st.Flags, err = strconv.ParseUint(f[6], 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("malformed stat flags: %w", err)
+	}
+	if len(f) > 19 {
+		if st.StartTime, err = strconv.ParseUint(f[19], 10, 64); err != nil {
+			return Stat{}, fmt.Errorf("malformed stat starttime: %w", err)
+		}
 	}
 	return st, nil
 }
@@ -142,4 +150,11 @@ func TracerPid(pid int) int {
 		}
 	}
 	return 0
+}
+
+// Same reports whether pid is alive (not a zombie) and is the process that
+// started at start (a StartTime).
+func Same(pid int, start uint64) bool {
+	st, err := ReadStat(pid)
+	return err == nil && st.StartTime == start && st.State != 'Z' && st.State != 'X'
 }

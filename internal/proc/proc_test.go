@@ -15,7 +15,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Stat{Pid: 1234, Comm: "a (weird) name", State: 'S', PPid: 1, PGrp: 1234, Session: 1234, Flags: 4194560}
+	want := Stat{Pid: 1234, Comm: "a (weird) name", State: 'S', PPid: 1, PGrp: 1234, Session: 1234, Flags: 4194560, StartTime: 5}
 	if st != want {
 		t.Errorf("got %+v, want %+v", st, want)
 	}
@@ -23,6 +23,22 @@ func TestParseStat(t *testing.T) {
 		if _, err := ParseStat(bad); err == nil {
 			t.Errorf("ParseStat(%q): no error", bad)
 		}
+	}
+}
+
+func TestSame(t *testing.T) {
+	st, err := ReadStat(os.Getpid())
+	if err != nil || st.StartTime == 0 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if !Same(os.Getpid(), st.StartTime) {
+		t.Error("this process is not itself")
+	}
+	if Same(os.Getpid(), st.StartTime+1) {
+		t.Error("another start time matched: a reused PID would pass")
+	}
+	if Same(999999999, st.StartTime) {
+		t.Error("a PID that does not exist matched")
 	}
 }
 

@@ -120,10 +120,15 @@ func (h *Hosts) CommandContext(ctx context.Context, host string, argv ...string)
 
 // LinkDown takes host a's end of the veth pair down: the network between
 // the hosts is cut without either side being told.
-func (h *Hosts) LinkDown(t testing.TB) {
+func (h *Hosts) LinkDown(t testing.TB) { h.setLink(t, "down") }
+
+// LinkUp brings it back.
+func (h *Hosts) LinkUp(t testing.TB) { h.setLink(t, "up") }
+
+func (h *Hosts) setLink(t testing.TB, state string) {
 	t.Helper()
-	if out, err := h.Command("a", "ip", "link", "set", "dev", h.Name[:min(8, len(h.Name))]+"-va", "down").CombinedOutput(); err != nil {
-		t.Fatalf("link down: %v\n%s", err, out)
+	if out, err := h.Command("a", "ip", "link", "set", "dev", h.Name[:min(8, len(h.Name))]+"-va", state).CombinedOutput(); err != nil {
+		t.Fatalf("link %s: %v\n%s", state, err, out)
 	}
 }
 
@@ -134,7 +139,13 @@ type Service struct {
 	WorkDir string
 	log     *lockedBuffer
 	pidns   bool // the init of a PID namespace of its own
+	stop    func()
+	stopped sync.Once
 }
+
+// Stop stops the service with SIGTERM (and checks that it exits cleanly);
+// it is also done when the test ends. Restored trees outlive it.
+func (s *Service) Stop() { s.stopped.Do(s.stop) }
 
 // StartService runs phaul-service on host b with extra flags and waits
 // until it listens. It is stopped (SIGTERM, then SIGKILL) when the test
@@ -184,7 +195,7 @@ func (h *Hosts) startService(t testing.TB, prefix, extra []string) *Service {
 	exited := make(chan struct{})
 	var waitErr error
 	go func() { waitErr = s.Cmd.Wait(); pw.Close(); close(exited) }()
-	t.Cleanup(func() {
+	s.stop = func() {
 		// SIGTERM stops the service cleanly (exit 0) once the
 		// migrations in flight are done. In a PID namespace, it is
 		// unshare's child; unshare then exits with its status.
@@ -206,7 +217,8 @@ func (h *Hosts) startService(t testing.TB, prefix, extra []string) *Service {
 		if t.Failed() {
 			t.Logf("phaul-service log:\n%s", s.Log())
 		}
-	})
+	}
+	t.Cleanup(func() { s.Stop() })
 	select {
 	case <-listening:
 	case <-exited:

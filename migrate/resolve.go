@@ -1,0 +1,290 @@
+package migrate
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/transport"
+)
+
+// The window of doubt. The source decides to commit when the destination
+// has restored the tree: it records that decision on disk (Decision, in
+// WORK_DIR/decisions/ID.json) before it lets CRIU kill the source tree,
+// and removes it once the destination confirmed the tree runs. If the two
+// lose each other in between, the destination keeps the restored tree
+// stopped (in doubt, in its state.json) until it is told: by the source
+// reconnecting (it retries for --timeout, and any later `phaul migrate` to
+// the same service sends the decisions still on disk), or by an operator
+// (`phaul resolve`), which the destination records too.
+
+// Decision is the source's record of a migration past its commit point.
+type Decision struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"` // the destination
+	Pid  int    `json:"pid"`  // the source tree's root
+	// PidStart is the root's start time (proc.Stat.StartTime): with Pid,
+	// it tells whether the source tree still exists.
+	PidStart uint64    `json:"pid_start"`
+	State    string    `json:"state"` // commit: about to let CRIU kill the source tree; committed: it did
+	Time     time.Time `json:"time"`
+}
+
+func decisionsDir(workDir string) string { return filepath.Join(workDir, "decisions") }
+
+func writeDecision(workDir string, d Decision) error {
+	dir := decisionsDir(workDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	d.Time = time.Now().UTC()
+	data, _ := json.Marshal(d)
+	tmp := filepath.Join(dir, d.ID+".json.tmp")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync() // it must survive a crash of this host
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, d.ID+".json"))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("record the decision to commit: %w", err)
+	}
+	return nil
+}
+
+func removeDecision(workDir, id string) {
+	os.Remove(filepath.Join(decisionsDir(workDir), id+".json"))
+}
+
+// ForgetDecision removes the source's record of migration id, once it is
+// settled.
+func ForgetDecision(workDir, id string) {
+	if validID(id) == nil {
+		removeDecision(workDir, id)
+	}
+}
+
+// ReadDecision returns the source's record of migration id in workDir
+// (os.ErrNotExist when there is none: the source never committed it, or
+// it was settled).
+func ReadDecision(workDir, id string) (*Decision, error) {
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(filepath.Join(decisionsDir(workDir), id+".json"))
+	if err != nil {
+		return nil, err
+	}
+	var d Decision
+	if err := json.Unmarshal(data, &d); err != nil {
+		return nil, fmt.Errorf("decision %s: %w", id, err)
+	}
+	return &d, nil
+}
+
+// PendingDecisions lists the source's unsettled decisions, oldest first.
+func PendingDecisions(workDir string) []Decision {
+	paths, _ := filepath.Glob(filepath.Join(decisionsDir(workDir), "*.json"))
+	var out []Decision
+	for _, p := range paths {
+		id := filepath.Base(p)
+		id = id[:len(id)-len(".json")]
+		if d, err := ReadDecision(workDir, id); err == nil {
+			out = append(out, *d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out
+}
+
+// Commit says what the decision means for the destination's copy: commit
+// when the source tree is gone (CRIU killed it), abort when it still runs
+// (CRIU resumed it: the source never let it commit after all).
+func (d *Decision) Commit() (bool, string) {
+	if proc.Same(d.Pid, d.PidStart) {
+		return false, fmt.Sprintf("the source tree (pid %d) still runs here: CRIU resumed it", d.Pid)
+	}
+	return true, fmt.Sprintf("the source tree (pid %d) is gone: the destination's copy is the only one", d.Pid)
+}
+
+// Resolution is the destination's answer to a Resolve.
+type Resolution struct {
+	ID      string `json:"id"`
+	State   string `json:"state"` // done or aborted
+	Pid     int    `json:"pid"`   // the running copy on the destination, when done
+	Already bool   `json:"already"`
+}
+
+// ResolveAt tells the phaul-service at addr to commit (resume its stopped
+// copy) or abort (kill it) migration id, held there in doubt.
+func ResolveAt(ctx context.Context, addr string, conf *tls.Config, id string, commit bool) (*Resolution, error) {
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	sess, err := transport.Dial(ctx, addr, conf)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	if err := sess.Control().Send(ctx, &pb.Envelope{Msg: &pb.Envelope_Resolve{Resolve: &pb.Resolve{
+		ProtocolVersion: transport.ProtocolVersion, MigrationId: id, Commit: commit,
+	}}}); err != nil {
+		return nil, err
+	}
+	msg, err := sess.Control().Recv(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resolve: %w", err)
+	}
+	if f := msg.GetFailure(); f != nil {
+		return nil, &RemoteError{Phase: f.Phase, Message: f.Message}
+	}
+	r := msg.GetResolved()
+	if r == nil {
+		return nil, fmt.Errorf("resolve: %w", unexpected(msg, "Resolved"))
+	}
+	return &Resolution{ID: r.MigrationId, State: r.State, Pid: int(r.Pid), Already: r.Already}, nil
+}
+
+// settle sends the source's decision on d to its destination and removes
+// the record once the destination has acted on it.
+func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (*Resolution, error) {
+	commit, _ := d.Commit()
+	r, err := ResolveAt(ctx, d.Addr, conf, d.ID, commit)
+	if err != nil {
+		return nil, err
+	}
+	removeDecision(workDir, d.ID)
+	return r, nil
+}
+
+// phaseInFlight is the Failure phase of a Resolve for a migration still in
+// flight: the source retries.
+const phaseInFlight = "in flight"
+
+type phaseError struct {
+	phase string
+	err   error
+}
+
+func (e *phaseError) Error() string { return e.err.Error() }
+func (e *phaseError) Unwrap() error { return e.err }
+
+// settlePending sends the decisions left on disk by earlier migrations to
+// o.Addr (best effort: they stay for the next time, or `phaul resolve`).
+func settlePending(ctx context.Context, o Options) {
+	for _, d := range PendingDecisions(o.WorkDir) {
+		if d.Addr != o.Addr {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := settle(cctx, o.WorkDir, o.TLS, d)
+		cancel()
+		if err != nil {
+			o.Logger.Warn("an earlier migration is still in doubt on the destination", "migration", d.ID, "err", err)
+			continue
+		}
+		o.Logger.Info("settled an earlier migration left in doubt", "migration", d.ID, "state", r.State, "dest_pid", r.Pid)
+	}
+}
+
+// errNotHere: the service has no record of the migration.
+var errNotHere = errors.New("no such migration here")
+
+// serveResolve acts on a Resolve: resumes or kills a tree held in doubt,
+// from its state.json (so that it works after a restart of the service).
+func (in *incoming) serveResolve(ctx context.Context, req *pb.Resolve) error {
+	in.checkOnly = true // not a migration of its own in Status
+	if req.ProtocolVersion != transport.ProtocolVersion {
+		return in.fail("resolve", fmt.Errorf("client speaks protocol %d, this phaul-service %d", req.ProtocolVersion, transport.ProtocolVersion))
+	}
+	if err := validID(req.MigrationId); err != nil {
+		return in.fail("resolve", err)
+	}
+	in.log = in.log.With("migration", req.MigrationId)
+	res, err := in.d.resolve(req.MigrationId, req.Commit)
+	if err != nil {
+		in.log.Warn("resolve refused", "commit", req.Commit, "err", err)
+		phase := "resolve"
+		var pe *phaseError
+		if errors.As(err, &pe) {
+			phase = pe.phase
+		}
+		return in.fail(phase, err)
+	}
+	in.log.Info("resolved", "state", res.State, "pid", res.Pid, "already", res.Already)
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Resolved{Resolved: res}}); err != nil {
+		in.log.Debug("resolution sent; the client hung up", "err", err)
+	}
+	return nil
+}
+
+// resolve settles migration id: see serveResolve.
+func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
+	d.resolveMu.Lock()
+	defer d.resolveMu.Unlock()
+	if d.reg.inFlight(id) {
+		return nil, &phaseError{phaseInFlight, fmt.Errorf("migration %s is in flight here: it settles itself", id)}
+	}
+	dir := filepath.Join(d.o.WorkDir, id)
+	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("migration %s: %w (it failed or was aborted, and its copy here is gone)", id, errNotHere)
+	} else if err != nil {
+		return nil, err
+	}
+	var f stateFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("migration %s: state.json: %w", id, err)
+	}
+	res := &pb.Resolved{MigrationId: id}
+	switch {
+	case f.State == "running" && commit:
+		res.State, res.Pid, res.Already = StateDone, int32(f.Pid), true
+		return res, nil
+	case f.State == "running":
+		return nil, fmt.Errorf("migration %s was committed and runs here (pid %d): it cannot be aborted", id, f.Pid)
+	case f.State != "in-doubt":
+		return nil, fmt.Errorf("migration %s is %q here, not in doubt", id, f.State)
+	}
+	alive := f.Pid > 0 && proc.Same(f.Pid, f.PidStart)
+	switch {
+	case commit && !alive:
+		return nil, fmt.Errorf("migration %s: the stopped copy here (pid %d) is gone; nothing to resume", id, f.Pid)
+	case commit:
+		if err := proc.SignalTree(f.Pid, unix.SIGCONT); err != nil {
+			return nil, fmt.Errorf("resume pid %d: %w", f.Pid, err)
+		}
+		f.State = "running"
+		writeState(dir, f)
+		reap(f.Pid)
+		d.reg.settled(id, StateDone)
+		res.State, res.Pid = StateDone, int32(f.Pid)
+	default:
+		if alive {
+			proc.SignalTree(f.Pid, unix.SIGKILL)
+		}
+		os.RemoveAll(dir)
+		d.reg.settled(id, StateAborted)
+		res.State = StateAborted
+	}
+	return res, nil
+}

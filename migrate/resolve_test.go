@@ -1,0 +1,137 @@
+package migrate
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+
+	"github.com/phaul/phaul/internal/proc"
+)
+
+// stopped starts a process and stops it, as a restored tree in doubt is.
+func stopped(t *testing.T) (int, uint64) {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	unix.Kill(cmd.Process.Pid, unix.SIGSTOP)
+	waitState(cmd.Process.Pid, 'T')
+	st, _ := proc.ReadStat(cmd.Process.Pid)
+	return cmd.Process.Pid, st.StartTime
+}
+
+func TestDestinationResolve(t *testing.T) {
+	d, err := NewDestination(DestOptions{WorkDir: t.TempDir(), CgroupRoot: "/phaul", ManageCgroups: rpc.CriuCgMode_IGNORE,
+		CRIU: fakeRestorer{&fakeCRIU{}, t}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(id, state string, pid int, start uint64) string {
+		dir := filepath.Join(d.o.WorkDir, id)
+		os.MkdirAll(dir, 0o700)
+		writeState(dir, stateFile{ID: id, State: state, Pid: pid, PidStart: start})
+		return dir
+	}
+	read := func(dir string) string {
+		var f stateFile
+		data, _ := os.ReadFile(filepath.Join(dir, "state.json"))
+		json.Unmarshal(data, &f)
+		return f.State
+	}
+
+	// Commit: the stopped copy resumes and is recorded as running.
+	pid, start := stopped(t)
+	dir := write("00000000000000c1", "in-doubt", pid, start)
+	r, err := d.resolve("00000000000000c1", true)
+	if err != nil || r.State != StateDone || int(r.Pid) != pid || r.Already {
+		t.Fatalf("commit: %+v %v", r, err)
+	}
+	if !waitState(pid, 'S') || read(dir) != "running" {
+		t.Errorf("not resumed (state.json %q)", read(dir))
+	}
+	// Again: already so. Abort now: refused, it runs.
+	if r, err := d.resolve("00000000000000c1", true); err != nil || !r.Already {
+		t.Errorf("second commit: %+v %v", r, err)
+	}
+	if _, err := d.resolve("00000000000000c1", false); err == nil || !strings.Contains(err.Error(), "cannot be aborted") {
+		t.Errorf("abort of a running one: %v", err)
+	}
+
+	// Abort: the stopped copy is killed and its directory removed.
+	pid, start = stopped(t)
+	dir = write("00000000000000c2", "in-doubt", pid, start)
+	if r, err := d.resolve("00000000000000c2", false); err != nil || r.State != StateAborted {
+		t.Fatalf("abort: %+v %v", r, err)
+	}
+	if proc.Same(pid, start) {
+		if st, _ := proc.ReadStat(pid); st.State != 'Z' {
+			t.Errorf("the aborted copy %d still exists (%c)", pid, st.State)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the aborted migration's directory is still there")
+	}
+
+	// A reused PID is not the copy: nothing to resume, and nothing killed.
+	pid, start = stopped(t)
+	write("00000000000000c3", "in-doubt", pid, start+1)
+	if _, err := d.resolve("00000000000000c3", true); err == nil || !strings.Contains(err.Error(), "is gone") {
+		t.Errorf("commit of a copy whose PID was reused: %v", err)
+	}
+	if st, _ := proc.ReadStat(pid); st.State != 'T' {
+		t.Errorf("another process with the copy's PID was touched: %c", st.State)
+	}
+	// Unknown, and not in doubt.
+	if _, err := d.resolve("00000000000000c4", true); !errors.Is(err, errNotHere) {
+		t.Errorf("unknown: %v", err)
+	}
+	write("00000000000000c5", "receiving", 0, 0)
+	if _, err := d.resolve("00000000000000c5", true); err == nil || !strings.Contains(err.Error(), "not in doubt") {
+		t.Errorf("receiving: %v", err)
+	}
+	// Status says so.
+	states := map[string]string{}
+	for _, m := range d.Status() {
+		states[m.Id] = m.State
+	}
+	if states["00000000000000c1"] != StateDone || states["00000000000000c2"] != StateAborted {
+		t.Errorf("status: %v", states)
+	}
+}
+
+func TestDecisionCommit(t *testing.T) {
+	pid, start := stopped(t)
+	d := Decision{ID: "00000000000000d1", Pid: pid, PidStart: start}
+	if ok, why := d.Commit(); ok {
+		t.Errorf("the source tree runs, yet commit: %s", why)
+	}
+	d.PidStart++ // its PID, reused by another process: the tree is gone
+	if ok, why := d.Commit(); !ok {
+		t.Errorf("the source tree is gone, yet abort: %s", why)
+	}
+	dir := t.TempDir()
+	if err := writeDecision(dir, d); err != nil {
+		t.Fatal(err)
+	}
+	if got := PendingDecisions(dir); len(got) != 1 || got[0].ID != d.ID {
+		t.Errorf("pending: %+v", got)
+	}
+	ForgetDecision(dir, d.ID)
+	if got := PendingDecisions(dir); len(got) != 0 {
+		t.Errorf("pending after forget: %+v", got)
+	}
+	if _, err := ReadDecision(dir, "../x"); err == nil {
+		t.Error("a bad ID was read")
+	}
+}
