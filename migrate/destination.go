@@ -116,7 +116,9 @@ func NewDestination(o DestOptions) (*Destination, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Destination{o: o, layout: layout}, nil
+	d := &Destination{o: o, layout: layout}
+	d.recover()
+	return d, nil
 }
 
 // errAborted: the source called the migration off.

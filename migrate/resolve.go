@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,9 +37,12 @@ type Decision struct {
 	Pid  int    `json:"pid"`  // the source tree's root
 	// PidStart is the root's start time (proc.Stat.StartTime): with Pid,
 	// it tells whether the source tree still exists.
-	PidStart uint64    `json:"pid_start"`
-	State    string    `json:"state"` // commit: about to let CRIU kill the source tree; committed: it did
-	Time     time.Time `json:"time"`
+	PidStart uint64 `json:"pid_start"`
+	// State: commit (about to let CRIU kill the source tree), committed
+	// (it did), abort (the migration failed after the destination may
+	// have restored a copy; the source tree runs).
+	State string    `json:"state"`
+	Time  time.Time `json:"time"`
 }
 
 func decisionsDir(workDir string) string { return filepath.Join(workDir, "decisions") }
@@ -120,6 +125,9 @@ func PendingDecisions(workDir string) []Decision {
 // when the source tree is gone (CRIU killed it), abort when it still runs
 // (CRIU resumed it: the source never let it commit after all).
 func (d *Decision) Commit() (bool, string) {
+	if d.State == "abort" {
+		return false, "the source aborted the migration: its tree runs there"
+	}
 	if proc.Same(d.Pid, d.PidStart) {
 		return false, fmt.Sprintf("the source tree (pid %d) still runs here: CRIU resumed it", d.Pid)
 	}
@@ -155,6 +163,10 @@ func ResolveAt(ctx context.Context, addr string, conf *tls.Config, id string, co
 		return nil, fmt.Errorf("resolve: %w", err)
 	}
 	if f := msg.GetFailure(); f != nil {
+		if !commit && f.Phase == phaseNotHere {
+			// Nothing of it there: the destination cleaned up itself.
+			return &Resolution{ID: id, State: StateAborted, Already: true}, nil
+		}
 		return nil, &RemoteError{Phase: f.Phase, Message: f.Message}
 	}
 	r := msg.GetResolved()
@@ -179,6 +191,10 @@ func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (
 // phaseInFlight is the Failure phase of a Resolve for a migration still in
 // flight: the source retries.
 const phaseInFlight = "in flight"
+
+// phaseNotHere is the Failure phase of a Resolve for a migration the
+// service has no record of.
+const phaseNotHere = "not here"
 
 type phaseError struct {
 	phase string
@@ -247,7 +263,7 @@ func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
 	dir := filepath.Join(d.o.WorkDir, id)
 	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("migration %s: %w (it failed or was aborted, and its copy here is gone)", id, errNotHere)
+		return nil, &phaseError{phaseNotHere, fmt.Errorf("migration %s: %w (it failed or was aborted, and its copy here is gone)", id, errNotHere)}
 	} else if err != nil {
 		return nil, err
 	}
@@ -287,4 +303,74 @@ func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
 		res.State = StateAborted
 	}
 	return res, nil
+}
+
+// recover looks at what an earlier run of the service left in the work
+// directory (it was killed, or the host went down): a migration it was
+// receiving (no tree restored, or one CRIU was restoring when it died) is
+// cleaned up, its restored tree if any killed; one it had restored but
+// not resumed is kept stopped and recorded in doubt, for the source or an
+// operator to resolve.
+func (d *Destination) recover() {
+	paths, _ := filepath.Glob(filepath.Join(d.o.WorkDir, "*", "state.json"))
+	for _, p := range paths {
+		dir := filepath.Dir(p)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var f stateFile
+		if json.Unmarshal(data, &f) != nil || validID(f.ID) != nil || filepath.Base(dir) != f.ID {
+			continue
+		}
+		switch f.State {
+		case "receiving":
+			unix.Unmount(filepath.Join(dir, "images"), unix.MNT_DETACH)
+			if f.Pid > 0 && proc.Same(f.Pid, f.PidStart) {
+				proc.SignalTree(f.Pid, unix.SIGKILL)
+			}
+			// CRIU may have restored the tree just before the service
+			// died, too late for its PID to be recorded: whatever runs
+			// in the migration's own cgroups is that tree.
+			d.killInCgroups(f.ID)
+			os.RemoveAll(dir)
+			d.reg.settled(f.ID, StateInterrupted)
+			d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)
+		case "restored":
+			unix.Unmount(filepath.Join(dir, "images"), unix.MNT_DETACH)
+			f.State = "in-doubt"
+			writeState(dir, f)
+			d.o.Logger.Warn("a migration restored before the service stopped is in doubt: its copy stays stopped until resolved",
+				"migration", f.ID, "pid", f.Pid)
+		case "in-doubt":
+			d.o.Logger.Warn("a migration is in doubt: its copy stays stopped until resolved", "migration", f.ID, "pid", f.Pid)
+		}
+	}
+}
+
+// killInCgroups kills the tasks in the cgroups the service made for
+// migration id (ROOT/phaul-ID and below, in every v1 hierarchy and the
+// unified one).
+func (d *Destination) killInCgroups(id string) {
+	var roots []string
+	for _, mnt := range d.layout.V1 {
+		roots = append(roots, filepath.Join(mnt, d.o.CgroupRoot, "phaul-"+id))
+	}
+	if d.layout.V2 != "" {
+		roots = append(roots, filepath.Join(d.layout.V2, d.o.CgroupRoot, "phaul-"+id))
+	}
+	for _, root := range roots {
+		filepath.WalkDir(root, func(p string, e os.DirEntry, err error) error {
+			if err != nil || !e.IsDir() {
+				return nil
+			}
+			data, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+			for _, f := range strings.Fields(string(data)) {
+				if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+					unix.Kill(pid, unix.SIGKILL)
+				}
+			}
+			return nil
+		})
+	}
 }

@@ -467,6 +467,15 @@ func (m *source) dump(ctx context.Context) error {
 		default:
 		}
 		m.abort(reason)
+		var re *RemoteError
+		if running && m.phase != "dump" && m.phase != "transfer" && !errors.As(reason, &re) {
+			// The destination may hold a restored copy and may not have
+			// heard the Abort: the decision stays on disk until it
+			// has (settlePending, phaul resolve).
+			if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "abort"}); err != nil {
+				m.log.Warn("cannot record the decision to abort", "err", err)
+			}
+		}
 		if !running && restored != nil {
 			// CRIU failed after we let it commit: the source is gone
 			// and the destination holds the stopped copy.

@@ -109,6 +109,8 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	switch {
 	case r.State == migrate.StateDone:
 		fmt.Fprintf(env.Stdout, "migration %s: committed; it runs on %s as pid %d (%s)\n", id, dest, r.Pid, why)
+	case r.Already:
+		fmt.Fprintf(env.Stdout, "migration %s: aborted; nothing of it was left on %s (%s)\n", id, dest, why)
 	default:
 		fmt.Fprintf(env.Stdout, "migration %s: aborted; the stopped copy on %s is gone (%s)\n", id, dest, why)
 	}

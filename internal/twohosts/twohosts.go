@@ -140,12 +140,41 @@ type Service struct {
 	log     *lockedBuffer
 	pidns   bool // the init of a PID namespace of its own
 	stop    func()
+	kill    func()
 	stopped sync.Once
 }
 
 // Stop stops the service with SIGTERM (and checks that it exits cleanly);
 // it is also done when the test ends. Restored trees outlive it.
 func (s *Service) Stop() { s.stopped.Do(s.stop) }
+
+// Kill kills the service with SIGKILL, as a crash would.
+func (s *Service) Kill() { s.stopped.Do(s.kill) }
+
+// Copies lists the processes of workload w (its root: the process given
+// its state file) that run, stopped or not, on host ("a" or "b").
+func (h *Hosts) Copies(w *Workload, host string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		args := strings.Split(string(cmd), "\x00")
+		if len(args) < 3 || filepath.Base(args[0]) != "phaul-workload" || args[1] != "--state" || args[2] != w.State {
+			continue
+		}
+		if st, err := proc.ReadStat(pid); err != nil || st.State == 'Z' || st.State == 'X' {
+			continue
+		}
+		if InNetns(pid, h.NetnsPath(host)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
 
 // StartService runs phaul-service on host b with extra flags and waits
 // until it listens. It is stopped (SIGTERM, then SIGKILL) when the test
@@ -217,6 +246,14 @@ func (h *Hosts) startService(t testing.TB, prefix, extra []string) *Service {
 		if t.Failed() {
 			t.Logf("phaul-service log:\n%s", s.Log())
 		}
+	}
+	s.kill = func() {
+		target := s.Cmd.Process.Pid
+		if kids, _ := proc.Children(target); s.pidns && len(kids) > 0 {
+			target = kids[0]
+		}
+		syscall.Kill(target, syscall.SIGKILL)
+		<-exited
 	}
 	t.Cleanup(func() { s.Stop() })
 	select {

@@ -1,0 +1,224 @@
+package migrate_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/internal/twohosts"
+	"github.com/phaul/phaul/migrate"
+)
+
+// faultEnv is one cell of the fault matrix while it runs.
+type faultEnv struct {
+	t       *testing.T
+	h       *twohosts.Hosts
+	mu      sync.Mutex
+	svc     *twohosts.Service
+	migrate *exec.Cmd // phaul migrate on host a
+}
+
+func (e *faultEnv) service() *twohosts.Service {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.svc
+}
+
+func (e *faultEnv) restart() {
+	e.t.Helper()
+	svc := e.h.StartService(e.t, "--timeout", "10s")
+	e.mu.Lock()
+	e.svc = svc
+	e.mu.Unlock()
+}
+
+// criuChildren lists the CRIU processes below pid.
+func criuChildren(pid int) []int {
+	var out []int
+	kids, _ := proc.Children(pid)
+	for _, k := range kids {
+		// CRIU from /opt/phaul/criu runs through its own loader.
+		if st, err := proc.ReadStat(k); err == nil && (strings.HasPrefix(st.Comm, "criu") || strings.HasPrefix(st.Comm, "ld-linux")) {
+			out = append(out, k)
+		}
+		out = append(out, criuChildren(k)...)
+	}
+	return out
+}
+
+// killCRIU kills the CRIU processes below pid, waiting a little for one
+// to appear (the phase may begin before CRIU is started).
+func killCRIU(t *testing.T, under int) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Microsecond) {
+		if pids := criuChildren(under); len(pids) > 0 {
+			for _, p := range pids {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+			return
+		}
+	}
+	t.Errorf("no CRIU process below %d to kill", under)
+}
+
+// TestFaultMatrix injects each fault at a phase of a real migration and
+// checks that, once the dust has settled (the service restarted, the link
+// back, the migration resolved where it was left in doubt), the workload
+// runs on exactly one host with its state intact, and that neither side
+// keeps anything of a failed migration. docs/reliability.md reports it.
+func TestFaultMatrix(t *testing.T) {
+	cells := []struct {
+		name    string
+		trigger string // a line of the service's log
+		fault   func(e *faultEnv)
+		after   func(e *faultEnv) // once phaul migrate has ended
+	}{
+		{"link cut during the page stream", "phase=transfer", func(e *faultEnv) { e.h.LinkDown(e.t) }, func(e *faultEnv) { e.h.LinkUp(e.t) }},
+		{"link cut after the restore", "phase=commit", func(e *faultEnv) {
+			e.h.LinkDown(e.t)
+			time.Sleep(3 * time.Second)
+			e.h.LinkUp(e.t)
+		}, nil},
+		{"service killed during the page stream", "phase=transfer", func(e *faultEnv) { e.service().Kill() }, func(e *faultEnv) { e.restart() }},
+		{"service killed during the restore", "phase=restore", func(e *faultEnv) { e.service().Kill() }, func(e *faultEnv) { e.restart() }},
+		{"service killed after the restore", "phase=commit", func(e *faultEnv) {
+			e.service().Kill()
+			time.Sleep(time.Second)
+			e.restart() // while the source is still trying to reconnect
+		}, nil},
+		{"source agent killed during the page stream", "phase=transfer", func(e *faultEnv) { e.migrate.Process.Kill() }, nil},
+		{"source agent killed after the restore", "phase=commit", func(e *faultEnv) { e.migrate.Process.Kill() }, nil},
+		{"source CRIU killed during the dump", "phase=transfer", func(e *faultEnv) { killCRIU(e.t, e.migrate.Process.Pid) }, nil},
+		{"destination CRIU killed during the restore", "phase=restore", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
+		{"destination stalled past the timeout after the restore", "phase=commit", func(e *faultEnv) {
+			p := e.service().Cmd.Process
+			p.Signal(syscall.SIGSTOP)
+			time.Sleep(12 * time.Second) // past the source's --timeout and its reconnecting
+			p.Signal(syscall.SIGCONT)
+		}, nil},
+	}
+	for _, c := range cells {
+		t.Run(c.name, func(t *testing.T) {
+			h := twohosts.New(t)
+			e := &faultEnv{t: t, h: h}
+			e.restart()
+			w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--mem", "128", "--dirty", "500"}})
+			before, _ := testutil.ReadState(w.State)
+			source := filepath.Join(h.Dir, "source")
+			cmd := h.Command("a", filepath.Join(h.Bin, "phaul"), "migrate", "--json", "--tls-dir", h.TLS,
+				"--work-dir", source, "--timeout", "5s", strconv.Itoa(w.Pid), e.service().Addr)
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			e.migrate = cmd
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			struck := make(chan struct{})
+			go func() {
+				defer close(struck)
+				for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+					if strings.Contains(e.service().Log(), c.trigger) {
+						c.fault(e)
+						return
+					}
+				}
+				t.Errorf("the service never logged %q", c.trigger)
+			}()
+			err := cmd.Wait()
+			<-struck
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			}
+			if c.after != nil {
+				c.after(e)
+			}
+			var rep struct {
+				ID      string
+				Outcome string
+				Error   string
+			}
+			json.Unmarshal(out.Bytes(), &rep)
+			t.Logf("phaul migrate: exit %d, outcome %q, error %q", code, rep.Outcome, rep.Error)
+
+			// Settle what is left in doubt, as an operator would: the
+			// source's records first, then the service's own list.
+			svc := e.service()
+			if d := migrate.PendingDecisions(source); len(d) > 0 {
+				out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--tls-dir", h.TLS, "--work-dir", source, d[0].ID).CombinedOutput()
+				t.Logf("phaul resolve: %v %s", err, out)
+			}
+			if st, code := h.Status(t, svc.Addr); code == 3 {
+				for _, m := range st.Migrations {
+					if m.State != "in-doubt" {
+						continue
+					}
+					// No record on the source: it never committed.
+					decision := "abort"
+					if len(h.Copies(w, "a")) == 0 {
+						decision = "commit"
+					}
+					out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--tls-dir", h.TLS, "--work-dir", source,
+						"--dest", svc.Addr, m.ID, decision).CombinedOutput()
+					t.Logf("phaul resolve %s: %v %s", decision, err, out)
+				}
+			}
+
+			// Exactly one copy runs, and it counts on from where it was.
+			var a, b []int
+			for i := 0; i < 100; i++ {
+				if a, b = h.Copies(w, "a"), h.Copies(w, "b"); len(a)+len(b) == 1 {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if len(a)+len(b) != 1 {
+				t.Fatalf("copies: %v on a, %v on b; want exactly one", a, b)
+			}
+			copyPid := append(a, b...)[0]
+			t.Cleanup(func() { testutil.KillPid(copyPid) })
+			if twohosts.Stopped(copyPid) {
+				t.Fatalf("the one copy (pid %d) is stopped", copyPid)
+			}
+			now, _ := testutil.ReadState(w.State)
+			if now.Count < before.Count {
+				t.Fatalf("counter went back from %d to %d", before.Count, now.Count)
+			}
+			if _, err := testutil.WaitCount(w.State, now.Count+10, 10*time.Second); err != nil {
+				t.Fatalf("the copy does not count on: %v", err)
+			}
+			if len(b) == 1 && code != 0 {
+				t.Logf("moved, although phaul migrate exited %d (settled afterwards)", code)
+			}
+			if code == 0 && len(b) != 1 {
+				t.Errorf("phaul migrate said it moved, and the copy runs on a")
+			}
+			// Nothing left: no migration in doubt, no record on the
+			// source, no directory on the service but a done one's.
+			if st, code := h.Status(t, svc.Addr); code != 0 {
+				t.Errorf("still in doubt: %+v", st.Migrations)
+			}
+			if d := migrate.PendingDecisions(source); len(d) != 0 {
+				t.Errorf("records left on the source: %+v", d)
+			}
+			for i := 0; i < 100; i++ {
+				if len(svc.Migrations()) <= len(b) {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if m := svc.Migrations(); len(m) > len(b) {
+				t.Errorf("left on the service: %v", m)
+			}
+		})
+	}
+}
