@@ -331,7 +331,9 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("checks", fmt.Errorf("mount a tmpfs of %d bytes for the images: %w", size, err))
 	}
 	in.mounted = true
-	in.record("receiving")
+	if err := in.record("receiving"); err != nil {
+		return in.fail("checks", err)
+	}
 	if err := in.startPages(ctx); err != nil {
 		return in.fail("checks", err)
 	}
@@ -419,7 +421,11 @@ func (in *incoming) run(ctx context.Context) error {
 			restored.Cgroups = append(restored.Cgroups, s.Controllers+":"+s.Path)
 		}
 	}
-	in.record("restored")
+	// Without this record a crash of the service would forget the copy:
+	// no commit without it.
+	if err := in.record("restored"); err != nil {
+		return in.fail("restore", err)
+	}
 	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
 	restored.RestoreNanos = int64(time.Since(t0))
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
@@ -437,7 +443,9 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := proc.SignalTree(res.Pid, unix.SIGCONT); err != nil {
 		return in.fail("resume", err)
 	}
-	in.record("running")
+	if err := in.record("running"); err != nil {
+		in.log.Warn("the tree runs, but its state could not be recorded", "err", err)
+	}
 	reap(res.Pid)
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: int32(res.Pid)}}}); err != nil {
 		in.log.Warn("could not confirm to the source", "err", err)
@@ -471,7 +479,9 @@ func (in *incoming) finish(err error) {
 		unmount()
 	case in.inDoubt(err):
 		unmount() // the restored tree holds its memory; the images are not needed
-		in.record("in-doubt")
+		if err := in.record("in-doubt"); err != nil {
+			in.log.Error("cannot record the doubt: the state on disk says restored, which a restart also treats as in doubt", "err", err)
+		}
 		in.log.Error("lost the source after restoring: keeping the stopped tree, in doubt", "pid", in.restored, "err", err, "state", filepath.Join(in.dir, "state.json"))
 	default:
 		if in.restored > 0 {
@@ -511,14 +521,14 @@ func endState(in *incoming, err error) string {
 // record writes the migration's state to disk, so that an in-doubt
 // migration survives a restart of the service, and Status lists the
 // finished ones after one.
-func (in *incoming) record(state string) {
+func (in *incoming) record(state string) error {
 	in.state = state
 	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, SourceHost: in.sourceHost,
 		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
 	if in.prep != nil {
 		f.Comm, f.SourcePid = in.prep.Comm, int(in.prep.Pid)
 	}
-	writeState(in.dir, f)
+	return writeState(in.dir, f)
 }
 
 // startPages starts CRIU's page server on one end of a socketpair whose

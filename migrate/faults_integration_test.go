@@ -3,6 +3,7 @@ package migrate_test
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -25,6 +26,7 @@ type faultEnv struct {
 	mu      sync.Mutex
 	svc     *twohosts.Service
 	migrate *exec.Cmd // phaul migrate on host a
+	extra   []string  // more flags for the service
 }
 
 func (e *faultEnv) service() *twohosts.Service {
@@ -35,7 +37,7 @@ func (e *faultEnv) service() *twohosts.Service {
 
 func (e *faultEnv) restart() {
 	e.t.Helper()
-	svc := e.h.StartService(e.t, "--timeout", "10s")
+	svc := e.h.StartService(e.t, append([]string{"--timeout", "10s"}, e.extra...)...)
 	e.mu.Lock()
 	e.svc = svc
 	e.mu.Unlock()
@@ -70,6 +72,21 @@ func killCRIU(t *testing.T, under int) {
 	t.Errorf("no CRIU process below %d to kill", under)
 }
 
+// setups prepare the service of a cell before it starts.
+var setups = map[string]func(e *faultEnv){
+	"work dir full": func(e *faultEnv) {
+		// A work dir of 4 KiB: room for a state file or two, not for
+		// CRIU's logs of a restore.
+		dir := filepath.Join(e.h.Dir, "small")
+		os.MkdirAll(dir, 0o700)
+		if err := syscall.Mount("phaul-test-small", dir, "tmpfs", 0, "size=4k"); err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+		e.extra = []string{"--work-dir", dir}
+	},
+}
+
 // TestFaultMatrix injects each fault at a phase of a real migration and
 // checks that, once the dust has settled (the service restarted, the link
 // back, the migration resolved where it was left in doubt), the workload
@@ -82,6 +99,8 @@ func TestFaultMatrix(t *testing.T) {
 		fault   func(e *faultEnv)
 		after   func(e *faultEnv) // once phaul migrate has ended
 	}{
+		{"link cut during the checks", "phase=checks", func(e *faultEnv) { e.h.LinkDown(e.t) }, func(e *faultEnv) { e.h.LinkUp(e.t) }},
+		{"work dir full", "phase=restore", func(e *faultEnv) {}, nil}, // see setups
 		{"link cut during the page stream", "phase=transfer", func(e *faultEnv) { e.h.LinkDown(e.t) }, func(e *faultEnv) { e.h.LinkUp(e.t) }},
 		{"link cut after the restore", "phase=commit", func(e *faultEnv) {
 			e.h.LinkDown(e.t)
@@ -110,6 +129,9 @@ func TestFaultMatrix(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			h := twohosts.New(t)
 			e := &faultEnv{t: t, h: h}
+			if setup := setups[c.name]; setup != nil {
+				setup(e)
+			}
 			e.restart()
 			w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--mem", "128", "--dirty", "500"}})
 			before, _ := testutil.ReadState(w.State)

@@ -290,7 +290,9 @@ func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
 			return nil, fmt.Errorf("resume pid %d: %w", f.Pid, err)
 		}
 		f.State = "running"
-		writeState(dir, f)
+		if err := writeState(dir, f); err != nil {
+			d.o.Logger.Warn("resumed, but the state could not be recorded", "migration", id, "err", err)
+		}
 		reap(f.Pid)
 		d.reg.settled(id, StateDone)
 		res.State, res.Pid = StateDone, int32(f.Pid)
@@ -339,7 +341,9 @@ func (d *Destination) recover() {
 		case "restored":
 			unix.Unmount(filepath.Join(dir, "images"), unix.MNT_DETACH)
 			f.State = "in-doubt"
-			writeState(dir, f)
+			if err := writeState(dir, f); err != nil {
+				d.o.Logger.Warn("cannot record the doubt (restored, on disk, means the same)", "migration", f.ID, "err", err)
+			}
 			d.o.Logger.Warn("a migration restored before the service stopped is in doubt: its copy stays stopped until resolved",
 				"migration", f.ID, "pid", f.Pid)
 		case "in-doubt":

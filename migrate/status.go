@@ -143,14 +143,31 @@ type stateFile struct {
 	PidStart uint64 `json:"pid_start,omitempty"`
 }
 
-// writeState writes dir/state.json atomically.
-func writeState(dir string, f stateFile) {
+// writeState writes dir/state.json atomically (and durably: a copy in
+// doubt must be found again after a crash).
+func writeState(dir string, f stateFile) error {
 	f.Time = time.Now().UTC()
 	data, _ := json.Marshal(f)
 	tmp := filepath.Join(dir, "state.json.tmp")
-	if os.WriteFile(tmp, data, 0o600) == nil {
-		os.Rename(tmp, filepath.Join(dir, "state.json"))
+	w, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("record the migration's state: %w", err)
 	}
+	_, err = w.Write(data)
+	if err == nil {
+		err = w.Sync()
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, "state.json"))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("record the migration's state: %w", err)
+	}
+	return nil
 }
 
 // fromDisk lists the migrations recorded in the work directory, as the
