@@ -5,8 +5,10 @@ import "time"
 // Wire constants. Changing any of them changes the protocol: they are
 // pinned by TestWireConstants and described in docs/protocol.md.
 const (
-	// ProtocolVersion is sent in Hello and Welcome; both sides must agree.
-	ProtocolVersion = 1
+	// ProtocolVersion is sent in Hello, Welcome, StatusRequest, StatusReport
+	// and Resolve; both sides must agree. 2: StatusRequest/StatusReport,
+	// Resolve/Resolved, Failure for malformed frames.
+	ProtocolVersion = 2
 
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20
