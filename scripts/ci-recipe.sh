@@ -119,7 +119,9 @@ say "pid $pid on a answers: $before"
 # 5. Migrate, then check the result.
 say "phaul migrate $pid $ADDR_B:7070"
 code=0
-on a "'$BIN_A/phaul' migrate --json --tls-dir '$ROOT_A/etc/phaul/tls' $pid $ADDR_B:7070" >"$work/result.json" || code=$?
+# --retry-transient: a task caught in uninterruptible sleep (D) at the
+# checks is a transient failure (exit 5); phaul waits and checks again.
+on a "'$BIN_A/phaul' migrate --json --retry-transient 3 --tls-dir '$ROOT_A/etc/phaul/tls' $pid $ADDR_B:7070" >"$work/result.json" || code=$?
 jq -c '{outcome, id, dest_pid, downtime, page_bytes, wire_bytes}' "$work/result.json" >&2 || die "phaul migrate printed no JSON (exit $code)"
 [ "$code" = 0 ] || die "phaul migrate exited $code: $(jq -r .error "$work/result.json"); failed checks: $(jq -c '[.verdicts[] | select(.result == "fail")]' "$work/result.json")"
 [ "$(jq -r '.outcome, .committed, .running' "$work/result.json" | tr '\n' ' ')" = "ok true true " ] || die "not migrated"
