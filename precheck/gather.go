@@ -55,6 +55,7 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 			needs[key] = &pb.Need{Kind: kind, Name: name, Why: why}
 		}
 	}
+	openedBy := map[string][]string{} // a written file: the fds (/proc/PID/fd/N) it was open on
 	addFile := func(path, use string, written bool) {
 		if !strings.HasPrefix(path, "/") || strings.HasSuffix(path, " (deleted)") ||
 			strings.HasPrefix(path, "/proc/") || strings.HasPrefix(path, "/sys/") || strings.HasPrefix(path, "/memfd:") {
@@ -111,7 +112,11 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 				}
 				continue
 			}
-			addFile(link, "open", fdWritable(p, fd.Name()))
+			w := fdWritable(p, fd.Name())
+			addFile(link, "open", w)
+			if w {
+				openedBy[link] = append(openedBy[link], fmt.Sprintf("/proc/%d/fd/%s", p, fd.Name()))
+			}
 		}
 	}
 	if len(tree) > 0 {
@@ -138,7 +143,7 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 	}
 	sort.Slice(list, func(i, j int) bool { return list[i].Path < list[j].Path })
 	hashAll(ctx, list)
-	f.Files = list
+	f.Files = keptOpen(list, openedBy)
 	for _, n := range needs {
 		f.Needs = append(f.Needs, n)
 	}
@@ -312,4 +317,26 @@ func fsTypeOf(mounts map[string]string, path string) string {
 			return ""
 		}
 	}
+}
+
+// keptOpen drops the files the tree had open for writing only for a
+// moment: one whose fds, looked at again now, no longer lead to it (a
+// temporary file written and renamed away, as programs save their state)
+// is not a file the dump will find, and must not fail the checks.
+func keptOpen(files []*pb.FileFact, openedBy map[string][]string) []*pb.FileFact {
+	out := files[:0]
+	for _, ff := range files {
+		fds := openedBy[ff.Path]
+		if ff.Use != "open" || len(fds) == 0 {
+			out = append(out, ff)
+			continue
+		}
+		for _, fd := range fds {
+			if link, err := os.Readlink(fd); err == nil && link == ff.Path {
+				out = append(out, ff)
+				break
+			}
+		}
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package precheck
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -172,5 +173,31 @@ func TestJudgeModulesNetfilter(t *testing.T) {
 	}
 	if v := judgeModules(context.Background(), f, Options{}, &Env{Proc: without}); v.Result != pb.Verdict_PASS {
 		t.Errorf("no --tcp-established, no nf_tables needed: %v %s", v.Result, text(v))
+	}
+}
+
+// TestKeptOpen: a file the tree wrote through an fd that has since been
+// closed (a temporary file renamed away) is no file of the dump's.
+func TestKeptOpen(t *testing.T) {
+	dir := t.TempDir()
+	kept, gone := filepath.Join(dir, "log"), filepath.Join(dir, "state.tmp")
+	fk, _ := os.Create(kept)
+	defer fk.Close()
+	fg, _ := os.Create(gone)
+	fdOf := func(f *os.File) string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()) }
+	openedBy := map[string][]string{kept: {fdOf(fk)}, gone: {fdOf(fg)}}
+	fg.Close()
+	os.Rename(gone, filepath.Join(dir, "state"))
+	files := []*pb.FileFact{
+		{Path: "/usr/bin/x", Use: "exe"},
+		{Path: kept, Use: "open", Written: true},
+		{Path: gone, Use: "open", Written: true},
+	}
+	var got []string
+	for _, f := range keptOpen(files, openedBy) {
+		got = append(got, f.Path)
+	}
+	if want := "/usr/bin/x " + kept; strings.Join(got, " ") != want {
+		t.Errorf("kept %q, want %q", got, want)
 	}
 }
