@@ -155,8 +155,9 @@ type incoming struct {
 	mode          rpc.CriuCgMode // CRIU's cgroup mode for this migration
 	ttyMode       tty.Mode
 	terms         *terminals
-	checkOnly     bool      // a `phaul check`: not listed by Status
-	started       time.Time // Hello received
+	checkOnly     bool            // a `phaul check`: not listed by Status
+	facts         *pb.SourceFacts // from the checks; nil if the source skipped them
+	started       time.Time       // Hello received
 	sourceHost    string
 }
 
@@ -259,6 +260,7 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 	if chk := msg.GetCheck(); chk != nil {
 		in.checkOnly = chk.Only
+		in.facts = chk.Facts
 		if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_CheckReport{CheckReport: &pb.CheckReport{Verdicts: in.judge(ctx, chk)}}}); err != nil {
 			if chk.Only {
 				// yamux may report a frame it did write as failed when
@@ -373,6 +375,10 @@ func (in *incoming) run(ctx context.Context) error {
 		LeaveStopped:      proto.Bool(true),
 		ManageCgroupsMode: in.mode.Enum(),
 		CgRoot:            criuRoots(in.roots),
+	}
+	// The images must not give the tree more than it had on the source.
+	if err := checkCreds(in.imgs, in.facts); err != nil {
+		return in.fail("restore", err)
 	}
 	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.logs}
 	if len(in.prep.Terminals) > 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,8 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/proc"
@@ -44,6 +49,8 @@ type fakeCRIU struct {
 	restoreErr     error
 	restoredPages  []byte
 	restoredImages []string
+	creds          func(*creds.CredsEntry) // changes the dumped credentials
+	userns         bool                    // the dump has a user namespace image
 }
 
 func dupFile(t testing.TB, f *os.File) *os.File {
@@ -67,8 +74,12 @@ func (f *fakeCRIU) dumper(t testing.TB) Checkpointer {
 			return nil, &criu.Error{Op: "dump", Err: err}
 		}
 		unix.Shutdown(int(ps.Fd()), unix.SHUT_WR)
-		for _, n := range []string{"inventory.img", "core-1.img", "mm-1.img"} {
+		for _, n := range []string{"inventory.img", "mm-1.img"} {
 			os.WriteFile(filepath.Join(r.ImagesDir, n), []byte("image "+n), 0o600)
+		}
+		writeCore(t, r.ImagesDir, int(r.Opts.GetPid()), f.creds)
+		if f.userns {
+			os.WriteFile(filepath.Join(r.ImagesDir, "userns-11.img"), []byte("image"), 0o600)
 		}
 		os.WriteFile(filepath.Join(r.ImagesDir, "dump.log"), []byte("log"), 0o600)
 		err := r.Notify(ctx, criu.Notification{Name: criu.NotifyPostDump})
@@ -419,5 +430,68 @@ func TestFakeReusedIDKeepsEarlierMigration(t *testing.T) {
 	}
 	if proc.ValidateTarget(o.Pid) != nil {
 		t.Error("source not running")
+	}
+}
+
+// writeCore writes core-1.img with pid's credentials, as CRIU would, then
+// changed by mutate (if set).
+func writeCore(t testing.TB, dir string, pid int, mutate func(*creds.CredsEntry)) {
+	t.Helper()
+	c, err := proc.ReadCreds(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	words := func(m uint64) []uint32 { return []uint32{uint32(m), uint32(m >> 32)} }
+	u := proto.Uint32
+	ce := &creds.CredsEntry{Uid: u(c.Uids[0]), Euid: u(c.Uids[1]), Suid: u(c.Uids[2]), Fsuid: u(c.Uids[3]),
+		Gid: u(c.Gids[0]), Egid: u(c.Gids[1]), Sgid: u(c.Gids[2]), Fsgid: u(c.Gids[3]), Groups: c.Groups,
+		CapInh: words(c.CapInh), CapPrm: words(c.CapPrm), CapEff: words(c.CapEff), CapBnd: words(c.CapBnd), Secbits: u(0)}
+	if mutate != nil {
+		mutate(ce)
+	}
+	core := &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum(),
+		ThreadCore: &criucore.ThreadCoreEntry{FutexRla: proto.Uint64(0), FutexRlaLen: u(0), Creds: ce}}
+	img := &crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}
+	out, err := os.Create(filepath.Join(dir, "core-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if err := crit.New(nil, out, "", false, false).Encode(img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFakePrivilegeRefused: images that would give the restored tree a
+// uid, a group, a capability or a user namespace the source tree did not
+// have are refused before CRIU restores anything; the source keeps
+// running.
+func TestFakePrivilegeRefused(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*creds.CredsEntry)
+		userns bool
+		want   string
+	}{
+		{"another uid", func(c *creds.CredsEntry) { c.Euid = proto.Uint32(4242) }, false, "uid 4242"},
+		{"another group", func(c *creds.CredsEntry) { c.Groups = append(c.Groups, 4343) }, false, "gid 4343"},
+		{"a user namespace", nil, true, "user namespace"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeCRIU{creds: tt.mutate, userns: tt.userns}
+			o, dest := setup(t, f)
+			_, err := Migrate(context.Background(), o)
+			if !errors.Is(err, ErrPrivilege) && !strings.Contains(fmt.Sprint(err), "more privilege") || !strings.Contains(fmt.Sprint(err), tt.want) {
+				t.Fatalf("got %v", err)
+			}
+			if f.restoredImages != nil {
+				t.Error("CRIU restored images that ask for more privilege")
+			}
+			if proc.ValidateTarget(o.Pid) != nil {
+				t.Error("the source does not run")
+			}
+			waitEmpty(t, dest.o.WorkDir)
+		})
 	}
 }

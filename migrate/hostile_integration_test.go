@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
 	"github.com/phaul/phaul/internal/twohosts"
 	"github.com/phaul/phaul/transport"
@@ -328,4 +330,28 @@ func TestConcurrentMigrationsAndBusy(t *testing.T) {
 	}
 	before, _ := testutil.ReadState(w.State)
 	assertRunsOnB(t, h, w, h.Migrate(t, context.Background(), w.Pid, svc.Addr), before)
+}
+
+// TestMigrateKeepsReducedPrivileges: a tree that dropped its capabilities
+// migrates (the destination's comparison of the dumped credentials with
+// the announced ones has no false alarm) and has none after the restore.
+func TestMigrateKeepsReducedPrivileges(t *testing.T) {
+	h := twohosts.New(t)
+	// Not in a PID namespace of its own: CRIU cannot dump an
+	// unprivileged task whose /proc is not its own. So a shell's job, and
+	// a service in a PID namespace of its own for the PIDs to be free.
+	svc := h.StartServiceInPidns(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{FromShell: true,
+		Wrap: []string{"setpriv", "--inh-caps=-all", "--bounding-set=-all", "--groups=4,27"}})
+	src, err := proc.ReadCreds(w.Pid)
+	if err != nil || src.CapEff != 0 || src.CapBnd != 0 {
+		t.Fatalf("the workload kept capabilities: %+v %v", src, err)
+	}
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
+	dest := assertRunsOn(t, h, svc, w, r, st)
+	got, err := proc.ReadCreds(dest)
+	if err != nil || got.CapEff != 0 || got.CapPrm != 0 || got.CapBnd != 0 || fmt.Sprint(got.Groups) != fmt.Sprint(src.Groups) {
+		t.Errorf("restored credentials %+v, source %+v (%v)", got, src, err)
+	}
 }

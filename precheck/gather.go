@@ -93,7 +93,15 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 		if err != nil {
 			continue
 		}
-		f.Tasks = append(f.Tasks, &pb.TaskFact{Pid: int32(p), Comm: st.Comm, State: string(st.State), Tracer: int32(proc.TracerPid(p))})
+		tf := &pb.TaskFact{Pid: int32(p), Comm: st.Comm, State: string(st.State), Tracer: int32(proc.TracerPid(p))}
+		if c, err := proc.ReadCreds(p); err == nil {
+			tf.CapInh, tf.CapPrm, tf.CapEff, tf.CapBnd, tf.Uids, tf.Gids, tf.Groups = c.CapInh, c.CapPrm, c.CapEff, c.CapBnd, c.Uids, c.Gids, c.Groups
+		}
+		if own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", p)); own != "" {
+			self, _ := os.Readlink("/proc/self/ns/user")
+			tf.OwnUserNs = own != self
+		}
+		f.Tasks = append(f.Tasks, tf)
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p)); err == nil {
 			addFile(exe, "exe", false)
 		}

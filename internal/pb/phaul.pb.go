@@ -1886,11 +1886,23 @@ func (x *Need) GetWhy() string {
 }
 
 type TaskFact struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pid           int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
-	Comm          string                 `protobuf:"bytes,2,opt,name=comm,proto3" json:"comm,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	Tracer        int32                  `protobuf:"varint,4,opt,name=tracer,proto3" json:"tracer,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Pid    int32                  `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Comm   string                 `protobuf:"bytes,2,opt,name=comm,proto3" json:"comm,omitempty"`
+	State  string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Tracer int32                  `protobuf:"varint,4,opt,name=tracer,proto3" json:"tracer,omitempty"`
+	// Its credentials, which the destination compares with the dumped ones
+	// before restoring: capability sets (bit masks), uids and gids (real,
+	// effective, saved, filesystem), and whether it is in a user namespace
+	// other than phaul's.
+	CapInh        uint64   `protobuf:"varint,5,opt,name=cap_inh,json=capInh,proto3" json:"cap_inh,omitempty"`
+	CapPrm        uint64   `protobuf:"varint,6,opt,name=cap_prm,json=capPrm,proto3" json:"cap_prm,omitempty"`
+	CapEff        uint64   `protobuf:"varint,7,opt,name=cap_eff,json=capEff,proto3" json:"cap_eff,omitempty"`
+	CapBnd        uint64   `protobuf:"varint,8,opt,name=cap_bnd,json=capBnd,proto3" json:"cap_bnd,omitempty"`
+	Uids          []uint32 `protobuf:"varint,9,rep,packed,name=uids,proto3" json:"uids,omitempty"`
+	Gids          []uint32 `protobuf:"varint,10,rep,packed,name=gids,proto3" json:"gids,omitempty"`
+	OwnUserNs     bool     `protobuf:"varint,11,opt,name=own_user_ns,json=ownUserNs,proto3" json:"own_user_ns,omitempty"`
+	Groups        []uint32 `protobuf:"varint,12,rep,packed,name=groups,proto3" json:"groups,omitempty"` // supplementary
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1951,6 +1963,62 @@ func (x *TaskFact) GetTracer() int32 {
 		return x.Tracer
 	}
 	return 0
+}
+
+func (x *TaskFact) GetCapInh() uint64 {
+	if x != nil {
+		return x.CapInh
+	}
+	return 0
+}
+
+func (x *TaskFact) GetCapPrm() uint64 {
+	if x != nil {
+		return x.CapPrm
+	}
+	return 0
+}
+
+func (x *TaskFact) GetCapEff() uint64 {
+	if x != nil {
+		return x.CapEff
+	}
+	return 0
+}
+
+func (x *TaskFact) GetCapBnd() uint64 {
+	if x != nil {
+		return x.CapBnd
+	}
+	return 0
+}
+
+func (x *TaskFact) GetUids() []uint32 {
+	if x != nil {
+		return x.Uids
+	}
+	return nil
+}
+
+func (x *TaskFact) GetGids() []uint32 {
+	if x != nil {
+		return x.Gids
+	}
+	return nil
+}
+
+func (x *TaskFact) GetOwnUserNs() bool {
+	if x != nil {
+		return x.OwnUserNs
+	}
+	return false
+}
+
+func (x *TaskFact) GetGroups() []uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
 }
 
 // StatusRequest asks the service for its migrations (`phaul status`). It
@@ -2478,12 +2546,21 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04Need\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
-	"\x03why\x18\x03 \x01(\tR\x03why\"^\n" +
+	"\x03why\x18\x03 \x01(\tR\x03why\"\xa2\x02\n" +
 	"\bTaskFact\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x14\n" +
 	"\x05state\x18\x03 \x01(\tR\x05state\x12\x16\n" +
-	"\x06tracer\x18\x04 \x01(\x05R\x06tracer\":\n" +
+	"\x06tracer\x18\x04 \x01(\x05R\x06tracer\x12\x17\n" +
+	"\acap_inh\x18\x05 \x01(\x04R\x06capInh\x12\x17\n" +
+	"\acap_prm\x18\x06 \x01(\x04R\x06capPrm\x12\x17\n" +
+	"\acap_eff\x18\a \x01(\x04R\x06capEff\x12\x17\n" +
+	"\acap_bnd\x18\b \x01(\x04R\x06capBnd\x12\x12\n" +
+	"\x04uids\x18\t \x03(\rR\x04uids\x12\x12\n" +
+	"\x04gids\x18\n" +
+	" \x03(\rR\x04gids\x12\x1e\n" +
+	"\vown_user_ns\x18\v \x01(\bR\townUserNs\x12\x16\n" +
+	"\x06groups\x18\f \x03(\rR\x06groups\":\n" +
 	"\rStatusRequest\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\"\xc2\x01\n" +
 	"\fStatusReport\x12)\n" +

@@ -158,3 +158,75 @@ func Same(pid int, start uint64) bool {
 	st, err := ReadStat(pid)
 	return err == nil && st.StartTime == start && st.State != 'Z' && st.State != 'X'
 }
+
+// Creds are a task's credentials as /proc/PID/status shows them.
+type Creds struct {
+	CapInh, CapPrm, CapEff, CapBnd uint64
+	Uids, Gids                     []uint32 // real, effective, saved, filesystem
+	Groups                         []uint32 // supplementary
+}
+
+// ReadCreds reads pid's credentials.
+func ReadCreds(pid int) (Creds, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Creds{}, err
+	}
+	return ParseCreds(string(data))
+}
+
+// ParseCreds parses the credentials out of /proc/PID/status.
+func ParseCreds(status string) (Creds, error) {
+	var c Creds
+	seen := 0
+	for _, line := range strings.Split(status, "\n") {
+		key, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		var caps *uint64
+		switch key {
+		case "CapInh":
+			caps = &c.CapInh
+		case "CapPrm":
+			caps = &c.CapPrm
+		case "CapEff":
+			caps = &c.CapEff
+		case "CapBnd":
+			caps = &c.CapBnd
+		case "Uid", "Gid", "Groups":
+			var ids []uint32
+			for _, f := range strings.Fields(v) {
+				n, err := strconv.ParseUint(f, 10, 32)
+				if err != nil {
+					return Creds{}, fmt.Errorf("status %s: %w", key, err)
+				}
+				ids = append(ids, uint32(n))
+			}
+			switch key {
+			case "Uid":
+				c.Uids = ids
+				seen++
+			case "Gid":
+				c.Gids = ids
+				seen++
+			default:
+				c.Groups = ids
+			}
+			continue
+		default:
+			continue
+		}
+		n, err := strconv.ParseUint(v, 16, 64)
+		if err != nil {
+			return Creds{}, fmt.Errorf("status %s: %w", key, err)
+		}
+		*caps = n
+		seen++
+	}
+	if seen != 6 {
+		return Creds{}, fmt.Errorf("status: %d of the 6 credential lines", seen)
+	}
+	return c, nil
+}

@@ -2,6 +2,7 @@ package tty
 
 import (
 	"fmt"
+	"github.com/phaul/phaul/internal/criuimg"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,7 +130,7 @@ func TestDetachSessions(t *testing.T) {
 	if n != 1 {
 		t.Errorf("changed %d terminals, want 1", n)
 	}
-	img, err := readImage(filepath.Join(dir, "tty-info.img"), "TTY_INFO", &ttyimg.TtyInfoEntry{})
+	img, err := criuimg.Read(filepath.Join(dir, "tty-info.img"), "TTY_INFO", &ttyimg.TtyInfoEntry{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -356,6 +356,8 @@ type WorkloadOptions struct {
 	// ChildCgroup moves the workload's child (--child) to this cgroup
 	// below Cgroup, in every one of Controllers.
 	ChildCgroup string
+	// Wrap runs the workload through this command (setpriv ...).
+	Wrap []string
 }
 
 // V1Controllers the harness places a workload's own cgroup in.
@@ -374,6 +376,7 @@ func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	default:
 		argv = []string{"unshare", "-p", "-f", "setsid"}
 	}
+	argv = append(argv, o.Wrap...)
 	argv = append(argv, filepath.Join(h.Bin, "phaul-workload"), "--state", w.State, "--interval", "20ms")
 	argv = append(argv, o.Args...)
 	ctrls := o.Controllers
