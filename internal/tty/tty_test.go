@@ -2,7 +2,6 @@ package tty
 
 import (
 	"fmt"
-	"github.com/phaul/phaul/internal/criuimg"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	ttyimg "github.com/checkpoint-restore/go-criu/v7/crit/images/tty"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/internal/criuimg"
 )
 
 func TestKind(t *testing.T) {
