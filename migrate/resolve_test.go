@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
 
+	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 )
 
@@ -134,4 +136,25 @@ func TestDecisionCommit(t *testing.T) {
 	if _, err := ReadDecision(dir, "../x"); err == nil {
 		t.Error("a bad ID was read")
 	}
+}
+
+// FuzzCheckCreds: core images arrive from the source; comparing their
+// credentials must never panic, and garbage is refused.
+func FuzzCheckCreds(f *testing.F) {
+	dir := f.TempDir()
+	writeCore(f, dir, os.Getpid(), nil)
+	good, _ := os.ReadFile(filepath.Join(dir, "core-1.img"))
+	f.Add(good)
+	f.Add(good[:12])
+	f.Add([]byte{})
+	c, _ := proc.ReadCreds(os.Getpid())
+	facts := &pb.SourceFacts{Tasks: []*pb.TaskFact{{CapInh: c.CapInh, CapPrm: c.CapPrm, CapEff: c.CapEff, CapBnd: c.CapBnd,
+		Uids: c.Uids, Gids: c.Gids, Groups: c.Groups}}}
+	f.Fuzz(func(t *testing.T, core []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "core-1.img"), core, 0o600)
+		if err := checkCreds(dir, facts); err == nil && !bytes.Equal(core, good) && len(core) < 8 {
+			t.Fatalf("accepted %x", core)
+		}
+	})
 }
