@@ -93,38 +93,53 @@ var setups = map[string]func(e *faultEnv){
 // runs on exactly one host with its state intact, and that neither side
 // keeps anything of a failed migration. docs/reliability.md reports it.
 func TestFaultMatrix(t *testing.T) {
-	cells := []struct {
+	type cell struct {
 		name    string
 		trigger string // a line of the service's log
 		fault   func(e *faultEnv)
 		after   func(e *faultEnv) // once phaul migrate has ended
+	}
+	// Every fault at every phase: the service's log says when a phase
+	// begins ("pages received": the page stream ended, the images follow).
+	phases := []struct{ name, trigger string }{
+		{"checks", "phase=checks"}, {"page stream", "phase=transfer"}, {"images", "pages received"},
+		{"restore", "phase=restore"}, {"commit", "phase=commit"}, {"resume", "phase=resume"},
+	}
+	faults := []struct {
+		name         string
+		fault, after func(e *faultEnv)
 	}{
-		{"link cut during the checks", "phase=checks", func(e *faultEnv) { e.h.LinkDown(e.t) }, func(e *faultEnv) { e.h.LinkUp(e.t) }},
-		{"work dir full", "phase=restore", func(e *faultEnv) {}, nil}, // see setups
-		{"link cut during the page stream", "phase=transfer", func(e *faultEnv) { e.h.LinkDown(e.t) }, func(e *faultEnv) { e.h.LinkUp(e.t) }},
-		{"link cut after the restore", "phase=commit", func(e *faultEnv) {
+		{"link cut for 3 s", func(e *faultEnv) {
 			e.h.LinkDown(e.t)
 			time.Sleep(3 * time.Second)
 			e.h.LinkUp(e.t)
 		}, nil},
-		{"service killed during the page stream", "phase=transfer", func(e *faultEnv) { e.service().Kill() }, func(e *faultEnv) { e.restart() }},
-		{"service killed during the restore", "phase=restore", func(e *faultEnv) { e.service().Kill() }, func(e *faultEnv) { e.restart() }},
-		{"service killed after the restore", "phase=commit", func(e *faultEnv) {
+		{"service killed and restarted", func(e *faultEnv) {
 			e.service().Kill()
 			time.Sleep(time.Second)
-			e.restart() // while the source is still trying to reconnect
+			e.restart() // while the source may still be reconnecting
 		}, nil},
-		{"source agent killed during the page stream", "phase=transfer", func(e *faultEnv) { e.migrate.Process.Kill() }, nil},
-		{"source agent killed after the restore", "phase=commit", func(e *faultEnv) { e.migrate.Process.Kill() }, nil},
-		{"source CRIU killed during the dump", "phase=transfer", func(e *faultEnv) { killCRIU(e.t, e.migrate.Process.Pid) }, nil},
-		{"destination CRIU killed during the restore", "phase=restore", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
-		{"destination stalled past the timeout after the restore", "phase=commit", func(e *faultEnv) {
+		{"source agent killed", func(e *faultEnv) { e.migrate.Process.Kill() }, nil},
+		{"destination stalled 7 s", func(e *faultEnv) {
 			p := e.service().Cmd.Process
 			p.Signal(syscall.SIGSTOP)
-			time.Sleep(12 * time.Second) // past the source's --timeout and its reconnecting
+			time.Sleep(7 * time.Second) // past the source's --timeout (5 s)
 			p.Signal(syscall.SIGCONT)
 		}, nil},
 	}
+	var cells []cell
+	for _, f := range faults {
+		for _, p := range phases {
+			cells = append(cells, cell{f.name + " at " + p.name, p.trigger, f.fault, f.after})
+		}
+	}
+	cells = append(cells,
+		cell{"link cut until the source gave up at page stream", "phase=transfer", func(e *faultEnv) { e.h.LinkDown(e.t) }, func(e *faultEnv) { e.h.LinkUp(e.t) }},
+		cell{"service killed, restarted after the source gave up, at restore", "phase=restore", func(e *faultEnv) { e.service().Kill() }, func(e *faultEnv) { e.restart() }},
+		cell{"source CRIU killed at page stream", "phase=transfer", func(e *faultEnv) { killCRIU(e.t, e.migrate.Process.Pid) }, nil},
+		cell{"destination CRIU killed at restore", "phase=restore", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
+		cell{"work dir full", "phase=restore", func(e *faultEnv) {}, nil}, // see setups
+	)
 	for _, c := range cells {
 		t.Run(c.name, func(t *testing.T) {
 			h := twohosts.New(t)

@@ -167,6 +167,9 @@ func ResolveAt(ctx context.Context, addr string, conf *tls.Config, id string, co
 			// Nothing of it there: the destination cleaned up itself.
 			return &Resolution{ID: id, State: StateAborted, Already: true}, nil
 		}
+		if f.Phase == phaseInFlight {
+			return nil, fmt.Errorf("%w: %s", ErrInFlight, f.Message)
+		}
 		return nil, &RemoteError{Phase: f.Phase, Message: f.Message}
 	}
 	r := msg.GetResolved()
@@ -191,6 +194,10 @@ func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (
 // phaseInFlight is the Failure phase of a Resolve for a migration still in
 // flight: the source retries.
 const phaseInFlight = "in flight"
+
+// ErrInFlight: the destination is still working on the migration (it
+// settles itself, or will be in doubt shortly): ask again in a moment.
+var ErrInFlight = errors.New("the migration is still in flight on the destination")
 
 // phaseNotHere is the Failure phase of a Resolve for a migration the
 // service has no record of.

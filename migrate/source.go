@@ -539,7 +539,7 @@ func (m *source) reconnect(ctx context.Context, lost error) (int, error) {
 			return r.Pid, nil
 		}
 		var re *RemoteError
-		if errors.As(err, &re) && re.Phase != phaseInFlight {
+		if errors.As(err, &re) {
 			return 0, fmt.Errorf("%v; then the destination refused to resume its copy: %w", lost, err)
 		}
 		last = err
