@@ -171,6 +171,9 @@ func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error 
 }
 
 func (in *incoming) fail(phase string, err error) error {
+	// Listed as failed before the source hears it: it may ask phaul
+	// status right away.
+	in.d.reg.end(in.id, StateFailed, fmt.Errorf("%s: %w", phase, err), !in.checkOnly)
 	f := &pb.Failure{Phase: phase, Message: err.Error()}
 	var ce *criu.Error
 	if errors.As(err, &ce) {
@@ -453,6 +456,7 @@ func (in *incoming) run(ctx context.Context) error {
 		in.log.Warn("the tree runs, but its state could not be recorded", "err", err)
 	}
 	reap(res.Pid)
+	in.d.reg.end(in.id, StateDone, nil, true) // before the source hears it
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: int32(res.Pid)}}}); err != nil {
 		in.log.Warn("could not confirm to the source", "err", err)
 	}
