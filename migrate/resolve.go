@@ -306,6 +306,12 @@ func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
 	default:
 		if alive {
 			proc.SignalTree(f.Pid, unix.SIGKILL)
+			// Say "aborted" only once the copy is gone.
+			for deadline := time.Now().Add(5 * time.Second); proc.Same(f.Pid, f.PidStart); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					return nil, fmt.Errorf("migration %s: the stopped copy (pid %d) does not die", id, f.Pid)
+				}
+			}
 		}
 		os.RemoveAll(dir)
 		d.reg.settled(id, StateAborted)
