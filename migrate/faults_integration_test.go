@@ -138,6 +138,11 @@ func TestFaultMatrix(t *testing.T) {
 		cell{"service killed, restarted after the source gave up, at restore", "phase=restore", func(e *faultEnv) { e.service().Kill() }, func(e *faultEnv) { e.restart() }},
 		cell{"source CRIU killed at page stream", "phase=transfer", func(e *faultEnv) { killCRIU(e.t, e.migrate.Process.Pid) }, nil},
 		cell{"destination CRIU killed at restore", "phase=restore", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
+		// CRIU waits at post-dump, the tree frozen, while the destination
+		// restores: killed there, it releases the tree.
+		cell{"source CRIU killed at restore", "phase=restore", func(e *faultEnv) { killCRIU(e.t, e.migrate.Process.Pid) }, nil},
+		// The destination's CRIU page server, receiving the pages.
+		cell{"destination CRIU killed at page stream", "phase=transfer", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
 		cell{"work dir full", "phase=restore", func(e *faultEnv) {}, nil}, // see setups
 	)
 	for _, c := range cells {
