@@ -261,6 +261,9 @@ func TestFaultMatrix(t *testing.T) {
 			if m := svc.Migrations(); len(m) > len(b) {
 				t.Errorf("left on the service: %v", m)
 			}
+			if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), svc.WorkDir+"/") {
+				t.Errorf("an images tmpfs is still mounted below %s", svc.WorkDir)
+			}
 		})
 	}
 }

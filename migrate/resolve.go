@@ -338,9 +338,16 @@ func (d *Destination) recover() {
 		if json.Unmarshal(data, &f) != nil || validID(f.ID) != nil || filepath.Base(dir) != f.ID {
 			continue
 		}
+		// Whatever its state, the images tmpfs of a migration the
+		// earlier run did not finish is not needed any more.
+		images := filepath.Join(dir, "images")
+		if unix.Unmount(images, unix.MNT_DETACH) == nil {
+			d.o.Logger.Info("unmounted the images of a migration the service did not finish", "migration", f.ID)
+		}
 		switch f.State {
+		case "running": // done, but the service died before its cleanup
+			os.RemoveAll(images)
 		case "receiving":
-			unix.Unmount(filepath.Join(dir, "images"), unix.MNT_DETACH)
 			if f.Pid > 0 && proc.Same(f.Pid, f.PidStart) {
 				proc.SignalTree(f.Pid, unix.SIGKILL)
 			}
@@ -352,7 +359,6 @@ func (d *Destination) recover() {
 			d.reg.settled(f.ID, StateInterrupted)
 			d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)
 		case "restored":
-			unix.Unmount(filepath.Join(dir, "images"), unix.MNT_DETACH)
 			f.State = "in-doubt"
 			if err := writeState(dir, f); err != nil {
 				d.o.Logger.Warn("cannot record the doubt (restored, on disk, means the same)", "migration", f.ID, "err", err)
