@@ -54,24 +54,9 @@ func writeDecision(workDir string, d Decision) error {
 	}
 	d.Time = time.Now().UTC()
 	data, _ := json.Marshal(d)
-	tmp := filepath.Join(dir, d.ID+".json.tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync() // it must survive a crash of this host
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, d.ID+".json"))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("record the decision to commit: %w", err)
+	// It must survive a crash of this host.
+	if err := writeDurable(filepath.Join(dir, d.ID+".json"), data); err != nil {
+		return fmt.Errorf("record the decision (%s): %w", d.State, err)
 	}
 	return nil
 }
@@ -268,15 +253,11 @@ func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
 		return nil, &phaseError{phaseInFlight, fmt.Errorf("migration %s is in flight here: it settles itself", id)}
 	}
 	dir := filepath.Join(d.o.WorkDir, id)
-	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	f, err := readState(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, &phaseError{phaseNotHere, fmt.Errorf("migration %s: %w (it failed or was aborted, and its copy here is gone)", id, errNotHere)}
 	} else if err != nil {
 		return nil, err
-	}
-	var f stateFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("migration %s: state.json: %w", id, err)
 	}
 	res := &pb.Resolved{MigrationId: id}
 	switch {
@@ -327,17 +308,7 @@ func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
 // not resumed is kept stopped and recorded in doubt, for the source or an
 // operator to resolve.
 func (d *Destination) recover() {
-	paths, _ := filepath.Glob(filepath.Join(d.o.WorkDir, "*", "state.json"))
-	for _, p := range paths {
-		dir := filepath.Dir(p)
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		var f stateFile
-		if json.Unmarshal(data, &f) != nil || validID(f.ID) != nil || filepath.Base(dir) != f.ID {
-			continue
-		}
+	forEachState(d.o.WorkDir, func(dir string, f stateFile) {
 		// Whatever its state, the images tmpfs of a migration the
 		// earlier run did not finish is not needed any more.
 		images := filepath.Join(dir, "images")
@@ -368,7 +339,7 @@ func (d *Destination) recover() {
 		case "in-doubt":
 			d.o.Logger.Warn("a migration is in doubt: its copy stays stopped until resolved", "migration", f.ID, "pid", f.Pid)
 		}
-	}
+	})
 }
 
 // killInCgroups kills the tasks in the cgroups the service made for

@@ -148,10 +148,20 @@ type stateFile struct {
 func writeState(dir string, f stateFile) error {
 	f.Time = time.Now().UTC()
 	data, _ := json.Marshal(f)
-	tmp := filepath.Join(dir, "state.json.tmp")
+	if err := writeDurable(filepath.Join(dir, "state.json"), data); err != nil {
+		return fmt.Errorf("record the migration's state: %w", err)
+	}
+	return nil
+}
+
+// writeDurable replaces path with data: written to a temporary file,
+// synced, then renamed, so that a crash leaves the old or the new content
+// and never a part of it.
+func writeDurable(path string, data []byte) error {
+	tmp := path + ".tmp"
 	w, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("record the migration's state: %w", err)
+		return err
 	}
 	_, err = w.Write(data)
 	if err == nil {
@@ -161,29 +171,47 @@ func writeState(dir string, f stateFile) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, "state.json"))
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("record the migration's state: %w", err)
 	}
-	return nil
+	return err
+}
+
+// readState reads dir/state.json, which must be that of the migration the
+// directory is named after.
+func readState(dir string) (stateFile, error) {
+	var f stateFile
+	data, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return f, err
+	}
+	if err := json.Unmarshal(data, &f); err != nil {
+		return f, fmt.Errorf("%s/state.json: %w", dir, err)
+	}
+	if validID(f.ID) != nil || filepath.Base(dir) != f.ID {
+		return f, fmt.Errorf("%s/state.json: not the state of migration %s", dir, filepath.Base(dir))
+	}
+	return f, nil
+}
+
+// forEachState calls fn with each migration directory of workDir whose
+// state.json reads.
+func forEachState(workDir string, fn func(dir string, f stateFile)) {
+	paths, _ := filepath.Glob(filepath.Join(workDir, "*", "state.json"))
+	for _, p := range paths {
+		if f, err := readState(filepath.Dir(p)); err == nil {
+			fn(filepath.Dir(p), f)
+		}
+	}
 }
 
 // fromDisk lists the migrations recorded in the work directory, as the
 // service reports them.
 func fromDisk(workDir string) []*pb.MigrationState {
-	paths, _ := filepath.Glob(filepath.Join(workDir, "*", "state.json"))
 	var out []*pb.MigrationState
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		var f stateFile
-		if json.Unmarshal(data, &f) != nil || validID(f.ID) != nil {
-			continue
-		}
+	forEachState(workDir, func(_ string, f stateFile) {
 		st := &pb.MigrationState{Id: f.ID, Pid: int32(f.Pid), SourceHost: f.SourceHost, Peer: f.Peer,
 			Comm: f.Comm, SourcePid: int32(f.SourcePid), StartedUnixNano: unixNano(f.Started)}
 		switch f.State {
@@ -195,7 +223,7 @@ func fromDisk(workDir string) []*pb.MigrationState {
 			st.State, st.Phase, st.EndedUnixNano = StateInterrupted, f.State, unixNano(f.Time)
 		}
 		out = append(out, st)
-	}
+	})
 	return out
 }
 
