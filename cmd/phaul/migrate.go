@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
@@ -37,10 +38,22 @@ const migrateExit = `0  the workload runs on the destination and not on the sour
 4  the checks failed for good (nothing was frozen): see the failed checks
 5  the checks failed for now (nothing was frozen): retry later, or use --retry-transient N`
 
-// checkFlags are the flags migrate and check share.
-func checkFlags(fs *pflag.FlagSet) {
+// tlsFlags are the flags of the commands that talk to a phaul-service.
+func tlsFlags(fs *pflag.FlagSet) {
 	fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
 	fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")
+}
+
+// clientTLS is the TLS configuration tlsFlags ask for.
+func clientTLS(fs *pflag.FlagSet) (*tls.Config, error) {
+	dir, _ := fs.GetString("tls-dir")
+	name, _ := fs.GetString("server-name")
+	return transport.ClientTLS(dir, name)
+}
+
+// checkFlags are the flags migrate and check share.
+func checkFlags(fs *pflag.FlagSet) {
+	tlsFlags(fs)
 	fs.Bool("json", false, "print the report as one JSON object")
 	fs.Bool("shell-job", false, "force CRIU's shell-job mode (phaul turns it on by itself when a task's session or process group leader is outside the tree)")
 	fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
@@ -89,8 +102,6 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 		return migrate.Options{}, err
 	}
 	o := migrate.Options{Pid: pid, Addr: args[1], Logger: env.Logger}
-	tlsDir, _ := fs.GetString("tls-dir")
-	serverName, _ := fs.GetString("server-name")
 	o.ShellJob, _ = fs.GetBool("shell-job")
 	o.TCPEstablished, _ = fs.GetBool("tcp-established")
 	o.CgroupRoot, _ = fs.GetString("cgroup-root")
@@ -116,7 +127,7 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 	if o.CPUCap, err = parseCPUCap(capStr); err != nil {
 		return o, cli.Usagef("%v", err)
 	}
-	if o.TLS, err = transport.ClientTLS(tlsDir, serverName); err != nil {
+	if o.TLS, err = clientTLS(fs); err != nil {
 		return o, err
 	}
 	c, host, err := criu.New(ctx, criu.Options{Logger: env.Logger})

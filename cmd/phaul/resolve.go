@@ -11,7 +11,6 @@ import (
 
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/migrate"
-	"github.com/phaul/phaul/transport"
 )
 
 var resolveCmd = &cli.Command{
@@ -37,8 +36,7 @@ host lost) say commit or abort yourself, and --dest.`,
 2  bad command line, or no record and no decision given`,
 	Flags: func(fs *pflag.FlagSet) {
 		fs.String("dest", "", "the destination HOST:PORT (default: from the source's record)")
-		fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
-		fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")
+		tlsFlags(fs)
 		fs.String("work-dir", "/var/tmp/phaul", "the work dir of the migration on the source (its records are in WORK_DIR/decisions)")
 		fs.Bool("json", false, "print one JSON object: id, state (done or aborted), pid, already, decided_by")
 		fs.Duration("timeout", 30*time.Second, "longest wait for the destination")
@@ -84,9 +82,7 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	if dest == "" {
 		return cli.Usagef("resolve: which destination? (--dest HOST:PORT)")
 	}
-	tlsDir, _ := fs.GetString("tls-dir")
-	serverName, _ := fs.GetString("server-name")
-	conf, err := transport.ClientTLS(tlsDir, serverName)
+	conf, err := clientTLS(fs)
 	if err != nil {
 		return fmt.Errorf("resolve: %w", err)
 	}

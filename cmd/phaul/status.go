@@ -10,7 +10,6 @@ import (
 
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/migrate"
-	"github.com/phaul/phaul/transport"
 )
 
 var statusCmd = &cli.Command{
@@ -38,8 +37,7 @@ the finished and in-doubt ones recorded in its work directory too.`,
 2  bad command line
 3  listed, and at least one migration is in doubt`,
 	Flags: func(fs *pflag.FlagSet) {
-		fs.String("tls-dir", defaultTLSDir, "directory made by `phaul certs` (uses ca.pem, client.pem, client-key.pem)")
-		fs.String("server-name", "", "name to verify in the service's certificate (default "+transport.TLSServerName+")")
+		tlsFlags(fs)
 		fs.Bool("json", false, "print one JSON object (docs/json.md)")
 		fs.Duration("timeout", 30*time.Second, "longest wait for the service")
 	},
@@ -50,11 +48,9 @@ func runStatus(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []stri
 	if len(args) != 1 {
 		return cli.Usagef("status needs HOST:PORT")
 	}
-	tlsDir, _ := fs.GetString("tls-dir")
-	serverName, _ := fs.GetString("server-name")
 	asJSON, _ := fs.GetBool("json")
 	timeout, _ := fs.GetDuration("timeout")
-	conf, err := transport.ClientTLS(tlsDir, serverName)
+	conf, err := clientTLS(fs)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
