@@ -36,13 +36,8 @@ func runCheck(t *testing.T, h *twohosts.Hosts, pid int, addr string, flags ...st
 	t.Helper()
 	args := append([]string{filepath.Join(h.Bin, "phaul"), "check", "--json", "--tls-dir", h.TLS}, flags...)
 	args = append(args, strconv.Itoa(pid), addr)
-	out, err := h.Command("a", args...).Output()
-	r := &checkResult{}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.exit = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	out, _, code := twohosts.Run(t, h.Command("a", args...))
+	r := &checkResult{exit: code}
 	if err := json.Unmarshal(out, r); err != nil {
 		t.Fatalf("phaul check --json: %v\n%s", err, out)
 	}

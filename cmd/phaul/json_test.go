@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -49,20 +48,11 @@ func TestJSONOutputsMatchSchemas(t *testing.T) {
 	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child"}})
 	phaul := func(t *testing.T, wantExit int, args ...string) []byte {
 		t.Helper()
-		cmd := h.Command("a", append([]string{filepath.Join(h.Bin, "phaul")}, args...)...)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		out, errb, code := twohosts.Run(t, h.Command("a", append([]string{filepath.Join(h.Bin, "phaul")}, args...)...))
 		if code != wantExit {
-			t.Fatalf("phaul %v: exit %d, want %d\n%s\n%s", args, code, wantExit, out.String(), errb.String())
+			t.Fatalf("phaul %v: exit %d, want %d\n%s\n%s", args, code, wantExit, out, errb)
 		}
-		return out.Bytes()
+		return out
 	}
 	pid := strconv.Itoa(w.Pid)
 	tls := "--tls-dir=" + h.TLS

@@ -517,20 +517,28 @@ func (h *Hosts) Migrate(t testing.TB, ctx context.Context, pid int, addr string,
 		"--work-dir", filepath.Join(h.Dir, "source"), "--timeout", "30s"}, flags...)
 	args = append(args, strconv.Itoa(pid), addr)
 	cmd := h.CommandContext(ctx, "a", args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	err := cmd.Run()
-	r := &Result{Stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.ExitCode = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run phaul migrate: %v", err)
-	}
-	if err := json.Unmarshal(out.Bytes(), &r.Report); err != nil {
-		t.Fatalf("phaul migrate --json printed no JSON (%v):\nstdout %s\nstderr %s", err, out.String(), r.Stderr)
+	out, errb, code := Run(t, cmd)
+	r := &Result{Stderr: string(errb), ExitCode: code}
+	if err := json.Unmarshal(out, &r.Report); err != nil {
+		t.Fatalf("phaul migrate --json printed no JSON (%v):\nstdout %s\nstderr %s", err, out, r.Stderr)
 	}
 	return r
+}
+
+// Run runs cmd and returns what it printed and its exit status; only a
+// command that cannot run at all fails the test.
+func Run(t testing.TB, cmd *exec.Cmd) (stdout, stderr []byte, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run %s: %v", cmd.Path, err)
+	}
+	return out.Bytes(), errb.Bytes(), code
 }
 
 // Request sends one line to a workload's TCP server from host.
@@ -579,19 +587,10 @@ func (l *lockedBuffer) String() string {
 // what it printed and its exit status.
 func (h *Hosts) Status(t testing.TB, addr string) (*migrate.ServiceStatus, int) {
 	t.Helper()
-	cmd := h.Command("a", filepath.Join(h.Bin, "phaul"), "status", "--json", "--tls-dir", h.TLS, addr)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run phaul status: %v", err)
-	}
+	out, errb, code := Run(t, h.Command("a", filepath.Join(h.Bin, "phaul"), "status", "--json", "--tls-dir", h.TLS, addr))
 	var st migrate.ServiceStatus
-	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
-		t.Fatalf("phaul status --json printed no JSON (exit %d, %v):\nstdout %s\nstderr %s", code, err, out.String(), errb.String())
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("phaul status --json printed no JSON (exit %d, %v):\nstdout %s\nstderr %s", code, err, out, errb)
 	}
 	return &st, code
 }
