@@ -151,7 +151,6 @@ type incoming struct {
 	restored     int  // root pid of the restored, stopped tree
 	// restoredStart is its start time (proc.Stat.StartTime).
 	restoredStart uint64
-	state         string
 	mode          rpc.CriuCgMode // CRIU's cgroup mode for this migration
 	ttyMode       tty.Mode
 	terms         *terminals
@@ -532,7 +531,6 @@ func endState(in *incoming, err error) string {
 // migration survives a restart of the service, and Status lists the
 // finished ones after one.
 func (in *incoming) record(state string) error {
-	in.state = state
 	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, SourceHost: in.sourceHost,
 		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
 	if in.prep != nil {

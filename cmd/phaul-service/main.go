@@ -114,7 +114,7 @@ or config file.
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	log, err := cli.NewLoggerFormat(stderr, level, o.logFormat)
+	log, err := cli.NewLogger(stderr, level, o.logFormat)
 	if err != nil {
 		return cli.Usagef("--log-format: %v", err)
 	}

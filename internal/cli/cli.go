@@ -154,7 +154,7 @@ func Main(ctx context.Context, prog, about string, cmds []*Command, args []strin
 	case v == 1:
 		level = slog.LevelInfo
 	}
-	log, err := NewLoggerFormat(stderr, level, logFormat)
+	log, err := NewLogger(stderr, level, logFormat)
 	if err != nil {
 		return Usagef("%s %s: --log-format: %v", prog, cmd.Name, err)
 	}
@@ -218,18 +218,11 @@ func printUsage(w io.Writer, prog, about string, cmds []*Command) {
 	fmt.Fprintf(w, "\nRun `%s COMMAND --help` for a command's flags.\n\nExit status: 0 success, 1 failure, 2 bad command line (see each command's help for more).\n", prog)
 }
 
-// NewLogger returns a logger in the automatic format (NewLoggerFormat
-// "auto").
-func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
-	l, _ := NewLoggerFormat(w, level, "auto")
-	return l
-}
-
-// NewLoggerFormat returns a slog logger writing to w as format says: "text"
+// NewLogger returns a slog logger writing to w as format says: "text"
 // (key=value), "json" (one object per line), or "auto": JSON when w is the
 // journal's stream (JOURNAL_STREAM names its device and inode, as systemd
 // sets it for a service), text otherwise.
-func NewLoggerFormat(w io.Writer, level slog.Level, format string) (*slog.Logger, error) {
+func NewLogger(w io.Writer, level slog.Level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: level}
 	switch format {
 	case "text":

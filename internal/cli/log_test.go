@@ -38,7 +38,7 @@ func TestLoggerFormat(t *testing.T) {
 			t.Setenv("JOURNAL_STREAM", tt.env)
 			f.Truncate(0)
 			f.Seek(0, 0)
-			log, err := NewLoggerFormat(f, slog.LevelInfo, tt.format)
+			log, err := NewLogger(f, slog.LevelInfo, tt.format)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -54,7 +54,7 @@ func TestLoggerFormat(t *testing.T) {
 			}
 		})
 	}
-	if _, err := NewLoggerFormat(f, slog.LevelInfo, "xml"); err == nil || !strings.Contains(err.Error(), "want text, json or auto") {
+	if _, err := NewLogger(f, slog.LevelInfo, "xml"); err == nil || !strings.Contains(err.Error(), "want text, json or auto") {
 		t.Errorf("unknown format: %v", err)
 	}
 }
