@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/criuimg"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
@@ -452,12 +453,7 @@ func writeCore(t testing.TB, dir string, pid int, mutate func(*creds.CredsEntry)
 	core := &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum(),
 		ThreadCore: &criucore.ThreadCoreEntry{FutexRla: proto.Uint64(0), FutexRlaLen: u(0), Creds: ce}}
 	img := &crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}
-	out, err := os.Create(filepath.Join(dir, "core-1.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	if err := crit.New(nil, out, "", false, false).Encode(img); err != nil {
+	if err := criuimg.Write(filepath.Join(dir, "core-1.img"), img); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,7 +1,7 @@
 // Package criuimg reads CRIU image files that arrive from the network,
 // checking their framing before go-criu's decoder sees them: that decoder
 // allocates whatever an entry's size field says (FuzzDetachSessions found
-// a few bytes making it ask for GiBs).
+// a few bytes making it ask for GiBs). It also writes images back.
 package criuimg
 
 import (
@@ -76,4 +76,25 @@ func checkFraming(f *os.File, magic string) error {
 		off += size
 	}
 	return nil
+}
+
+// Write replaces the image at path with img (encoded to a temporary file,
+// then renamed over it).
+func Write(path string, img *crit.CriuImage) error {
+	tmp := path + ".phaul"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = crit.New(nil, f, "", false, false).Encode(img)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }

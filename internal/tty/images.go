@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	ttyimg "github.com/checkpoint-restore/go-criu/v7/crit/images/tty"
 	"google.golang.org/protobuf/proto"
@@ -52,20 +51,7 @@ func DetachSessions(dir string) (int, error) {
 	if changed == 0 {
 		return 0, nil
 	}
-	tmp := path + ".phaul"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("rewrite %s: %w", path, err)
-	}
-	err = crit.New(nil, f, "", false, false).Encode(img)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := criuimg.Write(path, img); err != nil {
 		return 0, fmt.Errorf("rewrite %s: %w", path, err)
 	}
 	return changed, nil

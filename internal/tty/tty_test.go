@@ -100,12 +100,7 @@ func writeImage(t testing.TB, path, magic string, entries ...proto.Message) {
 	for _, e := range entries {
 		img.Entries = append(img.Entries, &crit.CriuEntry{Message: e})
 	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := crit.New(nil, f, "", false, false).Encode(img); err != nil {
+	if err := criuimg.Write(path, img); err != nil {
 		t.Fatal(err)
 	}
 }
