@@ -438,7 +438,7 @@ func TestFakeReusedIDKeepsEarlierMigration(t *testing.T) {
 // changed by mutate (if set).
 func writeCore(t testing.TB, dir string, pid int, mutate func(*creds.CredsEntry)) {
 	t.Helper()
-	c, err := proc.ReadCreds(pid)
+	c, err := proc.ReadStatus(pid)
 	if err != nil {
 		t.Fatal(err)
 	}

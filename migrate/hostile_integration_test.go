@@ -335,14 +335,14 @@ func TestMigrateKeepsReducedPrivileges(t *testing.T) {
 	svc := h.StartServiceInPidns(t)
 	w := h.StartWorkload(t, twohosts.WorkloadOptions{FromShell: true,
 		Wrap: []string{"setpriv", "--inh-caps=-all", "--bounding-set=-all", "--groups=4,27"}})
-	src, err := proc.ReadCreds(w.Pid)
+	src, err := proc.ReadStatus(w.Pid)
 	if err != nil || src.CapEff != 0 || src.CapBnd != 0 {
 		t.Fatalf("the workload kept capabilities: %+v %v", src, err)
 	}
 	st, _ := testutil.ReadState(w.State)
 	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr)
 	dest := assertRunsOn(t, h, svc, w, r, st)
-	got, err := proc.ReadCreds(dest)
+	got, err := proc.ReadStatus(dest)
 	if err != nil || got.CapEff != 0 || got.CapPrm != 0 || got.CapBnd != 0 || fmt.Sprint(got.Groups) != fmt.Sprint(src.Groups) {
 		t.Errorf("restored credentials %+v, source %+v (%v)", got, src, err)
 	}

@@ -146,7 +146,7 @@ func FuzzCheckCreds(f *testing.F) {
 	f.Add(good)
 	f.Add(good[:12])
 	f.Add([]byte{})
-	c, _ := proc.ReadCreds(os.Getpid())
+	c, _ := proc.ReadStatus(os.Getpid())
 	facts := &pb.SourceFacts{Tasks: []*pb.TaskFact{{CapInh: c.CapInh, CapPrm: c.CapPrm, CapEff: c.CapEff, CapBnd: c.CapBnd,
 		Uids: c.Uids, Gids: c.Gids, Groups: c.Groups}}}
 	f.Fuzz(func(t *testing.T, core []byte) {

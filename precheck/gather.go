@@ -93,8 +93,9 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 		if err != nil {
 			continue
 		}
-		tf := &pb.TaskFact{Pid: int32(p), Comm: st.Comm, State: string(st.State), Tracer: int32(proc.TracerPid(p))}
-		if c, err := proc.ReadCreds(p); err == nil {
+		tf := &pb.TaskFact{Pid: int32(p), Comm: st.Comm, State: string(st.State)}
+		if c, err := proc.ReadStatus(p); err == nil {
+			tf.Tracer = int32(c.TracerPid)
 			tf.CapInh, tf.CapPrm, tf.CapEff, tf.CapBnd, tf.Uids, tf.Gids, tf.Groups = c.CapInh, c.CapPrm, c.CapEff, c.CapBnd, c.Uids, c.Gids, c.Groups
 		}
 		if own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", p)); own != "" {

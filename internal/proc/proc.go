@@ -137,21 +137,6 @@ func ValidateTarget(pid int) error {
 	return nil
 }
 
-// TracerPid returns the PID tracing pid (from /proc/PID/status), or 0.
-func TracerPid(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "TracerPid:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	return 0
-}
-
 // Same reports whether pid is alive (not a zombie) and is the process that
 // started at start (a StartTime).
 func Same(pid int, start uint64) bool {
@@ -159,25 +144,28 @@ func Same(pid int, start uint64) bool {
 	return err == nil && st.StartTime == start && st.State != 'Z' && st.State != 'X'
 }
 
-// Creds are a task's credentials as /proc/PID/status shows them.
-type Creds struct {
+// Status is what phaul reads of /proc/PID/status: the tracer and the
+// credentials.
+type Status struct {
+	TracerPid                      int // 0 when not traced
 	CapInh, CapPrm, CapEff, CapBnd uint64
 	Uids, Gids                     []uint32 // real, effective, saved, filesystem
 	Groups                         []uint32 // supplementary
 }
 
-// ReadCreds reads pid's credentials.
-func ReadCreds(pid int) (Creds, error) {
+// ReadStatus reads /proc/PID/status.
+func ReadStatus(pid int) (Status, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return Creds{}, err
+		return Status{}, err
 	}
-	return ParseCreds(string(data))
+	return ParseStatus(string(data))
 }
 
-// ParseCreds parses the credentials out of /proc/PID/status.
-func ParseCreds(status string) (Creds, error) {
-	var c Creds
+// ParseStatus parses the content of /proc/PID/status; the credential lines
+// must be there.
+func ParseStatus(status string) (Status, error) {
+	var c Status
 	seen := 0
 	for _, line := range strings.Split(status, "\n") {
 		key, v, ok := strings.Cut(line, ":")
@@ -187,6 +175,9 @@ func ParseCreds(status string) (Creds, error) {
 		v = strings.TrimSpace(v)
 		var caps *uint64
 		switch key {
+		case "TracerPid":
+			c.TracerPid, _ = strconv.Atoi(v)
+			continue
 		case "CapInh":
 			caps = &c.CapInh
 		case "CapPrm":
@@ -200,7 +191,7 @@ func ParseCreds(status string) (Creds, error) {
 			for _, f := range strings.Fields(v) {
 				n, err := strconv.ParseUint(f, 10, 32)
 				if err != nil {
-					return Creds{}, fmt.Errorf("status %s: %w", key, err)
+					return Status{}, fmt.Errorf("status %s: %w", key, err)
 				}
 				ids = append(ids, uint32(n))
 			}
@@ -220,13 +211,13 @@ func ParseCreds(status string) (Creds, error) {
 		}
 		n, err := strconv.ParseUint(v, 16, 64)
 		if err != nil {
-			return Creds{}, fmt.Errorf("status %s: %w", key, err)
+			return Status{}, fmt.Errorf("status %s: %w", key, err)
 		}
 		*caps = n
 		seen++
 	}
 	if seen != 6 {
-		return Creds{}, fmt.Errorf("status: %d of the 6 credential lines", seen)
+		return Status{}, fmt.Errorf("status: %d of the 6 credential lines", seen)
 	}
 	return c, nil
 }
