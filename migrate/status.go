@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phaul/phaul/internal/atomicfile"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/transport"
 )
@@ -154,29 +155,12 @@ func writeState(dir string, f stateFile) error {
 	return nil
 }
 
-// writeDurable replaces path with data: written to a temporary file,
-// synced, then renamed, so that a crash leaves the old or the new content
-// and never a part of it.
+// writeDurable replaces path with data, synced to the disk first.
 func writeDurable(path string, data []byte) error {
-	tmp := path + ".tmp"
-	w, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+	return atomicfile.Write(path, true, func(f *os.File) error {
+		_, err := f.Write(data)
 		return err
-	}
-	_, err = w.Write(data)
-	if err == nil {
-		err = w.Sync()
-	}
-	if cerr := w.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	})
 }
 
 // readState reads dir/state.json, which must be that of the migration the

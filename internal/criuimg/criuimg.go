@@ -12,6 +12,8 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/internal/atomicfile"
 )
 
 // MaxSize bounds the images read here (pstree, tty-info, core: a few KiB
@@ -78,23 +80,9 @@ func checkFraming(f *os.File, magic string) error {
 	return nil
 }
 
-// Write replaces the image at path with img (encoded to a temporary file,
-// then renamed over it).
+// Write replaces the image at path with img.
 func Write(path string, img *crit.CriuImage) error {
-	tmp := path + ".phaul"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	err = crit.New(nil, f, "", false, false).Encode(img)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return atomicfile.Write(path, false, func(f *os.File) error {
+		return crit.New(nil, f, "", false, false).Encode(img)
+	})
 }
