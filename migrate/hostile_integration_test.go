@@ -139,6 +139,14 @@ func image(name string, size uint64, content []byte) []byte {
 func TestHostilePeers(t *testing.T) {
 	h := twohosts.New(t)
 	svc := h.StartService(t, "--timeout", "10s")
+	// sendImage opens migration id as phaul would, then sends one image
+	// file (its frame) on the images stream.
+	sendImage := func(id string, file []byte) func(c *hostile) {
+		return func(c *hostile) {
+			c.prepared(id, 1<<20)
+			c.open(transport.KindImages).Write(file)
+		}
+	}
 	hello := func(id string) *pb.Envelope {
 		return &pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{ProtocolVersion: transport.ProtocolVersion, MigrationId: id}}}
 	}
@@ -165,22 +173,10 @@ func TestHostilePeers(t *testing.T) {
 			c.recv()
 			c.send(&pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}})
 		}, "want Prepare"},
-		{"image name with ..", func(c *hostile) {
-			c.prepared("00000000000000a3", 1<<20)
-			c.open(transport.KindImages).Write(image("../../escaped.img", 1, []byte("x")))
-		}, "bad image"},
-		{"absolute image name", func(c *hostile) {
-			c.prepared("00000000000000a4", 1<<20)
-			c.open(transport.KindImages).Write(image("/tmp/escaped.img", 1, []byte("x")))
-		}, "bad image"},
-		{"image name with odd characters", func(c *hostile) {
-			c.prepared("00000000000000a5", 1<<20)
-			c.open(transport.KindImages).Write(image("core\n1.img", 1, []byte("x")))
-		}, "bad image"},
-		{"image larger than allowed", func(c *hostile) {
-			c.prepared("00000000000000a6", 1<<20)
-			c.open(transport.KindImages).Write(image("core-1.img", 1<<40, nil))
-		}, "bad image"},
+		{"image name with ..", sendImage("00000000000000a3", image("../../escaped.img", 1, []byte("x"))), "bad image"},
+		{"absolute image name", sendImage("00000000000000a4", image("/tmp/escaped.img", 1, []byte("x"))), "bad image"},
+		{"image name with odd characters", sendImage("00000000000000a5", image("core\n1.img", 1, []byte("x"))), "bad image"},
+		{"image larger than allowed", sendImage("00000000000000a6", image("core-1.img", 1<<40, nil)), "bad image"},
 		{"endless images stream", func(c *hostile) {
 			// 1 MiB announced: the images tmpfs holds that and a margin,
 			// and the stream that never ends fills it.
