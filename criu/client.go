@@ -220,6 +220,11 @@ type DumpResult struct {
 // point where the dump can be rolled back, by refusing it in Notify (or by
 // cancelling ctx), which makes CRIU resume the tasks. Unless
 // Opts.LeaveRunning is set, the tasks are killed when Dump succeeds.
+//
+// Dumps of trees whose roots share a working directory in which CRIU
+// mounts a /proc (a tree in a PID namespace without a /proc of its own)
+// run one at a time, across processes: a second one waits, before
+// anything is frozen, until ctx ends.
 func (c *Client) Dump(ctx context.Context, r Request) (*DumpResult, error) {
 	if r.Opts == nil || r.Opts.GetPid() <= 0 {
 		return nil, errors.New("criu dump: no pid given")
@@ -227,6 +232,11 @@ func (c *Client) Dump(ctx context.Context, r Request) (*DumpResult, error) {
 	opts := proto.Clone(r.Opts).(*rpc.CriuOpts)
 	opts.NotifyScripts = proto.Bool(true)
 	r.Opts = opts
+	unlock, err := c.lockDump(ctx, int(opts.GetPid()))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	resp, log, err := c.do(ctx, "dump", rpc.CriuReqType_DUMP, &r)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
 )
 
@@ -389,5 +390,72 @@ func TestCPUInfo(t *testing.T) {
 	var ce *criu.Error
 	if !errors.As(err, &ce) || len(ce.Lines) == 0 {
 		t.Fatalf("cpuinfo check without an image: want a CRIU error with its log lines, got %v", err)
+	}
+}
+
+// TestDumpsInOneWorkingDirectoryTakeTurns: CRIU's parasite mounts a /proc
+// at proc.crtools in the working directory of a tree in a PID namespace
+// without its own /proc, so two such dumps at once of trees sharing that
+// directory collide ("Can't create a directory (-17)") unless Dump runs
+// them one after the other; a dump waiting for its turn honours ctx and
+// leaves its tree running.
+func TestDumpsInOneWorkingDirectoryTakeTurns(t *testing.T) {
+	c, _ := testutil.CRIU(t)
+	dir := t.TempDir()
+	var pids []int
+	for i := 0; i < 2; i++ {
+		w := testutil.StartWorkload(t, testutil.WorkloadOptions{PidNS: true, Dir: dir})
+		pids = append(pids, w.Cmd.Process.Pid)
+	}
+	p, err := proc.ReadParasiteProc(pids[0])
+	if err != nil || !p.Mounts {
+		t.Fatalf("the workload's facts: %+v, %v; want a /proc for CRIU to mount", p, err)
+	}
+	for round := 0; round < 4; round++ {
+		var wg sync.WaitGroup
+		errs := make([]error, len(pids))
+		for i, pid := range pids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				opts := dumpOpts(pid)
+				opts.LeaveRunning = proto.Bool(true)
+				_, errs[i] = c.Dump(context.Background(), criu.Request{ImagesDir: t.TempDir(), Opts: opts})
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, dump of %d: %v", round, pids[i], err)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, proc.ParasiteProcDir)); err == nil {
+		t.Errorf("%s left in the working directory", proc.ParasiteProcDir)
+	}
+
+	// Another holds the lock: the dump waits, and gives up with ctx.
+	f, err := os.OpenFile(criu.DumpLockPath(p), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	if !criu.DumpDirBusy(p) {
+		t.Error("DumpDirBusy: false while the lock is held")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := c.Dump(ctx, criu.Request{ImagesDir: t.TempDir(), Opts: dumpOpts(pids[0])}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dump while the lock is held: %v, want the context's deadline", err)
+	}
+	if st, err := proc.ReadStat(pids[0]); err != nil || st.State == 'T' || st.State == 't' {
+		t.Errorf("workload after a dump that waited: %+v, %v; want it running", st, err)
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	if criu.DumpDirBusy(p) {
+		t.Error("DumpDirBusy: true once the lock is free")
 	}
 }

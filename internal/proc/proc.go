@@ -144,10 +144,11 @@ func Same(pid int, start uint64) bool {
 	return err == nil && st.StartTime == start && st.State != 'Z' && st.State != 'X'
 }
 
-// Status is what phaul reads of /proc/PID/status: the tracer and the
-// credentials.
+// Status is what phaul reads of /proc/PID/status: the tracer, the PID in
+// the task's own PID namespace and the credentials.
 type Status struct {
 	TracerPid                      int // 0 when not traced
+	NSPid                          int // the PID in the innermost PID namespace (NSpid's last); 0 if absent
 	CapInh, CapPrm, CapEff, CapBnd uint64
 	Uids, Gids                     []uint32 // real, effective, saved, filesystem
 	Groups                         []uint32 // supplementary
@@ -177,6 +178,11 @@ func ParseStatus(status string) (Status, error) {
 		switch key {
 		case "TracerPid":
 			c.TracerPid, _ = strconv.Atoi(v)
+			continue
+		case "NSpid":
+			if f := strings.Fields(v); len(f) > 0 {
+				c.NSPid, _ = strconv.Atoi(f[len(f)-1])
+			}
 			continue
 		case "CapInh":
 			caps = &c.CapInh

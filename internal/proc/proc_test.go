@@ -129,18 +129,18 @@ func TestShellJobReason(t *testing.T) {
 }
 
 func TestParseStatus(t *testing.T) {
-	status := "Name:\tx\nTracerPid:\t42\nGroups:\t4 27\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000400\nCapEff:\t0000000000000400\nCapBnd:\t000001ffffffffff\n"
+	status := "Name:\tx\nTracerPid:\t42\nNSpid:\t4242\t17\t1\nGroups:\t4 27\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000400\nCapEff:\t0000000000000400\nCapBnd:\t000001ffffffffff\n"
 	c, err := ParseStatus(status)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.CapPrm != 0x400 || c.CapEff != 0x400 || c.CapBnd != 0x1ffffffffff || len(c.Uids) != 4 || c.Uids[0] != 1000 || c.Gids[3] != 100 || len(c.Groups) != 2 || c.TracerPid != 42 {
+	if c.CapPrm != 0x400 || c.CapEff != 0x400 || c.CapBnd != 0x1ffffffffff || len(c.Uids) != 4 || c.Uids[0] != 1000 || c.Gids[3] != 100 || len(c.Groups) != 2 || c.TracerPid != 42 || c.NSPid != 1 {
 		t.Errorf("%+v", c)
 	}
 	if _, err := ParseStatus("Uid:\t0\n"); err == nil {
 		t.Error("accepted a status without capabilities")
 	}
-	if own, err := ReadStatus(os.Getpid()); err != nil || len(own.Uids) != 4 {
+	if own, err := ReadStatus(os.Getpid()); err != nil || len(own.Uids) != 4 || own.NSPid == 0 {
 		t.Errorf("own: %+v %v", own, err)
 	}
 }

@@ -119,6 +119,8 @@ type WorkloadOptions struct {
 	Child     bool     // start a child process too
 	Listen    string   // TCP address to serve on
 	NoSetsid  bool     // do not make it a session leader
+	PidNS     bool     // in a PID namespace of its own (without its own /proc)
+	Dir       string   // its working directory; "" means the test's
 	ExtraArgs []string // more workload flags
 }
 
@@ -138,6 +140,10 @@ func StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	args = append(args, o.ExtraArgs...)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: !o.NoSetsid}
+	if o.PidNS {
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
+	cmd.Dir = o.Dir
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start workload: %v", err)
 	}
