@@ -310,6 +310,7 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	m.terms = terminalsToPB(terms)
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
+	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
 	local = append(local, precheck.JudgeTerminals(m.terms, o.TTY, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,

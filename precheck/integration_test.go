@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -291,4 +292,51 @@ func TestCheckTransientSynSent(t *testing.T) {
 		t.Errorf("migrate --retry-transient 1: exit %d, error %s, stderr:\n%s", m.ExitCode, m.Str("error"), m.Stderr)
 	}
 	assertNeverFrozen(t, w)
+}
+
+// TestCheckProcfs: a tree in a PID namespace without a /proc of its own
+// needs CRIU to mount one in its root's working directory. The check
+// passes where that works and refuses, before freezing, a directory where
+// it cannot: a proc.crtools already there (transient: another CRIU may
+// be at it; the remedy names the rmdir) or a read-only mount.
+func TestCheckProcfs(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	inDir := func(dir string) []string { return []string{"sh", "-c", `cd "$0" && exec "$@"`, dir} }
+
+	t.Run("own /proc", func(t *testing.T) {
+		w := h.StartWorkload(t, twohosts.WorkloadOptions{Wrap: []string{"unshare", "-m", "--mount-proc"}})
+		res, _, text := runCheck(t, h, w.Pid, svc.Addr).verdict(t, "procfs")
+		if res != "pass" || !strings.Contains(text, "uses the /proc the tree sees") {
+			t.Errorf("procfs: %s: %s", res, text)
+		}
+	})
+	t.Run("mounted in a working directory", func(t *testing.T) {
+		dir := t.TempDir()
+		w := h.StartWorkload(t, twohosts.WorkloadOptions{Wrap: inDir(dir)})
+		res, _, text := runCheck(t, h, w.Pid, svc.Addr).verdict(t, "procfs")
+		if res != "pass" || !strings.Contains(text, filepath.Join(dir, "proc.crtools")) {
+			t.Errorf("procfs: %s: %s", res, text)
+		}
+	})
+	t.Run("proc.crtools left there", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.Mkdir(filepath.Join(dir, "proc.crtools"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		w := h.StartWorkload(t, twohosts.WorkloadOptions{Wrap: inDir(dir)})
+		assertRefused(t, runCheck(t, h, w.Pid, svc.Addr), w, "procfs", true, "already there", "rmdir "+filepath.Join(dir, "proc.crtools"))
+	})
+	t.Run("read-only working directory", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+		if err := syscall.Mount("", dir, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+			t.Fatal(err)
+		}
+		w := h.StartWorkload(t, twohosts.WorkloadOptions{Wrap: inDir(dir)})
+		assertRefused(t, runCheck(t, h, w.Pid, svc.Addr), w, "procfs", false, "read-only", "--mount-proc")
+	})
 }

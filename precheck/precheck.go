@@ -7,7 +7,8 @@
 //
 // The checks: cpu, modules (kernel features the tree uses), files,
 // network, cgroups, criu (versions, kernel, memory), session (shell jobs),
-// terminals (from outside the tree) and transient conditions.
+// procfs (the /proc CRIU mounts for a PID namespace without one), terminals
+// (from outside the tree) and transient conditions.
 package precheck
 
 import (
@@ -21,7 +22,7 @@ import (
 )
 
 // Names of the checks, in report order.
-var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "terminals", "transient"}
+var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "procfs", "terminals", "transient"}
 
 // ValidName reports whether name is a check (for --skip-check).
 func ValidName(name string) bool {
