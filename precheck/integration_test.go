@@ -155,6 +155,23 @@ func TestCheckFilesMissingLibrary(t *testing.T) {
 	}
 }
 
+// TestCheckFilesWrittenKeptOpenMissing: a file the tree keeps open for
+// writing (a shell's stdout appended to a log) that the destination does
+// not have fails the files check: the destination leaves it to the
+// source, which sees that the tree still holds it.
+func TestCheckFilesWrittenKeptOpenMissing(t *testing.T) {
+	h := twohosts.New(t)
+	dir := t.TempDir()
+	log := filepath.Join(dir, "out.log")
+	svc := h.StartServiceWith(t, []string{"mount -t tmpfs none " + dir})
+	pid := h.StartProcess(t, "sh", "-c", "exec >>"+log+"; while :; do echo x; sleep 0.2; done")
+	r := runCheck(t, h, pid, svc.Addr)
+	res, tr, text := r.verdict(t, "files")
+	if res != "fail" || tr || r.exit != 4 || !strings.Contains(text, log+" (open): missing here: the tree keeps it open for writing") {
+		t.Errorf("files: %s (transient %v), exit %d: %s", res, tr, r.exit, text)
+	}
+}
+
 func TestCheckModuleMissing(t *testing.T) {
 	h := twohosts.New(t)
 	// This kernel has no /proc/modules (everything is built in), so the

@@ -18,6 +18,7 @@ import (
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/cgroups"
 	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
 )
 
 // Options are the migration's choices that the checks depend on.
@@ -347,15 +348,20 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			sums[i], _ = Hashes.Sum(ff.Path)
 		}
 	})
-	var items []string
-	var written []string
+	var items, written, writtenMissing []string
 	for i, ff := range f.Files {
 		if ctx.Err() != nil {
 			return fail("files", ctx.Err().Error())
 		}
 		st := stats[i]
+		if st == nil && ff.Written {
+			// Perhaps a temporary file, renamed away since the source
+			// looked: the source tells (SettleWrittenMissing).
+			writtenMissing = append(writtenMissing, ff.Path)
+			continue
+		}
 		if st == nil {
-			items = append(items, fmt.Sprintf("%s (%s): missing here", ff.Path, ff.Use))
+			items = append(items, missingItem(ff))
 			continue
 		}
 		if uint64(st.Size()) != ff.Size {
@@ -384,13 +390,74 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			items = append(items, fmt.Sprintf("%s (%s): mode %o here, %o on the source", ff.Path, ff.Use, st.Mode().Perm(), ff.Mode))
 		}
 	}
-	if len(items) > 0 {
-		return fail("files", fmt.Sprintf("%d of %d files differ or are missing; the restore would fail", len(items), len(f.Files)), items...)
+	var v *pb.Verdict
+	switch {
+	case len(items) > 0:
+		v = fail("files", filesFailed(len(items), len(f.Files)), items...)
+	case len(written) > 0:
+		v = warn("files", fmt.Sprintf("all %d files match; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(f.Files), len(written)), written...)
+	default:
+		v = pass("files", fmt.Sprintf("all %d files (executables, libraries, open files) are here and identical", len(f.Files)))
 	}
-	if len(written) > 0 {
-		return warn("files", fmt.Sprintf("all %d files match; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(f.Files), len(written)), written...)
+	v.WrittenMissing = writtenMissing
+	return v
+}
+
+func filesFailed(n, of int) string {
+	return fmt.Sprintf("%d of %d files differ or are missing; the restore would fail", n, of)
+}
+
+func missingItem(ff *pb.FileFact) string {
+	return fmt.Sprintf("%s (%s): missing here", ff.Path, ff.Use)
+}
+
+// SettleWrittenMissing decides, on the source, about the files the tree
+// writes that the destination's files verdict among vs says are missing
+// there (Verdict.WrittenMissing): one the tree still keeps open at its
+// path (checked now) fails the check, as the restore would; one it no
+// longer has there, a temporary file written and renamed away since the
+// facts were gathered, is dropped. facts are the facts that were sent.
+func SettleWrittenMissing(vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
+	byPath := map[string]*pb.FileFact{}
+	for _, ff := range facts.GetFiles() {
+		byPath[ff.Path] = ff
 	}
-	return pass("files", fmt.Sprintf("all %d files (executables, libraries, open files) are here and identical", len(f.Files)))
+	for _, v := range vs {
+		if v.Check != "files" || len(v.WrittenMissing) == 0 {
+			continue
+		}
+		open := openPaths(pid)
+		var kept []string
+		for _, p := range v.WrittenMissing {
+			if ff := byPath[p]; ff != nil && open[p] {
+				kept = append(kept, missingItem(ff)+": the tree keeps it open for writing; share it between the hosts (a shared filesystem) or copy it at migration time")
+			}
+		}
+		v.WrittenMissing = nil
+		if len(kept) == 0 {
+			continue
+		}
+		if v.Result != pb.Verdict_FAIL {
+			v.Items = nil
+		}
+		v.Items = append(v.Items, kept...)
+		v.Result, v.Transient = pb.Verdict_FAIL, false
+		v.Detail = filesFailed(len(v.Items), len(facts.GetFiles()))
+	}
+}
+
+// openPaths is the set of paths the tree rooted at pid has open now.
+func openPaths(pid int) map[string]bool {
+	open := map[string]bool{}
+	for _, t := range proc.Tree(pid) {
+		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", t))
+		for _, fd := range fds {
+			if link, err := os.Readlink(fd); err == nil {
+				open[link] = true
+			}
+		}
+	}
+	return open
 }
 
 func judgeNetwork(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/phaul/phaul/internal/pb"
 )
 
@@ -199,5 +201,56 @@ func TestKeptOpen(t *testing.T) {
 	}
 	if want := "/usr/bin/x " + kept; strings.Join(got, " ") != want {
 		t.Errorf("kept %q, want %q", got, want)
+	}
+}
+
+// TestWrittenMissingIsSettledBySource: a file the tree writes that is
+// missing on the destination is left to the source, which fails the check
+// if the tree still keeps it open there and drops it if it is gone (a
+// temporary file renamed away since the facts were gathered).
+func TestWrittenMissingIsSettledBySource(t *testing.T) {
+	dir := t.TempDir()
+	held := filepath.Join(dir, "held.log")
+	f, err := os.Create(held) // this test's process plays the tree
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tmp := filepath.Join(dir, "state.tmp") // never there: renamed away
+	facts := &pb.SourceFacts{Files: []*pb.FileFact{
+		{Path: held, Use: "open", Written: true},
+		{Path: tmp, Use: "open", Written: true},
+	}}
+	// The destination's view: neither file is there.
+	os.Rename(held, held+".moved")
+	v := judgeFiles(context.Background(), facts, Options{}, &Env{})
+	os.Rename(held+".moved", held)
+	if v.Result != pb.Verdict_PASS || len(v.WrittenMissing) != 2 {
+		t.Fatalf("destination: %v %s, written missing %v; want a pass that leaves both to the source", v.Result, text(v), v.WrittenMissing)
+	}
+	wire, _ := proto.Marshal(v) // as it crosses to the source
+	for _, c := range []struct {
+		name  string
+		files []*pb.FileFact
+		want  pb.Verdict_Result
+	}{
+		{"a temporary file only", facts.Files[1:], pb.Verdict_PASS},
+		{"one kept open", facts.Files, pb.Verdict_FAIL},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := &pb.Verdict{}
+			proto.Unmarshal(wire, got)
+			got.WrittenMissing = nil
+			for _, ff := range c.files {
+				got.WrittenMissing = append(got.WrittenMissing, ff.Path)
+			}
+			SettleWrittenMissing([]*pb.Verdict{got}, os.Getpid(), facts)
+			if got.Result != c.want || len(got.WrittenMissing) != 0 {
+				t.Fatalf("settled: %v %s; want %v", got.Result, text(got), c.want)
+			}
+			if c.want == pb.Verdict_FAIL && (!strings.Contains(text(got), held+" (open): missing here: the tree keeps it open") || strings.Contains(text(got), tmp) || !strings.Contains(got.Detail, "1 of 2 files")) {
+				t.Errorf("settled: %s", text(got))
+			}
+		})
 	}
 }

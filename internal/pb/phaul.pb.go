@@ -1439,14 +1439,19 @@ func (x *CheckReport) GetVerdicts() []*Verdict {
 }
 
 type Verdict struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Check         string                 `protobuf:"bytes,1,opt,name=check,proto3" json:"check,omitempty"` // cpu, modules, files, network, cgroups, criu, transient
-	Result        Verdict_Result         `protobuf:"varint,2,opt,name=result,proto3,enum=phaul.v1.Verdict_Result" json:"result,omitempty"`
-	Transient     bool                   `protobuf:"varint,3,opt,name=transient,proto3" json:"transient,omitempty"` // waiting may help
-	Detail        string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`        // one line
-	Items         []string               `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`          // one per problem
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Check     string                 `protobuf:"bytes,1,opt,name=check,proto3" json:"check,omitempty"` // cpu, modules, files, network, cgroups, criu, transient
+	Result    Verdict_Result         `protobuf:"varint,2,opt,name=result,proto3,enum=phaul.v1.Verdict_Result" json:"result,omitempty"`
+	Transient bool                   `protobuf:"varint,3,opt,name=transient,proto3" json:"transient,omitempty"` // waiting may help
+	Detail    string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`        // one line
+	Items     []string               `protobuf:"bytes,5,rep,name=items,proto3" json:"items,omitempty"`          // one per problem
+	// files only: files the tree writes that are missing on the destination,
+	// left out of the verdict above. The source decides: a file the tree
+	// still keeps open there fails the check; one it wrote and renamed
+	// away meanwhile (a temporary file) is no longer needed.
+	WrittenMissing []string `protobuf:"bytes,6,rep,name=written_missing,json=writtenMissing,proto3" json:"written_missing,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Verdict) Reset() {
@@ -1510,6 +1515,13 @@ func (x *Verdict) GetDetail() string {
 func (x *Verdict) GetItems() []string {
 	if x != nil {
 		return x.Items
+	}
+	return nil
+}
+
+func (x *Verdict) GetWrittenMissing() []string {
+	if x != nil {
+		return x.WrittenMissing
 	}
 	return nil
 }
@@ -2495,13 +2507,14 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04only\x18\a \x01(\bR\x04only\x12%\n" +
 	"\x0emanage_cgroups\x18\b \x01(\tR\rmanageCgroups\"<\n" +
 	"\vCheckReport\x12-\n" +
-	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xd2\x01\n" +
+	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xfb\x01\n" +
 	"\aVerdict\x12\x14\n" +
 	"\x05check\x18\x01 \x01(\tR\x05check\x120\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x18.phaul.v1.Verdict.ResultR\x06result\x12\x1c\n" +
 	"\ttransient\x18\x03 \x01(\bR\ttransient\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x14\n" +
-	"\x05items\x18\x05 \x03(\tR\x05items\"3\n" +
+	"\x05items\x18\x05 \x03(\tR\x05items\x12'\n" +
+	"\x0fwritten_missing\x18\x06 \x03(\tR\x0ewrittenMissing\"3\n" +
 	"\x06Result\x12\b\n" +
 	"\x04PASS\x10\x00\x12\b\n" +
 	"\x04WARN\x10\x01\x12\b\n" +
