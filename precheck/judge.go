@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
@@ -413,10 +414,13 @@ func missingItem(ff *pb.FileFact) string {
 
 // SettleWrittenMissing decides, on the source, about the files the tree
 // writes that the destination's files verdict among vs says are missing
-// there (Verdict.WrittenMissing): one the tree still keeps open at its
-// path (checked now) fails the check, as the restore would; one it no
-// longer has there, a temporary file written and renamed away since the
-// facts were gathered, is dropped. facts are the facts that were sent.
+// there (Verdict.WrittenMissing): one the tree keeps open at its path
+// fails the check, as the restore would; one it no longer has there, a
+// temporary file written and renamed away since the facts were gathered,
+// is dropped. "Keeps open" means the same file (device and inode) is open
+// at that path at two looks keptFor apart: a program that saves its state
+// through a temporary file opens a new one each time. facts are the facts
+// that were sent.
 func SettleWrittenMissing(vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
 	byPath := map[string]*pb.FileFact{}
 	for _, ff := range facts.GetFiles() {
@@ -426,10 +430,12 @@ func SettleWrittenMissing(vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
 		if v.Check != "files" || len(v.WrittenMissing) == 0 {
 			continue
 		}
-		open := openPaths(pid)
+		first := openFiles(pid)
+		time.Sleep(keptFor)
+		then := openFiles(pid)
 		var kept []string
 		for _, p := range v.WrittenMissing {
-			if ff := byPath[p]; ff != nil && open[p] {
+			if ff := byPath[p]; ff != nil && first[p] != (fileID{}) && first[p] == then[p] {
 				kept = append(kept, missingItem(ff)+": the tree keeps it open for writing; share it between the hosts (a shared filesystem) or copy it at migration time")
 			}
 		}
@@ -446,14 +452,22 @@ func SettleWrittenMissing(vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
 	}
 }
 
-// openPaths is the set of paths the tree rooted at pid has open now.
-func openPaths(pid int) map[string]bool {
-	open := map[string]bool{}
+// keptFor is how long a written file must stay open to count as kept.
+const keptFor = 100 * time.Millisecond
+
+type fileID struct{ dev, ino uint64 }
+
+// openFiles maps the paths the tree rooted at pid has open now to the
+// files open there (the last found, for a path open more than once).
+func openFiles(pid int) map[string]fileID {
+	open := map[string]fileID{}
 	for _, t := range proc.Tree(pid) {
 		fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", t))
 		for _, fd := range fds {
-			if link, err := os.Readlink(fd); err == nil {
-				open[link] = true
+			link, err := os.Readlink(fd)
+			var st unix.Stat_t
+			if err == nil && unix.Stat(fd, &st) == nil {
+				open[link] = fileID{st.Dev, st.Ino}
 			}
 		}
 	}
