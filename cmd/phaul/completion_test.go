@@ -10,13 +10,14 @@ import (
 	"testing"
 
 	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/internal/testutil"
 )
 
 // TestBashCompletion loads `phaul completion bash` into bash and asks it
 // to complete command lines, as bash does on TAB.
 func TestBashCompletion(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("no bash")
+		testutil.SkipOrFail(t, "no bash")
 	}
 	out, _, err := runPhaul(t, "completion", "bash")
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phaul/phaul/internal/testutil"
+
 	"github.com/phaul/phaul/internal/criuimg"
 )
 
@@ -61,7 +63,7 @@ func TestParseMode(t *testing.T) {
 func TestExternal(t *testing.T) {
 	m, s, err := Open()
 	if err != nil {
-		t.Skipf("no pty here: %v", err)
+		testutil.SkipOrFail(t, "no pty here: %v", err)
 	}
 	defer m.Close()
 	defer s.Close()
