@@ -14,9 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/phaul/phaul/internal/testutil"
-
 	"github.com/phaul/phaul/internal/criuimg"
+	"github.com/phaul/phaul/internal/testutil"
 )
 
 func TestKind(t *testing.T) {
