@@ -453,7 +453,13 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	// On the source, CRIU lost its caller before the commit and resumed
 	// the tree; if the commit got through first, the source copy is gone.
 	// Either way there are never two running copies.
-	sourceCommitted := len(migrate.PendingDecisions(filepath.Join(h.Dir, "source"))) > 0
+	// Its record says which: written undecided before the dump, commit
+	// before CRIU may kill the tree.
+	recs := migrate.PendingDecisions(filepath.Join(h.Dir, "source"))
+	if len(recs) != 1 {
+		t.Fatalf("the source's records: %+v; want one", recs)
+	}
+	sourceCommitted := recs[0].State != migrate.StateUndecided
 	if testutil.Alive(w.Pid) {
 		assertUntouched(t, h, w)
 	} else {
@@ -484,9 +490,9 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 		t.Fatalf("after a restart, phaul status (exit %d): %+v", code, st.Migrations)
 	}
 
-	// phaul resolve on the source host decides from the source's record:
-	// commit if the source tree is gone, abort if CRIU resumed it. Either
-	// way exactly one copy runs.
+	// phaul resolve on the source host decides from the source's record
+	// alone, even one the agent left undecided: commit if the source tree
+	// is gone, abort if CRIU resumed it. Either way exactly one copy runs.
 	out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--json", "--tls-dir", h.TLS,
 		"--work-dir", filepath.Join(h.Dir, "source"), id).CombinedOutput()
 	var res struct {
@@ -494,19 +500,13 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 		Pid       int
 		DecidedBy string `json:"decided_by"`
 	}
-	if !sourceCommitted {
-		// The agent died before recording a commit: no record, so
-		// resolve needs the operator's word; the source runs: abort.
-		if err == nil || !strings.Contains(string(out), "no record") {
-			t.Fatalf("resolve without a record: %v\n%s", err, out)
-		}
-		out, err = h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--json", "--tls-dir", h.TLS,
-			"--work-dir", filepath.Join(h.Dir, "source"), "--dest", svc.Addr, id, "abort").CombinedOutput()
-	}
 	if err != nil || json.Unmarshal(out, &res) != nil {
 		t.Fatalf("phaul resolve: %v\n%s", err, out)
 	}
 	t.Logf("resolved: %+v", res)
+	if !sourceCommitted && (res.State != "aborted" || !strings.Contains(res.DecidedBy, "never decided")) {
+		t.Errorf("the agent died undecided: resolve said %+v, want aborted because the source never decided", res)
+	}
 	if testutil.Alive(w.Pid) {
 		if res.State != "aborted" {
 			t.Fatalf("the source runs, and resolve said %q: two copies", res.State)

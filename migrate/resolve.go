@@ -30,7 +30,11 @@ import (
 // the same service sends the decisions still on disk), or by an operator
 // (`phaul resolve`), which the destination records too.
 
-// Decision is the source's record of a migration past its commit point.
+// StateUndecided is the state of a Decision written before the dump: the
+// source has not decided yet.
+const StateUndecided = "undecided"
+
+// Decision is the source's record of a migration from its dump on.
 type Decision struct {
 	ID   string `json:"id"`
 	Addr string `json:"addr"` // the destination
@@ -38,9 +42,11 @@ type Decision struct {
 	// PidStart is the root's start time (proc.Stat.StartTime): with Pid,
 	// it tells whether the source tree still exists.
 	PidStart uint64 `json:"pid_start"`
-	// State: commit (about to let CRIU kill the source tree), committed
-	// (it did), abort (the migration failed after the destination may
-	// have restored a copy; the source tree runs).
+	// State: undecided (the dump is about to begin: if the record
+	// stays so, the source agent died before deciding), commit (about
+	// to let CRIU kill the source tree), committed (it did), abort (the
+	// migration failed after the destination may have restored a copy;
+	// the source tree runs).
 	State string    `json:"state"`
 	Time  time.Time `json:"time"`
 }
@@ -106,17 +112,31 @@ func PendingDecisions(workDir string) []Decision {
 	return out
 }
 
+// ErrUndecided: the source agent died before deciding, and the source tree
+// is gone too; only an operator can tell whether the destination's copy
+// is the one to keep.
+var ErrUndecided = errors.New("undecided")
+
 // Commit says what the decision means for the destination's copy: commit
 // when the source tree is gone (CRIU killed it), abort when it still runs
-// (CRIU resumed it: the source never let it commit after all).
-func (d *Decision) Commit() (bool, string) {
+// (CRIU resumed it: the source never let it commit after all). An
+// undecided record means abort while the source tree runs (CRIU resumes
+// it when the agent dies before deciding); with the tree gone too, it is
+// ErrUndecided: phaul does not guess.
+func (d *Decision) Commit() (bool, string, error) {
 	if d.State == "abort" {
-		return false, "the source aborted the migration: its tree runs there"
+		return false, "the source aborted the migration: its tree runs there", nil
 	}
 	if proc.Same(d.Pid, d.PidStart) {
-		return false, fmt.Sprintf("the source tree (pid %d) still runs here: CRIU resumed it", d.Pid)
+		if d.State == StateUndecided {
+			return false, fmt.Sprintf("the source never decided (its agent stopped) and its tree (pid %d) still runs here", d.Pid), nil
+		}
+		return false, fmt.Sprintf("the source tree (pid %d) still runs here: CRIU resumed it", d.Pid), nil
 	}
-	return true, fmt.Sprintf("the source tree (pid %d) is gone: the destination's copy is the only one", d.Pid)
+	if d.State == StateUndecided {
+		return false, "", fmt.Errorf("migration %s: %w: the source agent stopped before deciding and the source tree (pid %d) is gone; see whether the destination's copy is the workload, then say commit or abort", d.ID, ErrUndecided, d.Pid)
+	}
+	return true, fmt.Sprintf("the source tree (pid %d) is gone: the destination's copy is the only one", d.Pid), nil
 }
 
 // Resolution is the destination's answer to a Resolve.
@@ -167,7 +187,10 @@ func ResolveAt(ctx context.Context, addr string, conf *tls.Config, id string, co
 // settle sends the source's decision on d to its destination and removes
 // the record once the destination has acted on it.
 func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (*Resolution, error) {
-	commit, _ := d.Commit()
+	commit, _, err := d.Commit()
+	if err != nil {
+		return nil, err
+	}
 	r, err := ResolveAt(ctx, d.Addr, conf, d.ID, commit)
 	if err != nil {
 		return nil, err

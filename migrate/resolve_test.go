@@ -113,13 +113,19 @@ func TestDestinationResolve(t *testing.T) {
 
 func TestDecisionCommit(t *testing.T) {
 	pid, start := stopped(t)
-	d := Decision{ID: "00000000000000d1", Pid: pid, PidStart: start}
-	if ok, why := d.Commit(); ok {
-		t.Errorf("the source tree runs, yet commit: %s", why)
+	for _, state := range []string{"commit", StateUndecided} {
+		d := Decision{ID: "00000000000000d1", Pid: pid, PidStart: start, State: state}
+		if ok, why, err := d.Commit(); ok || err != nil {
+			t.Errorf("%s: the source tree runs, yet commit (%s) or no decision (%v)", state, why, err)
+		}
 	}
-	d.PidStart++ // its PID, reused by another process: the tree is gone
-	if ok, why := d.Commit(); !ok {
-		t.Errorf("the source tree is gone, yet abort: %s", why)
+	d := Decision{ID: "00000000000000d1", Pid: pid, PidStart: start + 1, State: "commit"} // its PID, reused by another process: the tree is gone
+	if ok, why, err := d.Commit(); !ok || err != nil {
+		t.Errorf("the source tree is gone, yet abort: %s (%v)", why, err)
+	}
+	// Undecided, and the tree gone: phaul does not guess.
+	if ok, _, err := (&Decision{ID: d.ID, Pid: pid, PidStart: start + 1, State: StateUndecided}).Commit(); ok || !errors.Is(err, ErrUndecided) {
+		t.Errorf("undecided, tree gone: commit %v, %v; want ErrUndecided", ok, err)
 	}
 	dir := t.TempDir()
 	if err := writeDecision(dir, d); err != nil {

@@ -455,6 +455,13 @@ func (m *source) dump(ctx context.Context) error {
 			m.log.Info("freezing with ptrace", "why not the freezer cgroup", why)
 		}
 	}
+	// Before anything is frozen: a record that this migration has not
+	// been decided yet, so that if this agent dies from here on, whoever
+	// settles it later (the next phaul migrate, phaul resolve) knows the
+	// source never committed while its tree still runs.
+	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: StateUndecided}); err != nil {
+		return m.refuse(err)
+	}
 	_, err = o.CRIU.Dump(ctx, criu.Request{Opts: opts, ImagesDir: dir, PageServer: theirs, Notify: notify})
 	m.r.PageBytes, m.r.WireBytes = counts.Raw.Load(), counts.Wire.Load()
 	if err != nil {
@@ -477,6 +484,10 @@ func (m *source) dump(ctx context.Context) error {
 			if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "abort"}); err != nil {
 				m.log.Warn("cannot record the decision to abort", "err", err)
 			}
+		} else if d, err := ReadDecision(o.WorkDir, o.ID); err == nil && d.State == StateUndecided {
+			// Nothing to settle: the destination restored nothing, or
+			// failed itself and said so.
+			removeDecision(o.WorkDir, o.ID)
 		}
 		if !running && restored != nil {
 			// CRIU failed after we let it commit: the source is gone

@@ -27,7 +27,9 @@ the same destination from this host does too.
 Run on the source host with the same --work-dir as the migration, phaul
 resolve ID reads the source's own record of its decision and says it to the
 destination: commit (resume the copy) when the source tree is gone, abort
-(kill the copy) when the source tree still runs. Saying commit or abort
+(kill the copy) when the source tree still runs. A record left undecided
+(phaul migrate was killed before it decided) means abort while the source
+tree runs; with the tree gone too, resolve refuses to guess. Saying commit or abort
 overrides the record; commit is refused while the source tree still runs
 here (two copies would run). Without a record (another host, or the source
 host lost) say commit or abort yourself, and --dest.`,
@@ -63,7 +65,7 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	case len(args) == 2 && args[1] == "commit":
 		commit, why = true, "the operator"
 		if rec != nil {
-			if ok, reason := rec.Commit(); !ok {
+			if ok, reason, err := rec.Commit(); !ok && err == nil {
 				return fmt.Errorf("resolve: refusing to commit: %s; two copies would run (say abort)", reason)
 			}
 		}
@@ -74,7 +76,9 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	case rec == nil:
 		return cli.Usagef("resolve: no record of migration %s in %s: run this on the source host with the migration's --work-dir, or say commit or abort (and --dest)", id, workDir)
 	default:
-		commit, why = rec.Commit()
+		if commit, why, err = rec.Commit(); err != nil {
+			return fmt.Errorf("resolve: %w", err)
+		}
 	}
 	if dest == "" && rec != nil {
 		dest = rec.Addr
