@@ -17,10 +17,11 @@ var resolveCmd = &cli.Command{
 	Name:    "resolve",
 	Args:    "ID [commit|abort]",
 	Summary: "settle a migration the destination holds in doubt: resume its stopped copy, or kill it",
-	Help: `A migration is in doubt when the source committed (its tree is gone, or about
-to be) and lost the destination before hearing that the copy there runs:
-the destination keeps its copy stopped until it is told (phaul status lists
-it; phaul migrate exits 3). phaul migrate settles it by itself when it can
+	Help: `A migration is in doubt when the destination restored a copy and lost the
+source before hearing its decision (the source committed, its tree gone or
+about to be, or phaul migrate was killed before deciding): the destination
+keeps its copy stopped until it is told (phaul status lists it; phaul
+migrate exits 3 when it had committed). phaul migrate settles it by itself when it can
 reach the destination again within --timeout, and any later phaul migrate to
 the same destination from this host does too.
 
