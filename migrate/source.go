@@ -326,7 +326,7 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	if rep == nil {
 		return nil, unexpected(msg, "CheckReport")
 	}
-	precheck.SettleWrittenMissing(rep.Verdicts, o.Pid, facts)
+	precheck.SettleWrittenMissing(ctx, rep.Verdicts, o.Pid, facts)
 	vs := precheck.Merge(o.Skip, local, rep.Verdicts)
 	for _, v := range vs {
 		m.log.Info("check", "check", v.Check, "result", v.Result.String(), "transient", v.Transient, "detail", v.Detail)

@@ -420,8 +420,8 @@ func missingItem(ff *pb.FileFact) string {
 // is dropped. "Keeps open" means the same file (device and inode) is open
 // at that path at two looks keptFor apart: a program that saves its state
 // through a temporary file opens a new one each time. facts are the facts
-// that were sent.
-func SettleWrittenMissing(vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
+// that were sent. When ctx ends between the looks, the first decides.
+func SettleWrittenMissing(ctx context.Context, vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
 	byPath := map[string]*pb.FileFact{}
 	for _, ff := range facts.GetFiles() {
 		byPath[ff.Path] = ff
@@ -431,8 +431,12 @@ func SettleWrittenMissing(vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
 			continue
 		}
 		first := openFiles(pid)
-		time.Sleep(keptFor)
-		then := openFiles(pid)
+		then := first
+		select {
+		case <-ctx.Done():
+		case <-time.After(keptFor):
+			then = openFiles(pid)
+		}
 		var kept []string
 		for _, p := range v.WrittenMissing {
 			if ff := byPath[p]; ff != nil && first[p] != (fileID{}) && first[p] == then[p] {

@@ -244,7 +244,7 @@ func TestWrittenMissingIsSettledBySource(t *testing.T) {
 			for _, ff := range c.files {
 				got.WrittenMissing = append(got.WrittenMissing, ff.Path)
 			}
-			SettleWrittenMissing([]*pb.Verdict{got}, os.Getpid(), facts)
+			SettleWrittenMissing(context.Background(), []*pb.Verdict{got}, os.Getpid(), facts)
 			if got.Result != c.want || len(got.WrittenMissing) != 0 {
 				t.Fatalf("settled: %v %s; want %v", got.Result, text(got), c.want)
 			}
