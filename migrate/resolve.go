@@ -80,8 +80,8 @@ func ForgetDecision(workDir, id string) {
 }
 
 // ReadDecision returns the source's record of migration id in workDir
-// (os.ErrNotExist when there is none: the source never committed it, or
-// it was settled).
+// (os.ErrNotExist when there is none: the source never dumped for it, left
+// nothing to settle, or it was settled).
 func ReadDecision(workDir, id string) (*Decision, error) {
 	if err := validID(id); err != nil {
 		return nil, err

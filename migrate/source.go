@@ -175,6 +175,8 @@ type source struct {
 	layout *cgroups.Layout // this host's cgroups; nil if unreadable
 	rss    int64           // of the tree, announced in Prepare
 	start  uint64          // the root's start time (proc.Stat.StartTime)
+	// decided is the state of the Decision last recorded (decide).
+	decided string
 }
 
 func (m *source) setPhase(p string) {
@@ -423,7 +425,7 @@ func (m *source) dump(ctx context.Context) error {
 			// The point of no return: the decision to commit is on disk
 			// before CRIU may kill the source tree, so that whatever
 			// happens next it can be settled (resolve.go).
-			if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "commit"}); err != nil {
+			if err := m.decide("commit"); err != nil {
 				cause = err
 				return err
 			}
@@ -459,7 +461,7 @@ func (m *source) dump(ctx context.Context) error {
 	// been decided yet, so that if this agent dies from here on, whoever
 	// settles it later (the next phaul migrate, phaul resolve) knows the
 	// source never committed while its tree still runs.
-	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: StateUndecided}); err != nil {
+	if err := m.decide(StateUndecided); err != nil {
 		return m.refuse(err)
 	}
 	_, err = o.CRIU.Dump(ctx, criu.Request{Opts: opts, ImagesDir: dir, PageServer: theirs, Notify: notify})
@@ -481,10 +483,10 @@ func (m *source) dump(ctx context.Context) error {
 			// The destination may hold a restored copy and may not have
 			// heard the Abort: the decision stays on disk until it
 			// has (settlePending, phaul resolve).
-			if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "abort"}); err != nil {
+			if err := m.decide("abort"); err != nil {
 				m.log.Warn("cannot record the decision to abort", "err", err)
 			}
-		} else if d, err := ReadDecision(o.WorkDir, o.ID); err == nil && d.State == StateUndecided {
+		} else if m.decided == StateUndecided {
 			// Nothing to settle: the destination restored nothing, or
 			// failed itself and said so.
 			removeDecision(o.WorkDir, o.ID)
@@ -498,7 +500,7 @@ func (m *source) dump(ctx context.Context) error {
 	}
 	keepDir = false
 	m.r.Committed = true
-	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: "committed"}); err != nil {
+	if err := m.decide("committed"); err != nil {
 		m.log.Warn("cannot record the commit (the record of the decision to commit stays)", "err", err)
 	}
 
@@ -519,6 +521,17 @@ func (m *source) dump(ctx context.Context) error {
 	m.r.DestPid = pid
 	m.r.Running = true
 	m.r.Downtime = Duration(time.Since(frozen))
+	return nil
+}
+
+// decide records the source's decision on this migration on disk
+// (resolve.go: state is one of Decision's states) and remembers it.
+func (m *source) decide(state string) error {
+	o := m.o
+	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: state}); err != nil {
+		return err
+	}
+	m.decided = state
 	return nil
 }
 
