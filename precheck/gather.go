@@ -98,10 +98,7 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 			tf.Tracer = int32(c.TracerPid)
 			tf.CapInh, tf.CapPrm, tf.CapEff, tf.CapBnd, tf.Uids, tf.Gids, tf.Groups = c.CapInh, c.CapPrm, c.CapEff, c.CapBnd, c.Uids, c.Gids, c.Groups
 		}
-		if own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", p)); own != "" {
-			self, _ := os.Readlink("/proc/self/ns/user")
-			tf.OwnUserNs = own != self
-		}
+		tf.OwnUserNs, _ = proc.OwnNamespace(p, "user")
 		f.Tasks = append(f.Tasks, tf)
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p)); err == nil {
 			addFile(exe, "exe", false)
@@ -132,11 +129,9 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 		f.Sockets = socketsOf(tree[0], inodes)
 		// A tree with a mount namespace of its own has its mounts
 		// restored: the destination needs their filesystems too.
-		if own, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", tree[0])); own != "" {
-			if self, _ := os.Readlink("/proc/self/ns/mnt"); self != own {
-				for mnt, fs := range mounts {
-					need("fs", fs, "the tree mounts "+mnt)
-				}
+		if own, _ := proc.OwnNamespace(tree[0], "mnt"); own {
+			for mnt, fs := range mounts {
+				need("fs", fs, "the tree mounts "+mnt)
 			}
 		}
 	}

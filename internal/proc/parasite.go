@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +46,7 @@ type ParasiteProc struct {
 // namespace, of the tree rooted at pid needs of its root's working
 // directory.
 func ReadParasiteProc(pid int) (ParasiteProc, error) {
-	if same, err := samePidns(pid); err != nil || same {
+	if own, err := OwnNamespace(pid, "pid"); err != nil || !own {
 		return ParasiteProc{}, err
 	}
 	if own, err := ownProc(pid); err != nil || own {
@@ -73,18 +74,6 @@ func ReadParasiteProc(pid int) (ParasiteProc, error) {
 		return p, fmt.Errorf("working directory of %d: %w", pid, err)
 	}
 	return p, nil
-}
-
-// samePidns reports whether pid is in this process's PID namespace.
-func samePidns(pid int) (bool, error) {
-	var a, b unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/pid", pid), &a); err != nil {
-		return false, fmt.Errorf("PID namespace of %d: %w", pid, err)
-	}
-	if err := unix.Stat("/proc/self/ns/pid", &b); err != nil {
-		return false, fmt.Errorf("own PID namespace: %w", err)
-	}
-	return a.Dev == b.Dev && a.Ino == b.Ino, nil
 }
 
 // ownProc reports whether the /proc that pid sees is of its own PID
@@ -130,7 +119,7 @@ func (s Status) MayCreateIn(p ParasiteProc) (ok bool, why string) {
 	switch {
 	case fsuid == p.Uid:
 		bits = p.Mode >> 6
-	case fsgid == p.Gid || contains(s.Groups, p.Gid):
+	case fsgid == p.Gid || slices.Contains(s.Groups, p.Gid):
 		bits = p.Mode >> 3
 	default:
 		bits = p.Mode
@@ -139,13 +128,4 @@ func (s Status) MayCreateIn(p ParasiteProc) (ok bool, why string) {
 		return false, fmt.Sprintf("its root (uid %d) may not create in it (mode %04o, owner %d:%d)", fsuid, p.Mode, p.Uid, p.Gid)
 	}
 	return true, ""
-}
-
-func contains(ids []uint32, id uint32) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
 }

@@ -227,3 +227,17 @@ func ParseStatus(status string) (Status, error) {
 	}
 	return c, nil
 }
+
+// OwnNamespace reports whether pid is in a namespace of kind ("pid",
+// "mnt", "user", ...: a name in /proc/PID/ns) other than this process's.
+func OwnNamespace(pid int, kind string) (bool, error) {
+	theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+	if err != nil {
+		return false, err
+	}
+	ours, err := os.Readlink("/proc/self/ns/" + kind)
+	if err != nil {
+		return false, err
+	}
+	return theirs != ours, nil
+}

@@ -144,3 +144,14 @@ func TestParseStatus(t *testing.T) {
 		t.Errorf("own: %+v %v", own, err)
 	}
 }
+
+func TestOwnNamespace(t *testing.T) {
+	for _, kind := range []string{"pid", "mnt", "user"} {
+		if own, err := OwnNamespace(os.Getpid(), kind); own || err != nil {
+			t.Errorf("%s: this process has a namespace of its own? %v, %v", kind, own, err)
+		}
+	}
+	if _, err := OwnNamespace(os.Getpid(), "nosuch"); err == nil {
+		t.Error("no error for an unknown kind")
+	}
+}
