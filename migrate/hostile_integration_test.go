@@ -185,7 +185,7 @@ func TestHostilePeers(t *testing.T) {
 			chunk := bytes.Repeat([]byte{7}, 1<<20)
 			go func() {
 				for i := 0; ; i++ {
-					if _, err := st.Write(image("pages-"+itoa(i)+".img", uint64(len(chunk)), chunk)); err != nil {
+					if _, err := st.Write(image("pages-"+strconv.Itoa(i)+".img", uint64(len(chunk)), chunk)); err != nil {
 						return
 					}
 				}
@@ -238,8 +238,6 @@ func protoField(num int, b []byte) []byte {
 	out = binary.AppendUvarint(out, uint64(len(b)))
 	return append(out, b...)
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }
 
 // TestConcurrentMigrationsAndBusy: migrations of different workloads to
 // one service at once all succeed; beyond --max-migrations the checks
