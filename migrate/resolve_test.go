@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -46,9 +45,7 @@ func TestDestinationResolve(t *testing.T) {
 		return dir
 	}
 	read := func(dir string) string {
-		var f stateFile
-		data, _ := os.ReadFile(filepath.Join(dir, "state.json"))
-		json.Unmarshal(data, &f)
+		f, _ := readState(dir)
 		return f.State
 	}
 
