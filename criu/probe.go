@@ -5,8 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os/exec"
+	"reflect"
 	"runtime"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,9 +17,12 @@ import (
 const offsetDebugReg = 848
 
 // ProbeBreakpoints reports whether hardware breakpoints are delivered to
-// traced processes on this machine. It runs a busy child, stops it with
-// ptrace, arms DR0 on the instruction it will execute next, resumes it,
-// and waits briefly for the SIGTRAP. Some VMs do not deliver debug
+// traced processes on this machine. It forks a child that calls one
+// function (probeTarget) in a loop, stops it with ptrace, arms DR0 on that
+// function's first instruction, resumes it, and waits briefly for the
+// SIGTRAP with the child's instruction pointer there. The child is certain
+// to execute that instruction again at once, so the answer does not depend
+// on where the child happened to stop. Some VMs do not deliver debug
 // exceptions; CRIU before 4.2 then hangs for ever.
 func ProbeBreakpoints(ctx context.Context) (bool, error) {
 	if runtime.GOARCH != "amd64" {
@@ -31,14 +35,18 @@ func ProbeBreakpoints(ctx context.Context) (bool, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	cmd := exec.Command("/bin/sh", "-c", "while :; do :; done")
-	if err := cmd.Start(); err != nil {
-		return false, fmt.Errorf("breakpoint probe: %w", err)
+	pid, err := forkSpinner()
+	if err != nil {
+		return false, fmt.Errorf("breakpoint probe: fork: %w", err)
 	}
-	pid := cmd.Process.Pid
 	defer func() {
 		_ = unix.Kill(pid, unix.SIGKILL)
-		_ = cmd.Wait()
+		var ws unix.WaitStatus
+		for {
+			if _, err := unix.Wait4(pid, &ws, unix.WALL, nil); err != unix.EINTR {
+				return
+			}
+		}
 	}()
 	if err := unix.PtraceAttach(pid); err != nil {
 		return false, fmt.Errorf("breakpoint probe: ptrace attach: %w", err)
@@ -46,20 +54,17 @@ func ProbeBreakpoints(ctx context.Context) (bool, error) {
 	if _, err := waitStop(pid, 2*time.Second); err != nil {
 		return false, fmt.Errorf("breakpoint probe: %w", err)
 	}
-	var regs unix.PtraceRegs
-	if err := unix.PtraceGetRegs(pid, &regs); err != nil {
-		return false, fmt.Errorf("breakpoint probe: get registers: %w", err)
-	}
+	target := uint64(reflect.ValueOf(probeTarget).Pointer())
 	poke := func(reg int, val uint64) error {
 		var b [8]byte
 		binary.LittleEndian.PutUint64(b[:], val)
 		_, err := unix.PtracePokeUser(pid, uintptr(offsetDebugReg+8*reg), b[:])
 		return err
 	}
-	if err := poke(0, regs.Rip); err != nil {
+	if err := poke(0, target); err != nil {
 		return false, nil // the kernel refuses debug registers: none here
 	}
-	if err := poke(7, 1); err != nil {
+	if err := poke(7, 1); err != nil { // L0: DR0 enabled, on execution
 		return false, nil
 	}
 	if err := unix.PtraceCont(pid, 0); err != nil {
@@ -72,7 +77,67 @@ func ProbeBreakpoints(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("breakpoint probe: %w", err)
 	}
-	return sig == unix.SIGTRAP, nil
+	if sig != unix.SIGTRAP {
+		return false, fmt.Errorf("breakpoint probe: the child stopped with %v, not SIGTRAP", sig)
+	}
+	var regs unix.PtraceRegs
+	if err := unix.PtraceGetRegs(pid, &regs); err != nil {
+		return false, fmt.Errorf("breakpoint probe: get registers: %w", err)
+	}
+	if regs.Rip != target {
+		return false, fmt.Errorf("breakpoint probe: SIGTRAP at %#x, not at the breakpoint %#x", regs.Rip, target)
+	}
+	return true, nil
+}
+
+// probeSink is written by the probe's child only.
+var probeSink uint64
+
+// probeTarget is the function the probe's child calls for ever, and on
+// whose first instruction the probe sets its breakpoint.
+//
+//go:noinline
+//go:nosplit
+//go:norace
+func probeTarget() { probeSink++ }
+
+// probeSpin is all the probe's child runs: no allocation, no stack
+// growth, no runtime call (the forked child has one thread and no Go
+// runtime to speak of).
+//
+//go:nosplit
+//go:norace
+func probeSpin() {
+	for {
+		probeTarget()
+	}
+}
+
+// forkSpinner forks this process without exec; the child runs probeSpin,
+// at the same addresses as this process. Only the calling thread is
+// copied, and the child touches nothing but probeSpin, so the hazards of
+// fork in a Go program (locks held by other threads) do not reach it.
+//
+//go:norace
+func forkSpinner() (int, error) {
+	// Signals stay blocked across the fork, and in the child for good,
+	// so that no Go signal handler ever runs there. The breakpoint's
+	// SIGTRAP is forced by the kernel whatever the mask, and stops the
+	// child for its tracer first; SIGKILL cannot be blocked.
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old)
+	r1, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if r1 == 0 && errno == 0 {
+		probeSpin() // the child: never returns
+	}
+	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r1), nil
 }
 
 var errTimeout = errors.New("timed out")
