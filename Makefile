@@ -10,7 +10,7 @@ LDFLAGS := -X github.com/phaul/phaul/internal/cli.Version=$(VERSION)
 # not depend on the libraries of the host. (Not exported: -race needs cgo.)
 GOBUILD := CGO_ENABLED=0 $(GO) build
 
-.PHONY: all build deps test unit demo demo-local bench bench-go install dist fuzz clean fmt vet proto
+.PHONY: all build deps test unit soak demo demo-local bench bench-go install dist fuzz clean fmt vet proto
 
 all: build
 
@@ -42,6 +42,13 @@ test: deps vet
 FUZZTIME ?= 20s
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+# Is the suite stable? The tests (no fuzzing) SOAK_N times on a fresh
+# clone of HEAD, then once with every CPU busy; every failure by name
+# (scripts/soak.sh).
+SOAK_N ?= 5
+soak: deps
+	GO=$(GO) SOAK_N=$(SOAK_N) scripts/soak.sh
 
 # Only the tests that need neither root nor CRIU.
 unit:
