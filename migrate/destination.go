@@ -121,21 +121,26 @@ func NewDestination(o DestOptions) (*Destination, error) {
 	return d, nil
 }
 
-// errAborted: the source called the migration off.
-var errAborted = errors.New("the source aborted")
+// errAborted: the migration was called off (by the source, unless it
+// says otherwise).
+var errAborted = errors.New("aborted")
 
 // incoming is one migration being received.
 type incoming struct {
-	d     *Destination
-	sess  *transport.Session
-	log   *slog.Logger
-	id    string
-	dir   string // work dir of this migration
-	imgs  string // its images
-	logs  string // its logs: dir, or LogDir/ID
-	prep  *pb.Prepare
-	roots []*pb.CgroupRoot
-	phase string
+	d *Destination
+	// ctx is Serve's; cancel ends the migration from outside with a
+	// cause (see why).
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	sess   *transport.Session
+	log    *slog.Logger
+	id     string
+	dir    string // work dir of this migration
+	imgs   string // its images
+	logs   string // its logs: dir, or LogDir/ID
+	prep   *pb.Prepare
+	roots  []*pb.CgroupRoot
+	phase  string
 
 	ps        PageServer
 	pagesDone chan error
@@ -162,17 +167,42 @@ type incoming struct {
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
 func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	in := &incoming{d: d, sess: sess, log: d.o.Logger.With("peer", sess.RemoteAddr().String()),
+		ctx: ctx, cancel: cancel,
 		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1), protoErr: make(chan error, 1)}
 	err := in.run(ctx)
+	if err != nil {
+		err = in.why(err)
+	}
 	in.finish(err)
+	d.reg.finished(in.id)
+	return err
+}
+
+// errResolvedAbort: `phaul resolve` (abort) ended the migration before
+// the tree was restored and handed over here.
+var errResolvedAbort = fmt.Errorf("%w by phaul resolve before its tree was handed over here", errAborted)
+
+// why is err, or the reason the migration was ended from outside (a
+// resolve), which made err.
+func (in *incoming) why(err error) error {
+	if cause := context.Cause(in.ctx); errors.Is(cause, errResolvedAbort) {
+		return cause
+	}
 	return err
 }
 
 func (in *incoming) fail(phase string, err error) error {
+	err = in.why(err)
 	// Listed as failed before the source hears it: it may ask phaul
 	// status right away.
-	in.d.reg.end(in.id, StateFailed, fmt.Errorf("%s: %w", phase, err), !in.checkOnly)
+	state := StateFailed
+	if errors.Is(err, errResolvedAbort) {
+		state = StateAborted
+	}
+	in.d.reg.end(in.id, state, fmt.Errorf("%s: %w", phase, err), !in.checkOnly)
 	f := &pb.Failure{Phase: phase, Message: err.Error()}
 	var ce *criu.Error
 	if errors.As(err, &ce) {
@@ -200,7 +230,7 @@ func (in *incoming) recvWithin(ctx context.Context, d time.Duration) (*pb.Envelo
 		return nil, fmt.Errorf("connection to the source: %w", err)
 	}
 	if a := msg.GetAbort(); a != nil {
-		return nil, fmt.Errorf("%w: %s", errAborted, a.Reason)
+		return nil, fmt.Errorf("the source %w: %s", errAborted, a.Reason)
 	}
 	return msg, nil
 }
@@ -244,7 +274,7 @@ func (in *incoming) run(ctx context.Context) error {
 	in.id, in.started, in.sourceHost = hello.MigrationId, time.Now(), hello.GetHost().GetHostname()
 	in.log = in.log.With("migration", in.id)
 	if err := in.d.reg.start(&pb.MigrationState{Id: in.id, Phase: in.phase, SourceHost: in.sourceHost,
-		Peer: in.sess.RemoteAddr().String(), StartedUnixNano: in.started.UnixNano()}); err != nil {
+		Peer: in.sess.RemoteAddr().String(), StartedUnixNano: in.started.UnixNano()}, in.cancel); err != nil {
 		in.id = "" // not ours to end
 		return in.fail("connect", err)
 	}
@@ -397,6 +427,9 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := in.precreateCgroups(); err != nil {
 		return in.fail("restore", err)
 	}
+	if !in.d.reg.restoring(in.id) {
+		return in.fail("restore", errResolvedAbort)
+	}
 	res, err := o.CRIU.Restore(ctx, req)
 	if err != nil {
 		return in.fail("restore", err)
@@ -436,6 +469,9 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
 	restored.RestoreNanos = int64(time.Since(t0))
+	if !in.d.reg.handOver(in.id) {
+		return in.fail("restore", errResolvedAbort)
+	}
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
 		return err
 	}

@@ -52,6 +52,10 @@ type fakeCRIU struct {
 	restoredImages []string
 	creds          func(*creds.CredsEntry) // changes the dumped credentials
 	userns         bool                    // the dump has a user namespace image
+	// restoring, if set, is closed when a restore begins, which then
+	// waits for release to be closed.
+	restoring, release chan struct{}
+	restoredPid        int
 }
 
 func dupFile(t testing.TB, f *os.File) *os.File {
@@ -148,13 +152,21 @@ func (r fakeRestorer) Restore(ctx context.Context, req criu.Request) (*criu.Rest
 	if err != nil {
 		return nil, err
 	}
+	if r.f.restoring != nil {
+		close(r.f.restoring)
+		<-r.f.release
+	}
 	cmd := exec.Command("sleep", "60")
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	unix.Kill(cmd.Process.Pid, unix.SIGSTOP)
 	waitState(cmd.Process.Pid, 'T')
-	r.t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	go cmd.Wait()
+	r.t.Cleanup(func() { cmd.Process.Kill() })
+	r.f.mu.Lock()
+	r.f.restoredPid = cmd.Process.Pid
+	r.f.mu.Unlock()
 	return &criu.RestoreResult{Pid: cmd.Process.Pid}, nil
 }
 

@@ -192,12 +192,17 @@ func TestFaultMatrix(t *testing.T) {
 			json.Unmarshal(out.Bytes(), &rep)
 			t.Logf("phaul migrate: exit %d, outcome %q, error %q", code, rep.Outcome, rep.Error)
 
-			// Settle what is left in doubt, as an operator would: the
-			// source's records first, then the service's own list.
+			// Settle what is left in doubt, as an operator would, at
+			// once: the source's records first (resolve must settle
+			// them whatever the destination is doing by then), then
+			// the service's own list.
 			svc := e.service()
 			if d := migrate.PendingDecisions(source); len(d) > 0 {
 				out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--tls-dir", h.TLS, "--work-dir", source, d[0].ID).CombinedOutput()
 				t.Logf("phaul resolve: %v %s", err, out)
+				if err != nil {
+					t.Errorf("phaul resolve right after the fault failed: %v %s", err, out)
+				}
 			}
 			if st, code := h.Status(t, svc.Addr); code == 3 {
 				for _, m := range st.Migrations {

@@ -148,8 +148,29 @@ type Resolution struct {
 }
 
 // ResolveAt tells the phaul-service at addr to commit (resume its stopped
-// copy) or abort (kill it) migration id, held there in doubt.
+// copy) or abort (kill it) migration id, held there in doubt. A migration
+// the service is still receiving is ended there by an abort if it was not
+// handed over yet; otherwise ResolveAt asks again every resolveRetry
+// until it is settled there or ctx ends (ErrInFlight).
 func ResolveAt(ctx context.Context, addr string, conf *tls.Config, id string, commit bool) (*Resolution, error) {
+	for {
+		r, err := resolveOnce(ctx, addr, conf, id, commit)
+		if !errors.Is(err, ErrInFlight) {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(resolveRetry):
+		}
+	}
+}
+
+// resolveRetry is how often ResolveAt asks again about a migration in
+// flight.
+const resolveRetry = 500 * time.Millisecond
+
+func resolveOnce(ctx context.Context, addr string, conf *tls.Config, id string, commit bool) (*Resolution, error) {
 	if err := validID(id); err != nil {
 		return nil, err
 	}
@@ -251,7 +272,7 @@ func (in *incoming) serveResolve(ctx context.Context, req *pb.Resolve) error {
 		return in.fail("resolve", err)
 	}
 	in.log = in.log.With("migration", req.MigrationId)
-	res, err := in.d.resolve(req.MigrationId, req.Commit)
+	res, err := in.d.resolve(ctx, req.MigrationId, req.Commit)
 	if err != nil {
 		in.log.Warn("resolve refused", "commit", req.Commit, "err", err)
 		phase := "resolve"
@@ -268,12 +289,29 @@ func (in *incoming) serveResolve(ctx context.Context, req *pb.Resolve) error {
 	return nil
 }
 
-// resolve settles migration id: see serveResolve.
-func (d *Destination) resolve(id string, commit bool) (*pb.Resolved, error) {
+// resolve settles migration id: see serveResolve. An abort of a
+// migration still being received, not yet handed over to the source's
+// decision, ends it here and now: nothing of it was restored for good,
+// so nothing is in doubt (the source, if it is still there, hears a
+// failure and keeps its tree). Once handed over, only the source's word
+// or the doubt ends it: the client is told it is in flight, and asks
+// again.
+func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.Resolved, error) {
+	if !commit {
+		if done := d.reg.abort(id, errResolvedAbort); done != nil {
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("migration %s: ending it here: %w", id, ctx.Err())
+			}
+			d.o.Logger.Info("ended a migration in flight on the word of phaul resolve", "migration", id)
+			return &pb.Resolved{MigrationId: id, State: StateAborted}, nil
+		}
+	}
 	d.resolveMu.Lock()
 	defer d.resolveMu.Unlock()
 	if d.reg.inFlight(id) {
-		return nil, &phaseError{phaseInFlight, fmt.Errorf("migration %s is in flight here: it settles itself", id)}
+		return nil, &phaseError{phaseInFlight, fmt.Errorf("migration %s is in flight here, past its restore: it settles itself (the source's decision, or the doubt)", id)}
 	}
 	dir := filepath.Join(d.o.WorkDir, id)
 	f, err := readState(dir)

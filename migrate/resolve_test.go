@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
@@ -52,7 +54,7 @@ func TestDestinationResolve(t *testing.T) {
 	// Commit: the stopped copy resumes and is recorded as running.
 	pid, start := stopped(t)
 	dir := write("00000000000000c1", "in-doubt", pid, start)
-	r, err := d.resolve("00000000000000c1", true)
+	r, err := d.resolve(context.Background(), "00000000000000c1", true)
 	if err != nil || r.State != StateDone || int(r.Pid) != pid || r.Already {
 		t.Fatalf("commit: %+v %v", r, err)
 	}
@@ -60,17 +62,17 @@ func TestDestinationResolve(t *testing.T) {
 		t.Errorf("not resumed (state.json %q)", read(dir))
 	}
 	// Again: already so. Abort now: refused, it runs.
-	if r, err := d.resolve("00000000000000c1", true); err != nil || !r.Already {
+	if r, err := d.resolve(context.Background(), "00000000000000c1", true); err != nil || !r.Already {
 		t.Errorf("second commit: %+v %v", r, err)
 	}
-	if _, err := d.resolve("00000000000000c1", false); err == nil || !strings.Contains(err.Error(), "cannot be aborted") {
+	if _, err := d.resolve(context.Background(), "00000000000000c1", false); err == nil || !strings.Contains(err.Error(), "cannot be aborted") {
 		t.Errorf("abort of a running one: %v", err)
 	}
 
 	// Abort: the stopped copy is killed and its directory removed.
 	pid, start = stopped(t)
 	dir = write("00000000000000c2", "in-doubt", pid, start)
-	if r, err := d.resolve("00000000000000c2", false); err != nil || r.State != StateAborted {
+	if r, err := d.resolve(context.Background(), "00000000000000c2", false); err != nil || r.State != StateAborted {
 		t.Fatalf("abort: %+v %v", r, err)
 	}
 	if proc.Same(pid, start) { // Same is false for a zombie
@@ -84,18 +86,18 @@ func TestDestinationResolve(t *testing.T) {
 	// A reused PID is not the copy: nothing to resume, and nothing killed.
 	pid, start = stopped(t)
 	write("00000000000000c3", "in-doubt", pid, start+1)
-	if _, err := d.resolve("00000000000000c3", true); err == nil || !strings.Contains(err.Error(), "is gone") {
+	if _, err := d.resolve(context.Background(), "00000000000000c3", true); err == nil || !strings.Contains(err.Error(), "is gone") {
 		t.Errorf("commit of a copy whose PID was reused: %v", err)
 	}
 	if st, _ := proc.ReadStat(pid); st.State != 'T' {
 		t.Errorf("another process with the copy's PID was touched: %c", st.State)
 	}
 	// Unknown, and not in doubt.
-	if _, err := d.resolve("00000000000000c4", true); !errors.Is(err, errNotHere) {
+	if _, err := d.resolve(context.Background(), "00000000000000c4", true); !errors.Is(err, errNotHere) {
 		t.Errorf("unknown: %v", err)
 	}
 	write("00000000000000c5", "receiving", 0, 0)
-	if _, err := d.resolve("00000000000000c5", true); err == nil || !strings.Contains(err.Error(), "not in doubt") {
+	if _, err := d.resolve(context.Background(), "00000000000000c5", true); err == nil || !strings.Contains(err.Error(), "not in doubt") {
 		t.Errorf("receiving: %v", err)
 	}
 	// Status says so.
@@ -159,4 +161,106 @@ func FuzzCheckCreds(f *testing.F) {
 			t.Fatalf("accepted %x", core)
 		}
 	})
+}
+
+// TestResolveAbortsMigrationInFlight: an abort for a migration the
+// destination is still receiving (here: restoring), not yet handed over,
+// ends it there: the restore is let finish (CRIU cut short may leave
+// tasks behind), then its tree is killed instead of handed over; the
+// source hears it and keeps its tree, and nothing is left on the
+// destination once resolve has answered. A commit is told to wait.
+func TestResolveAbortsMigrationInFlight(t *testing.T) {
+	f := &fakeCRIU{restoring: make(chan struct{}), release: make(chan struct{})}
+	o, dest := setup(t, f)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := Migrate(context.Background(), o)
+		errc <- err
+	}()
+	<-f.restoring
+	var id string
+	for _, st := range dest.Status() {
+		id = st.Id
+	}
+	ctx := context.Background()
+	if _, err := dest.resolve(ctx, id, true); err == nil || !strings.Contains(err.Error(), "in flight") {
+		t.Errorf("commit of a migration in flight: %v", err)
+	}
+	type answer struct {
+		r   *pb.Resolved
+		err error
+	}
+	answered := make(chan answer, 1)
+	go func() {
+		r, err := dest.resolve(ctx, id, false)
+		answered <- answer{r, err}
+	}()
+	select {
+	case a := <-answered:
+		t.Fatalf("resolve answered during the restore: %+v, %v", a.r, a.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(f.release)
+	a := <-answered
+	if a.err != nil || a.r.State != StateAborted {
+		t.Fatalf("abort of a migration in flight: %+v, %v", a.r, a.err)
+	}
+	if f.restoredPid == 0 || proc.ValidateTarget(f.restoredPid) == nil {
+		t.Errorf("the tree restored after the abort (pid %d) was not killed", f.restoredPid)
+	}
+	// Ended: nothing of it is left once resolve has answered.
+	if e, _ := os.ReadDir(dest.o.WorkDir); len(e) != 0 {
+		t.Errorf("the destination kept %v", e)
+	}
+	if r, err := dest.resolve(ctx, id, false); !errors.Is(err, errNotHere) {
+		t.Errorf("second abort: %+v, %v", r, err)
+	}
+	err := <-errc
+	var me *Error
+	if !errors.As(err, &me) || !me.SourceRunning || me.InDoubt || !strings.Contains(err.Error(), "phaul resolve") {
+		t.Fatalf("the source: %v", err)
+	}
+	if proc.ValidateTarget(o.Pid) != nil {
+		t.Error("the source tree is not running")
+	}
+	for _, st := range dest.Status() {
+		if st.Id == id && st.State != StateAborted {
+			t.Errorf("status: %s, want %s", st.State, StateAborted)
+		}
+	}
+}
+
+// TestRegistryHandOver: once handed over, a migration cannot be aborted
+// by a resolve; once aborted, it cannot be handed over.
+func TestRegistryHandOver(t *testing.T) {
+	var r registry
+	var cause error
+	cancel := func(c error) { cause = c }
+	r.start(&pb.MigrationState{Id: "a"}, cancel)
+	r.start(&pb.MigrationState{Id: "b"}, cancel)
+	if !r.handOver("a") {
+		t.Fatal("a: hand-over refused")
+	}
+	if r.abort("a", errResolvedAbort) != nil || cause != nil {
+		t.Error("a: aborted after its hand-over")
+	}
+	done := r.abort("b", errResolvedAbort)
+	if done == nil || cause != errResolvedAbort {
+		t.Fatal("b: not aborted")
+	}
+	if r.handOver("b") {
+		t.Error("b: handed over after its abort")
+	}
+	if !r.inFlight("b") {
+		t.Error("b: not in flight before it finished")
+	}
+	r.finished("b")
+	select {
+	case <-done:
+	default:
+		t.Error("b: done not closed when finished")
+	}
+	if r.inFlight("b") || r.abort("b", errResolvedAbort) != nil {
+		t.Error("b: still there after it finished")
+	}
 }

@@ -32,25 +32,102 @@ const (
 // recentKept is how many finished migrations the service remembers.
 const recentKept = 64
 
-// registry is the destination's list of migrations, for status.
+// registry is the destination's list of migrations, for status, and of
+// the migrations it is receiving, for resolve.
 type registry struct {
 	mu     sync.Mutex
 	live   map[string]*pb.MigrationState
 	recent []*pb.MigrationState // oldest first
+	// working holds each migration from its Hello until its cleanup is
+	// over (finished): a migration listed as ended in live/recent may
+	// still be removing its files.
+	working map[string]*working
+}
+
+// working is a migration the service is receiving or cleaning up.
+type working struct {
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed by finished
+	// handedOver: Restored was sent; from then on only the source's
+	// word (or the doubt) ends the migration, never a resolve.
+	handedOver bool
+	// restoring: CRIU is restoring the tree. It is not interrupted then
+	// (a restore cut short may leave tasks that nobody knows of): an
+	// abort waits for it to end, and the hand-over is refused.
+	restoring bool
+	aborted   bool // a resolve ended it before the hand-over
 }
 
 // start lists a new migration; an ID already in flight is refused.
-func (r *registry) start(st *pb.MigrationState) error {
+// cancel ends the migration (abort).
+func (r *registry) start(st *pb.MigrationState, cancel context.CancelCauseFunc) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.live == nil {
 		r.live = map[string]*pb.MigrationState{}
+		r.working = map[string]*working{}
 	}
-	if r.live[st.Id] != nil {
+	if r.live[st.Id] != nil || r.working[st.Id] != nil {
 		return fmt.Errorf("migration %s is already in flight here", st.Id)
 	}
 	r.live[st.Id] = st
+	r.working[st.Id] = &working{cancel: cancel, done: make(chan struct{})}
 	return nil
+}
+
+// finished says that migration id has cleaned up: what it leaves on disk
+// is final.
+func (r *registry) finished(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w := r.working[id]; w != nil {
+		close(w.done)
+		delete(r.working, id)
+	}
+}
+
+// restoring marks migration id as restoring, unless a resolve has aborted
+// it first (false).
+func (r *registry) restoring(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.working[id]
+	if w == nil || w.aborted {
+		return false
+	}
+	w.restoring = true
+	return true
+}
+
+// handOver marks migration id as handed over to the source's decision,
+// unless a resolve has aborted it first (false).
+func (r *registry) handOver(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.working[id]
+	if w == nil || w.aborted {
+		return false
+	}
+	w.handedOver, w.restoring = true, false
+	return true
+}
+
+// abort ends migration id with cause if it is being received and was not
+// handed over yet, and returns a channel closed once it has cleaned up;
+// nil if it cannot be aborted so (not here, or handed over). A restore
+// under way is left to end: the hand-over after it is refused.
+func (r *registry) abort(id string, cause error) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.working[id]
+	if w == nil || w.handedOver {
+		return nil
+	}
+	w.aborted = true
+	if !w.restoring {
+		w.cancel(cause)
+	}
+	return w.done
 }
 
 // update changes a live migration under the registry's lock.
@@ -88,11 +165,12 @@ func (r *registry) end(id, state string, err error, keep bool) {
 	}
 }
 
-// inFlight says whether migration id is being received now.
+// inFlight says whether migration id is being received now, or cleaning
+// up after it.
 func (r *registry) inFlight(id string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.live[id] != nil
+	return r.working[id] != nil
 }
 
 // settled records that migration id, in doubt, was resolved to state.

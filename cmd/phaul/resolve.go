@@ -95,14 +95,6 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	defer cancel()
 	env.Logger.Info("resolving", "migration", id, "dest", dest, "commit", commit, "why", why)
 	r, err := migrate.ResolveAt(ctx, dest, conf, id, commit)
-	for errors.Is(err, migrate.ErrInFlight) { // it is finishing there: ask again
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("resolve %s on %s: %w", id, dest, err)
-		case <-time.After(time.Second):
-		}
-		r, err = migrate.ResolveAt(ctx, dest, conf, id, commit)
-	}
 	if err != nil {
 		return fmt.Errorf("resolve %s on %s: %w", id, dest, err)
 	}
