@@ -52,7 +52,11 @@ func checkCreds(imgs string, facts *pb.SourceFacts) error {
 		if len(img.Entries) != 1 {
 			return fmt.Errorf("%w: %s has %d entries", ErrPrivilege, name, len(img.Entries))
 		}
-		c := img.Entries[0].Message.(*criucore.CoreEntry).GetThreadCore().GetCreds()
+		core := img.Entries[0].Message.(*criucore.CoreEntry)
+		if isZombie(core) {
+			continue // CRIU recreates it as a task that exits at once
+		}
+		c := core.GetThreadCore().GetCreds()
 		if c == nil {
 			return fmt.Errorf("%w: %s has no credentials", ErrPrivilege, name)
 		}
@@ -81,6 +85,20 @@ func checkCreds(imgs string, facts *pb.SourceFacts) error {
 		}
 	}
 	return nil
+}
+
+// taskDead is CRIU's task_state of a zombie (TASK_DEAD, compel's
+// COMPEL_TASK_DEAD).
+const taskDead = 2
+
+// isZombie says whether core is CRIU's image of a zombie: task state dead,
+// and nothing else of a task (no thread core, so no credentials: CRIU's
+// dump_one_zombie writes only the name and the exit code). A zombie runs
+// no code after the restore, so it has no privilege to compare; an image
+// claiming to be a zombie that carries more than that is compared as any
+// other (and fails closed without credentials).
+func isZombie(core *criucore.CoreEntry) bool {
+	return core.GetTc().GetTaskState() == taskDead && core.ThreadCore == nil && core.ThreadInfo == nil
 }
 
 // capMask joins CRIU's 32-bit capability words into one mask.

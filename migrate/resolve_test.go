@@ -13,9 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/phaul/phaul/internal/criuimg"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 )
@@ -262,5 +266,43 @@ func TestRegistryHandOver(t *testing.T) {
 	}
 	if r.inFlight("b") || r.abort("b", errResolvedAbort) != nil {
 		t.Error("b: still there after it finished")
+	}
+}
+
+// TestCheckCredsZombie: a zombie's core image (task state dead, no thread
+// core: no credentials) needs none; anything else without credentials
+// still fails closed.
+func TestCheckCredsZombie(t *testing.T) {
+	facts := &pb.SourceFacts{Tasks: []*pb.TaskFact{{}}}
+	if c, err := proc.ReadStatus(os.Getpid()); err == nil {
+		facts.Tasks[0] = &pb.TaskFact{Uids: c.Uids, Gids: c.Gids, Groups: c.Groups, CapInh: c.CapInh, CapPrm: c.CapPrm, CapEff: c.CapEff, CapBnd: c.CapBnd}
+	}
+	tc := func(state uint32) *criucore.TaskCoreEntry {
+		return &criucore.TaskCoreEntry{TaskState: proto.Uint32(state), ExitCode: proto.Uint32(7), Comm: proto.String("z"), Personality: proto.Uint32(0), Flags: proto.Uint32(0), BlkSigset: proto.Uint64(0)}
+	}
+	tests := []struct {
+		name string
+		core *criucore.CoreEntry
+		ok   bool
+	}{
+		{"zombie", &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum(), Tc: tc(taskDead)}, true},
+		{"alive without credentials", &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum(), Tc: tc(1)}, false},
+		{"no task core", &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum()}, false},
+		{"dead, with a thread core but no credentials", &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum(), Tc: tc(taskDead),
+			ThreadCore: &criucore.ThreadCoreEntry{FutexRla: proto.Uint64(0), FutexRlaLen: proto.Uint32(0)}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeCore(t, dir, os.Getpid(), nil) // core-1.img: a live task with our credentials
+			img := &crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: tt.core}}}
+			if err := criuimg.Write(filepath.Join(dir, "core-2.img"), img); err != nil {
+				t.Fatal(err)
+			}
+			err := checkCreds(dir, facts)
+			if tt.ok && err != nil || !tt.ok && !errors.Is(err, ErrPrivilege) {
+				t.Fatalf("checkCreds: %v", err)
+			}
+		})
 	}
 }
