@@ -147,8 +147,12 @@ func Same(pid int, start uint64) bool {
 // Status is what phaul reads of /proc/PID/status: the tracer, the PID in
 // the task's own PID namespace and the credentials.
 type Status struct {
-	TracerPid                      int // 0 when not traced
-	NSPid                          int // the PID in the innermost PID namespace (NSpid's last); 0 if absent
+	TracerPid int // 0 when not traced
+	NSPid     int // the PID in the innermost PID namespace (NSpid's last); 0 if absent
+	// NSSid and NSPgid are the session and process group in the
+	// innermost PID namespace (NSsid's and NSpgid's last): 0 when their
+	// leader's PID is outside that namespace; -1 if absent.
+	NSSid, NSPgid                  int
 	CapInh, CapPrm, CapEff, CapBnd uint64
 	Uids, Gids                     []uint32 // real, effective, saved, filesystem
 	Groups                         []uint32 // supplementary
@@ -166,7 +170,7 @@ func ReadStatus(pid int) (Status, error) {
 // ParseStatus parses the content of /proc/PID/status; the credential lines
 // must be there.
 func ParseStatus(status string) (Status, error) {
-	var c Status
+	c := Status{NSSid: -1, NSPgid: -1}
 	seen := 0
 	for _, line := range strings.Split(status, "\n") {
 		key, v, ok := strings.Cut(line, ":")
@@ -179,9 +183,18 @@ func ParseStatus(status string) (Status, error) {
 		case "TracerPid":
 			c.TracerPid, _ = strconv.Atoi(v)
 			continue
-		case "NSpid":
+		case "NSpid", "NSsid", "NSpgid":
+			n := -1
 			if f := strings.Fields(v); len(f) > 0 {
-				c.NSPid, _ = strconv.Atoi(f[len(f)-1])
+				n, _ = strconv.Atoi(f[len(f)-1])
+			}
+			switch key {
+			case "NSpid":
+				c.NSPid = max(n, 0)
+			case "NSsid":
+				c.NSSid = n
+			default:
+				c.NSPgid = n
 			}
 			continue
 		case "CapInh":

@@ -90,19 +90,30 @@ func TestValidateTarget(t *testing.T) {
 
 func TestOutsideLeader(t *testing.T) {
 	in := map[int]bool{100: true, 101: true}
+	const gone = 999999999 // above any pid_max: no task has it
+	inside := Status{NSSid: 5, NSPgid: 5}
 	for _, tc := range []struct {
+		name    string
 		st      Stat
+		status  Status
+		root    bool
 		outside bool
 	}{
-		{Stat{Pid: 100, Session: 100, PGrp: 100}, false}, // session leader
-		{Stat{Pid: 101, Session: 100, PGrp: 100}, false}, // its child
-		{Stat{Pid: 101, Session: 100, PGrp: 101}, false}, // a job of its own inside
-		{Stat{Pid: 100, Session: 7, PGrp: 100}, true},    // started from a shell
-		{Stat{Pid: 100, Session: 100, PGrp: 55}, true},   // in someone else's group
-		{Stat{Pid: 100, Session: 0, PGrp: 0}, true},      // leader in an ancestor PID namespace
+		{"session leader", Stat{Pid: 100, Session: 100, PGrp: 100}, inside, true, false},
+		{"its child", Stat{Pid: 101, Session: 100, PGrp: 100}, inside, false, false},
+		{"a job of its own inside", Stat{Pid: 101, Session: 100, PGrp: 101}, inside, false, false},
+		{"started from a shell", Stat{Pid: 100, Session: 7, PGrp: 100}, inside, true, true},
+		{"in someone else's group", Stat{Pid: 100, Session: 100, PGrp: 55}, inside, true, true},
+		{"leader in an ancestor PID namespace", Stat{Pid: 100, Session: 0, PGrp: 0}, inside, true, true},
+		{"session leader exited", Stat{Pid: 101, Session: gone, PGrp: 101}, inside, false, false},
+		{"group leader exited", Stat{Pid: 101, Session: 100, PGrp: gone}, inside, false, false},
+		{"session leader exited, outside the PID namespace", Stat{Pid: 101, Session: gone, PGrp: 101}, Status{NSSid: 0, NSPgid: 5}, false, true},
+		{"group leader outside the PID namespace", Stat{Pid: 101, Session: 100, PGrp: gone}, Status{NSSid: 5, NSPgid: 0}, false, true},
+		{"root whose session leader exited", Stat{Pid: 100, Session: gone, PGrp: 100}, inside, true, true},
+		{"leader alive outside (pid 1)", Stat{Pid: 101, Session: 1, PGrp: 101}, inside, false, true},
 	} {
-		if got := outsideLeader(tc.st, in) != ""; got != tc.outside {
-			t.Errorf("%+v: outside=%v, want %v", tc.st, got, tc.outside)
+		if got := outsideLeader(tc.st, tc.status, tc.root, in) != ""; got != tc.outside {
+			t.Errorf("%s: %+v: outside=%v, want %v", tc.name, tc.st, got, tc.outside)
 		}
 	}
 }

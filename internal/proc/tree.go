@@ -2,6 +2,7 @@ package proc
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -76,10 +77,12 @@ func RSS(pid int) uint64 {
 }
 
 // ShellJobReason says why the tree rooted at pid must be checkpointed as a
-// shell job (CRIU's --shell-job), or "" if it need not: a task of the tree
-// is in a session or process group whose leader is outside the tree, as
-// for a command started from an interactive shell (the shell leads the
-// session) or a pipeline member.
+// shell job (CRIU's --shell-job), or "" if it need not: the root does not
+// lead its own session, or a task of the tree is in a session or process
+// group whose leader lives outside the tree, as for a command started from
+// an interactive shell (the shell leads the session) or a pipeline member.
+// A leader that has exited, its session or group living on in tasks of the
+// tree, is no reason: CRIU recreates it on restore (a helper task).
 func ShellJobReason(pid int) string {
 	tree := Tree(pid)
 	in := make(map[int]bool, len(tree))
@@ -91,19 +94,38 @@ func ShellJobReason(pid int) string {
 		if err != nil {
 			continue // gone: the checks say so if it matters
 		}
-		if why := outsideLeader(st, in); why != "" {
+		status, _ := ReadStatus(p)
+		if why := outsideLeader(st, status, p == pid, in); why != "" {
 			return why
 		}
 	}
 	return ""
 }
 
-func outsideLeader(st Stat, in map[int]bool) string {
+// outsideLeader says why task st (its status, root: the tree's root) ties
+// the tree to a leader outside it, or "".
+func outsideLeader(st Stat, status Status, root bool, in map[int]bool) string {
 	switch {
-	case !in[st.Session]:
+	case root && st.Session != st.Pid && (!in[st.Session] || st.Session == 0):
 		return fmt.Sprintf("pid %d (%s) is in session %d, whose leader is not in the tree (started from a shell)", st.Pid, st.Comm, st.Session)
-	case !in[st.PGrp]:
+	case !in[st.Session] && !leaderGone(st.Session, status.NSSid):
+		return fmt.Sprintf("pid %d (%s) is in session %d, whose leader is not in the tree (started from a shell)", st.Pid, st.Comm, st.Session)
+	case !in[st.PGrp] && !leaderGone(st.PGrp, status.NSPgid):
 		return fmt.Sprintf("pid %d (%s) is in process group %d, whose leader is not in the tree", st.Pid, st.Comm, st.PGrp)
 	}
 	return ""
+}
+
+// leaderGone says whether the leader of a session or process group (id, as
+// seen here; nsID, as seen in the task's own PID namespace) has exited:
+// no task has that PID any more (the kernel keeps the number while the
+// session or group lives, so no other task can have it), and the leader
+// was inside the task's PID namespace (nsID is 0 for one outside it,
+// which CRIU cannot recreate).
+func leaderGone(id, nsID int) bool {
+	if id <= 0 || nsID == 0 {
+		return false
+	}
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", id))
+	return errors.Is(err, os.ErrNotExist)
 }
