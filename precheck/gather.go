@@ -80,7 +80,8 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 		if !st.Mode().IsRegular() {
 			return
 		}
-		files[path] = &pb.FileFact{Path: path, Size: uint64(st.Size()), Mode: uint32(st.Mode().Perm()), Use: use, Written: written}
+		files[path] = &pb.FileFact{Path: path, Size: uint64(st.Size()), Mode: uint32(st.Mode().Perm()), Use: use, Written: written,
+			Inode: inodeOf(st), FsType: fsMagic(path)}
 		if fs := fsTypeOf(mounts, path); fs != "" {
 			need("fs", fs, path+" is on "+fs)
 		}
@@ -156,10 +157,16 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 }
 
 // hashAll fills sha256 and build-id of the files that may have to be
-// compared: not those the tree writes, nor the very large.
+// compared: not those the tree writes, nor the very large. Of a file the
+// tree writes, it hashes the head (SameFile).
 func hashAll(ctx context.Context, files []*pb.FileFact) {
 	inParallel(ctx, len(files), func(i int) {
-		if ff := files[i]; !ff.Written && ff.Size <= maxHash {
+		ff := files[i]
+		switch {
+		case ff.Written:
+			ff.HeadLen = min(ff.Size, maxHead)
+			ff.HeadSha256, _ = headSum(ff.Path, ff.HeadLen)
+		case ff.Size <= maxHash:
 			ff.Sha256, _ = Hashes.Sum(ff.Path)
 			ff.BuildId = buildID(ff.Path)
 		}

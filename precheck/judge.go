@@ -349,7 +349,7 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			sums[i], _ = Hashes.Sum(ff.Path)
 		}
 	})
-	var items, written, writtenMissing []string
+	var items, written, shared, writtenMissing []string
 	for i, ff := range f.Files {
 		if ctx.Err() != nil {
 			return fail("files", ctx.Err().Error())
@@ -363,6 +363,16 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 		}
 		if st == nil {
 			items = append(items, missingItem(ff))
+			continue
+		}
+		if uint64(st.Size()) != ff.Size && SameFile(ff, st) {
+			// The tree wrote it since the source looked: the same file,
+			// on a filesystem both hosts share. The restore sees its
+			// size at the freeze.
+			shared = append(shared, ff.Path)
+			if uint32(st.Mode().Perm()) != ff.Mode {
+				items = append(items, fmt.Sprintf("%s (%s): mode %o here, %o on the source", ff.Path, ff.Use, st.Mode().Perm(), ff.Mode))
+			}
 			continue
 		}
 		if uint64(st.Size()) != ff.Size {
@@ -395,8 +405,15 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 	switch {
 	case len(items) > 0:
 		v = fail("files", filesFailed(len(items), len(f.Files)), items...)
-	case len(written) > 0:
-		v = warn("files", fmt.Sprintf("all %d files match; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(f.Files), len(written)), written...)
+	case len(written) > 0 || len(shared) > 0:
+		detail := fmt.Sprintf("all %d files match", len(f.Files))
+		if len(written) > 0 {
+			detail += fmt.Sprintf("; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(written))
+		}
+		if len(shared) > 0 {
+			detail += fmt.Sprintf("; %d written by the tree are the same files here (a filesystem both hosts share): their size is the one at the freeze", len(shared))
+		}
+		v = warn("files", detail, append(written, shared...)...)
 	default:
 		v = pass("files", fmt.Sprintf("all %d files (executables, libraries, open files) are here and identical", len(f.Files)))
 	}

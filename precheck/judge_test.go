@@ -254,3 +254,55 @@ func TestWrittenMissingIsSettledBySource(t *testing.T) {
 		})
 	}
 }
+
+// TestSameFile: a written file that grew since the source looked is the
+// same file here when its inode, filesystem and head match; a file
+// rewritten, replaced or shrunk is not.
+func TestSameFile(t *testing.T) {
+	dir := t.TempDir()
+	fact := func(path string) *pb.FileFact {
+		t.Helper()
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ff := &pb.FileFact{Path: path, Size: uint64(st.Size()), Mode: uint32(st.Mode().Perm()), Written: true, Inode: inodeOf(st), FsType: fsMagic(path)}
+		hashAll(context.Background(), []*pb.FileFact{ff})
+		return ff
+	}
+	tests := []struct {
+		name   string
+		change func(path string)
+		same   bool
+	}{
+		{"appended", func(p string) {
+			f, _ := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+			f.WriteString("more lines\n")
+			f.Close()
+		}, true},
+		{"rewritten at its head, and grown", func(p string) {
+			os.WriteFile(p, []byte("LINE 1\nline 2\nline 3\n"), 0o644)
+		}, false},
+		{"replaced by another file", func(p string) {
+			os.Remove(p)
+			os.WriteFile(p, []byte("another file, longer\n"), 0o644)
+		}, false},
+		{"truncated", func(p string) { os.Truncate(p, 3) }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "-"))
+			os.WriteFile(path, []byte("line 1\nline 2\n"), 0o644)
+			ff := fact(path)
+			tt.change(path)
+			st, _ := os.Stat(path)
+			if got := SameFile(ff, st); got != tt.same {
+				t.Errorf("SameFile = %v, want %v", got, tt.same)
+			}
+			v := judgeFiles(context.Background(), &pb.SourceFacts{Files: []*pb.FileFact{ff}}, Options{}, &Env{})
+			if failed := v.Result == pb.Verdict_FAIL; failed == tt.same {
+				t.Errorf("files verdict %v: %s", v.Result, text(v))
+			}
+		})
+	}
+}

@@ -1644,14 +1644,22 @@ func (x *SourceFacts) GetCgroupKind() string {
 }
 
 type FileFact struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`                     // permission bits
-	Sha256        string                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`                  // "" when not hashed (written by the tree, or too large)
-	BuildId       string                 `protobuf:"bytes,5,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"` // ELF build-id, hex
-	Use           string                 `protobuf:"bytes,6,opt,name=use,proto3" json:"use,omitempty"`                        // exe, map, open
-	Written       bool                   `protobuf:"varint,7,opt,name=written,proto3" json:"written,omitempty"`               // open for writing by the tree
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Path    string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size    uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Mode    uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`                     // permission bits
+	Sha256  string                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`                  // "" when not hashed (written by the tree, or too large)
+	BuildId string                 `protobuf:"bytes,5,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"` // ELF build-id, hex
+	Use     string                 `protobuf:"bytes,6,opt,name=use,proto3" json:"use,omitempty"`                        // exe, map, open
+	Written bool                   `protobuf:"varint,7,opt,name=written,proto3" json:"written,omitempty"`               // open for writing by the tree
+	// For a written file, what tells the destination that it sees the same
+	// file (a filesystem both hosts share) though its size has changed since:
+	// the inode number, the filesystem's type (statfs f_type), and the
+	// sha256 of its first head_len bytes (at most 1 MiB).
+	Inode         uint64 `protobuf:"varint,8,opt,name=inode,proto3" json:"inode,omitempty"`
+	FsType        int64  `protobuf:"varint,9,opt,name=fs_type,json=fsType,proto3" json:"fs_type,omitempty"`
+	HeadSha256    string `protobuf:"bytes,10,opt,name=head_sha256,json=headSha256,proto3" json:"head_sha256,omitempty"`
+	HeadLen       uint64 `protobuf:"varint,11,opt,name=head_len,json=headLen,proto3" json:"head_len,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1733,6 +1741,34 @@ func (x *FileFact) GetWritten() bool {
 		return x.Written
 	}
 	return false
+}
+
+func (x *FileFact) GetInode() uint64 {
+	if x != nil {
+		return x.Inode
+	}
+	return 0
+}
+
+func (x *FileFact) GetFsType() int64 {
+	if x != nil {
+		return x.FsType
+	}
+	return 0
+}
+
+func (x *FileFact) GetHeadSha256() string {
+	if x != nil {
+		return x.HeadSha256
+	}
+	return ""
+}
+
+func (x *FileFact) GetHeadLen() uint64 {
+	if x != nil {
+		return x.HeadLen
+	}
+	return 0
 }
 
 type SocketFact struct {
@@ -2533,7 +2569,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05tasks\x18\t \x03(\v2\x12.phaul.v1.TaskFactR\x05tasks\x12\x1f\n" +
 	"\vcgroup_kind\x18\n" +
 	" \x01(\tR\n" +
-	"cgroupKind\"\xa5\x01\n" +
+	"cgroupKind\"\x90\x02\n" +
 	"\bFileFact\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
@@ -2541,7 +2577,13 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x06sha256\x18\x04 \x01(\tR\x06sha256\x12\x19\n" +
 	"\bbuild_id\x18\x05 \x01(\tR\abuildId\x12\x10\n" +
 	"\x03use\x18\x06 \x01(\tR\x03use\x12\x18\n" +
-	"\awritten\x18\a \x01(\bR\awritten\"\xe2\x01\n" +
+	"\awritten\x18\a \x01(\bR\awritten\x12\x14\n" +
+	"\x05inode\x18\b \x01(\x04R\x05inode\x12\x17\n" +
+	"\afs_type\x18\t \x01(\x03R\x06fsType\x12\x1f\n" +
+	"\vhead_sha256\x18\n" +
+	" \x01(\tR\n" +
+	"headSha256\x12\x19\n" +
+	"\bhead_len\x18\v \x01(\x04R\aheadLen\"\xe2\x01\n" +
 	"\n" +
 	"SocketFact\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\tR\x06family\x12\x14\n" +
