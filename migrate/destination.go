@@ -154,6 +154,9 @@ type incoming struct {
 	pageCounts   transport.Counts
 	mounted      bool // a tmpfs is mounted on imgs
 	restored     int  // root pid of the restored, stopped tree
+	// stopped lists the tasks that were stopped at the dump (their PIDs
+	// in the tree's namespace): the resume leaves them so.
+	stopped []int
 	// restoredStart is its start time (proc.Stat.StartTime).
 	restoredStart uint64
 	mode          rpc.CriuCgMode // CRIU's cgroup mode for this migration
@@ -438,6 +441,9 @@ func (in *incoming) run(ctx context.Context) error {
 	if st, err := proc.ReadStat(res.Pid); err == nil {
 		in.restoredStart = st.StartTime
 	}
+	if in.stopped, err = stoppedTasks(in.imgs); err != nil {
+		return in.fail("restore", err)
+	}
 	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
 	restored := &pb.Restored{Pid: int32(res.Pid)}
 	if in.terms != nil {
@@ -484,7 +490,7 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("commit", unexpected(msg, "Commit"))
 	}
 	in.setPhase("resume")
-	if err := proc.SignalTree(res.Pid, unix.SIGCONT); err != nil {
+	if err := resumeTree(res.Pid, in.stopped); err != nil {
 		return in.fail("resume", err)
 	}
 	if err := in.record("running"); err != nil {
@@ -567,7 +573,7 @@ func endState(in *incoming, err error) string {
 // migration survives a restart of the service, and Status lists the
 // finished ones after one.
 func (in *incoming) record(state string) error {
-	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, SourceHost: in.sourceHost,
+	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, Stopped: in.stopped, SourceHost: in.sourceHost,
 		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
 	if in.prep != nil {
 		f.Comm, f.SourcePid = in.prep.Comm, int(in.prep.Pid)

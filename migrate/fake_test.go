@@ -21,6 +21,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -83,6 +84,7 @@ func (f *fakeCRIU) dumper(t testing.TB) Checkpointer {
 			os.WriteFile(filepath.Join(r.ImagesDir, n), []byte("image "+n), 0o600)
 		}
 		writeCore(t, r.ImagesDir, int(r.Opts.GetPid()), f.creds)
+		writePstree(t, r.ImagesDir)
 		if f.userns {
 			os.WriteFile(filepath.Join(r.ImagesDir, "userns-11.img"), []byte("image"), 0o600)
 		}
@@ -466,6 +468,17 @@ func writeCore(t testing.TB, dir string, pid int, mutate func(*creds.CredsEntry)
 		ThreadCore: &criucore.ThreadCoreEntry{FutexRla: proto.Uint64(0), FutexRlaLen: u(0), Creds: ce}}
 	img := &crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}
 	if err := criuimg.Write(filepath.Join(dir, "core-1.img"), img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writePstree writes pstree.img: one task, 1 (core-1.img).
+func writePstree(t testing.TB, dir string) {
+	t.Helper()
+	u := proto.Uint32
+	img := &crit.CriuImage{Magic: "PSTREE", Entries: []*crit.CriuEntry{{Message: &pstree.PstreeEntry{
+		Pid: u(1), Ppid: u(0), Pgid: u(1), Sid: u(1), Threads: []uint32{1}}}}}
+	if err := criuimg.Write(filepath.Join(dir, "pstree.img"), img); err != nil {
 		t.Fatal(err)
 	}
 }

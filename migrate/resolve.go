@@ -335,7 +335,7 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	case commit && !alive:
 		return nil, fmt.Errorf("migration %s: the stopped copy here (pid %d) is gone; nothing to resume", id, f.Pid)
 	case commit:
-		if err := proc.SignalTree(f.Pid, unix.SIGCONT); err != nil {
+		if err := resumeTree(f.Pid, f.Stopped); err != nil {
 			return nil, fmt.Errorf("resume pid %d: %w", f.Pid, err)
 		}
 		f.State = "running"
