@@ -1,0 +1,248 @@
+package conformance_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/internal/twohosts"
+)
+
+// A case is one program of cases/, with what its leading comment says:
+//
+//	criu-opts: file_locks tcp_established   (what CRIU alone needs to move it)
+//	criu-cannot: REASON                      (CRIU itself cannot move it here)
+//	phaul-refuses: CHECK                     (the check that refuses it first)
+type corpusCase struct {
+	name, src    string
+	criuOpts     []string
+	criuCannot   string
+	phaulRefuses string
+}
+
+func loadCases(t *testing.T) []corpusCase {
+	t.Helper()
+	srcs, _ := filepath.Glob("cases/*.c")
+	if len(srcs) == 0 {
+		t.Fatal("no cases in cases/")
+	}
+	var out []corpusCase
+	for _, src := range srcs {
+		c := corpusCase{name: strings.TrimSuffix(filepath.Base(src), ".c"), src: src}
+		f, err := os.Open(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			line := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(sc.Text()), "*"))
+			if line == "*/" {
+				break
+			}
+			if v, ok := strings.CutPrefix(line, "criu-opts:"); ok {
+				c.criuOpts = strings.Fields(v)
+			} else if v, ok := strings.CutPrefix(line, "criu-cannot:"); ok {
+				c.criuCannot = strings.TrimSpace(v)
+			} else if v, ok := strings.CutPrefix(line, "phaul-refuses:"); ok {
+				c.phaulRefuses = strings.TrimSpace(v)
+			}
+		}
+		f.Close()
+		out = append(out, c)
+	}
+	return out
+}
+
+// build compiles every case into dir.
+func build(t *testing.T, cases []corpusCase, dir string) {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		testutil.SkipOrFail(t, "the corpus is C: gcc is needed")
+	}
+	for _, c := range cases {
+		out, err := exec.Command("gcc", "-O1", "-Wall", "-Wno-unused-function", "-Wno-unused-result", "-pthread",
+			"-o", filepath.Join(dir, c.name), c.src, "-lrt").CombinedOutput()
+		if err != nil {
+			t.Fatalf("build %s: %v\n%s", c.src, err, out)
+		}
+	}
+}
+
+// waitFile waits for dir/name and returns its content; a result that
+// comes first means the case broke before it was ready.
+func waitFile(dir, name string, timeout time.Duration) (string, error) {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(10 * time.Millisecond) {
+		if data, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
+			return string(data), nil
+		}
+		if name != "result" {
+			if data, err := os.ReadFile(filepath.Join(dir, "result")); err == nil {
+				return "", fmt.Errorf("the case ended before it was %s: %s", name, data)
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no %s within %v", name, timeout)
+		}
+	}
+}
+
+// verdict says go to the case and returns what it found.
+func verdict(dir string) string {
+	os.WriteFile(filepath.Join(dir, "go"), nil, 0o644)
+	res, err := waitFile(dir, "result", 15*time.Second)
+	if err != nil {
+		return err.Error()
+	}
+	return strings.TrimSpace(res)
+}
+
+// criuOpts turns a case's criu-opts into CRIU's options.
+func criuOpts(t *testing.T, names []string) *rpc.CriuOpts {
+	t.Helper()
+	o := &rpc.CriuOpts{}
+	for _, n := range names {
+		switch n {
+		case "file_locks":
+			o.FileLocks = proto.Bool(true)
+		case "tcp_established":
+			o.TcpEstablished = proto.Bool(true)
+		case "shell_job":
+			o.ShellJob = proto.Bool(true)
+		default:
+			t.Fatalf("criu-opts: %q is not an option the corpus knows", n)
+		}
+	}
+	return o
+}
+
+// startCase starts bin DIR as the init of a PID namespace of its own (on
+// this host's network) and waits until it is ready.
+func startCase(t *testing.T, bin, dir string) int {
+	t.Helper()
+	cmd := exec.Command("unshare", "-p", "-f", "setsid", bin, dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go cmd.Wait()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0; time.Sleep(5 * time.Millisecond) {
+		if kids, _ := proc.Children(cmd.Process.Pid); len(kids) > 0 {
+			pid = kids[0]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%s did not start", bin)
+		}
+	}
+	t.Cleanup(func() { testutil.KillPid(pid) })
+	if _, err := waitFile(dir, "ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// criuAlone checkpoints and restores the case on this host with CRIU
+// alone, as a user would by hand, and returns the case's verdict.
+func criuAlone(t *testing.T, c *criu.Client, bin string, cc corpusCase) (string, error) {
+	dir := t.TempDir()
+	pid := startCase(t, bin, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	imgs := t.TempDir()
+	opts := criuOpts(t, cc.criuOpts)
+	opts.Pid = proto.Int32(int32(pid))
+	if _, err := c.Dump(ctx, criu.Request{ImagesDir: imgs, WorkDir: imgs, Opts: opts}); err != nil {
+		return "", fmt.Errorf("dump: %w", err)
+	}
+	if err := testutil.WaitGone(pid, 10*time.Second); err != nil {
+		return "", err
+	}
+	ropts := criuOpts(t, cc.criuOpts)
+	res, err := c.Restore(ctx, criu.Request{ImagesDir: imgs, WorkDir: imgs, Opts: ropts})
+	if err != nil {
+		return "", fmt.Errorf("restore: %w", err)
+	}
+	t.Cleanup(func() { testutil.KillPid(res.Pid) })
+	return verdict(dir), nil
+}
+
+// TestCorpus runs every case through CRIU alone and through phaul.
+func TestCorpus(t *testing.T) {
+	c, _ := testutil.CRIU(t)
+	cases := loadCases(t)
+	bins := t.TempDir()
+	build(t, cases, bins)
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	for _, cc := range cases {
+		t.Run(cc.name, func(t *testing.T) {
+			bin := filepath.Join(bins, cc.name)
+			alone, err := criuAlone(t, c, bin, cc)
+			switch {
+			case cc.criuCannot == "" && err != nil:
+				var ce *criu.Error
+				if errors.As(err, &ce) {
+					err = fmt.Errorf("%w\n%s", err, strings.Join(ce.Lines, "\n"))
+				}
+				t.Fatalf("CRIU alone cannot move it (say why with criu-cannot, or give it the options it needs with criu-opts): %v", err)
+			case cc.criuCannot == "" && alone != "ok":
+				t.Fatalf("CRIU alone moved it, but the case says: %s", alone)
+			case cc.criuCannot != "" && err == nil && alone == "ok":
+				t.Errorf("CRIU alone moves it now: drop its criu-cannot (%s)", cc.criuCannot)
+			case cc.criuCannot != "":
+				t.Logf("CRIU alone cannot move it, as expected (%s): %v %s", cc.criuCannot, err, alone)
+			default:
+				t.Logf("CRIU alone: %s", alone)
+			}
+			dir := t.TempDir()
+			pid := h.StartProcess(t, bin, dir)
+			if _, err := waitFile(dir, "ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r := h.Migrate(t, ctx, pid, svc.Addr)
+			if dp := int(r.Num("dest_pid")); dp > 0 {
+				t.Cleanup(func() { testutil.KillPid(dp) })
+			}
+			if cc.criuCannot != "" {
+				// phaul must refuse it, and leave it as it was.
+				if r.ExitCode == 0 {
+					t.Fatalf("phaul moved a case CRIU cannot move (%s)", cc.criuCannot)
+				}
+				if cc.phaulRefuses != "" && !strings.Contains(r.Str("error"), cc.phaulRefuses) {
+					t.Errorf("phaul refused it, but not by the %s check: %s", cc.phaulRefuses, r.Str("error"))
+				}
+				if v := verdict(dir); v != "ok" {
+					t.Errorf("refused, and yet the workload changed on the source: %s", v)
+				}
+				return
+			}
+			if r.ExitCode != 0 {
+				t.Fatalf("phaul migrate: exit %d: %s\n%s", r.ExitCode, r.Str("error"), r.Stderr)
+			}
+			if testutil.Alive(pid) {
+				t.Errorf("the source copy (pid %d) still exists", pid)
+			}
+			v := verdict(dir)
+			t.Logf("phaul migrate: moved (downtime %v), the case says: %s", r.Report["downtime"], v)
+			if v != "ok" {
+				t.Errorf("after phaul migrate: %s", v)
+			}
+		})
+	}
+}
