@@ -407,6 +407,7 @@ func (in *incoming) run(ctx context.Context) error {
 	opts := &rpc.CriuOpts{
 		ShellJob:          proto.Bool(in.prep.ShellJob),
 		TcpEstablished:    proto.Bool(in.prep.TcpEstablished),
+		FileLocks:         proto.Bool(in.prep.FileLocks),
 		LeaveStopped:      proto.Bool(true),
 		ManageCgroupsMode: in.mode.Enum(),
 		CgRoot:            criuRoots(in.roots),

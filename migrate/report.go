@@ -21,8 +21,11 @@ type Report struct {
 	ShellJob    bool   `json:"shell_job"`   // dumped and restored as a shell job
 	// ShellJobReason says why phaul chose shell-job mode itself ("" when
 	// it was asked for, or not used).
-	ShellJobReason string   `json:"shell_job_reason,omitempty"`
-	CgroupRoots    []string `json:"cgroup_roots"` // as passed to CRIU on restore
+	ShellJobReason string `json:"shell_job_reason,omitempty"`
+	// CRIUOptions are the CRIU options phaul chose itself for the tree's
+	// state, each as "option: why".
+	CRIUOptions []string `json:"criu_options,omitempty"`
+	CgroupRoots []string `json:"cgroup_roots"` // as passed to CRIU on restore
 	// Freeze is how the source tree was frozen: "cgroup" (it was alone in
 	// its freezer cgroup) or "ptrace" (seized task by task).
 	Freeze string `json:"freeze,omitempty"`
@@ -69,6 +72,9 @@ func (d Duration) String() string { return time.Duration(d).Round(time.Milliseco
 // WriteText prints the report for people.
 func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "migrated pid %d to %s as pid %d (migration %s)\n", r.Pid, r.Destination, r.DestPid, r.ID)
+	for _, c := range r.CRIUOptions {
+		fmt.Fprintf(w, "  with CRIU's %s\n", c)
+	}
 	if r.ShellJob {
 		if r.ShellJobReason != "" {
 			fmt.Fprintf(w, "  as a shell job: %s\n", r.ShellJobReason)

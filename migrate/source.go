@@ -34,7 +34,8 @@ type Options struct {
 	Addr           string      // HOST:PORT of phaul-service
 	TLS            *tls.Config // transport.ClientTLS
 	ShellJob       bool        // force CRIU's shell-job mode (detected when needed: proc.ShellJobReason)
-	TCPEstablished bool        // checkpoint established TCP connections
+	TCPEstablished bool        // checkpoint established TCP connections (chosen when both ends of each are in the tree)
+	FileLocks      bool        // checkpoint file locks (chosen when the tree holds any)
 	CgroupRoot     string      // ask the destination for this cgroup root
 	// ManageCgroups is CRIU's cgroup mode on the destination (ignore,
 	// none, props, soft, full, strict); "" leaves the service's default.
@@ -264,7 +265,7 @@ func (m *source) run(ctx context.Context) error {
 	rss := proc.RSS(o.Pid)
 	m.rss = int64(rss)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
-		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished,
+		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: m.o.TCPEstablished, FileLocks: m.o.FileLocks,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss,
 		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
 	}}}); err != nil {
@@ -283,6 +284,24 @@ func (m *source) run(ctx context.Context) error {
 	m.r.Checks += Duration(time.Since(t0))
 
 	return m.dump(ctx)
+}
+
+// chooseOptions turns on the CRIU options the tree's state needs and that
+// can only help, saying why in the report: tcp_established when every
+// established connection has both ends in the tree (they move together),
+// file_locks when the tree holds a lock.
+func (m *source) chooseOptions(facts *pb.SourceFacts) {
+	if n, all := precheck.InTreeConnections(facts.GetSockets()); all && !m.o.TCPEstablished {
+		m.o.TCPEstablished = true
+		m.r.CRIUOptions = append(m.r.CRIUOptions, fmt.Sprintf("tcp_established: the %d ends of the tree's established TCP connections are all in the tree", n))
+	}
+	if why := precheck.FileLocks("", proc.Tree(m.o.Pid)); why != "" && !m.o.FileLocks {
+		m.o.FileLocks = true
+		m.r.CRIUOptions = append(m.r.CRIUOptions, "file_locks: "+why)
+	}
+	for _, c := range m.r.CRIUOptions {
+		m.log.Info("CRIU option chosen", "why", c)
+	}
 }
 
 // check gathers the facts of the tree and this host, judges what only the
@@ -310,6 +329,8 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 		return nil, fmt.Errorf("find the tree's terminals: %w", err)
 	}
 	m.terms = terminalsToPB(terms)
+	m.chooseOptions(facts)
+	o = m.o
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
 	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
@@ -436,6 +457,7 @@ func (m *source) dump(ctx context.Context) error {
 		Pid:               proto.Int32(int32(o.Pid)),
 		ShellJob:          proto.Bool(o.ShellJob),
 		TcpEstablished:    proto.Bool(o.TCPEstablished),
+		FileLocks:         proto.Bool(o.FileLocks),
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
 	}
 	for _, t := range m.terms {

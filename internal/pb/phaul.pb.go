@@ -636,8 +636,9 @@ type Prepare struct {
 	// tty says where the tree's terminals from outside go on the
 	// destination: "pty" (a new pty, output logged), "null", "file:PATH".
 	Tty           string         `protobuf:"bytes,9,opt,name=tty,proto3" json:"tty,omitempty"`
-	Terminals     []*Terminal    `protobuf:"bytes,10,rep,name=terminals,proto3" json:"terminals,omitempty"` // declared external in the dump
-	Limits        []*CgroupLimit `protobuf:"bytes,11,rep,name=limits,proto3" json:"limits,omitempty"`       // v2 limits of the tree's cgroup, for the destination to apply
+	Terminals     []*Terminal    `protobuf:"bytes,10,rep,name=terminals,proto3" json:"terminals,omitempty"`                   // declared external in the dump
+	Limits        []*CgroupLimit `protobuf:"bytes,11,rep,name=limits,proto3" json:"limits,omitempty"`                         // v2 limits of the tree's cgroup, for the destination to apply
+	FileLocks     bool           `protobuf:"varint,12,opt,name=file_locks,json=fileLocks,proto3" json:"file_locks,omitempty"` // the tree holds file locks: CRIU's file_locks on both sides
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -747,6 +748,13 @@ func (x *Prepare) GetLimits() []*CgroupLimit {
 		return x.Limits
 	}
 	return nil
+}
+
+func (x *Prepare) GetFileLocks() bool {
+	if x != nil {
+		return x.FileLocks
+	}
+	return false
 }
 
 // Terminal is a terminal the tree uses but does not own (an ssh session's
@@ -2483,7 +2491,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\"A\n" +
 	"\tCgroupSet\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\x82\x03\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xa1\x03\n" +
 	"\aPrepare\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x1b\n" +
@@ -2497,7 +2505,9 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x03tty\x18\t \x01(\tR\x03tty\x120\n" +
 	"\tterminals\x18\n" +
 	" \x03(\v2\x12.phaul.v1.TerminalR\tterminals\x12-\n" +
-	"\x06limits\x18\v \x03(\v2\x15.phaul.v1.CgroupLimitR\x06limits\"Z\n" +
+	"\x06limits\x18\v \x03(\v2\x15.phaul.v1.CgroupLimitR\x06limits\x12\x1d\n" +
+	"\n" +
+	"file_locks\x18\f \x01(\bR\tfileLocks\"Z\n" +
 	"\bTerminal\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +

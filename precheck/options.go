@@ -1,0 +1,64 @@
+package precheck
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/phaul/phaul/internal/pb"
+)
+
+// Some state needs a CRIU option to be checkpointed at all; phaul chooses
+// it itself when the tree holds that state and the option can only help,
+// as it does for shell jobs, and says why in the report.
+
+// InTreeConnections says whether the tree has established TCP connections
+// and every one of them has its other end in the tree too: then both ends
+// move together, and CRIU's tcp_established carries them. n is how many
+// such sockets there are.
+func InTreeConnections(socks []*pb.SocketFact) (n int, all bool) {
+	type end struct {
+		addr string
+		port uint32
+	}
+	local := map[[2]end]bool{}
+	var est []*pb.SocketFact
+	for _, s := range socks {
+		if s.Proto == "tcp" && s.State == "ESTABLISHED" {
+			est = append(est, s)
+			local[[2]end{{s.LocalAddr, s.LocalPort}, {s.RemoteAddr, s.RemotePort}}] = true
+		}
+	}
+	for _, s := range est {
+		if !local[[2]end{{s.RemoteAddr, s.RemotePort}, {s.LocalAddr, s.LocalPort}}] {
+			return len(est), false
+		}
+	}
+	return len(est), len(est) > 0
+}
+
+// FileLocks says which file descriptor of the tree's tasks holds a file
+// lock (flock, POSIX or OFD: a "lock:" line in /proc/PID/fdinfo/FD), or
+// "" if none does. CRIU dumps a tree with locks only with file_locks.
+func FileLocks(procRoot string, tasks []int) string {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	for _, p := range tasks {
+		infos, _ := filepath.Glob(filepath.Join(procRoot, fmt.Sprint(p), "fdinfo", "*"))
+		for _, fi := range infos {
+			data, err := os.ReadFile(fi)
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(data), "\n") {
+				if strings.HasPrefix(line, "lock:") {
+					path, _ := os.Readlink(filepath.Join(procRoot, fmt.Sprint(p), "fd", filepath.Base(fi)))
+					return fmt.Sprintf("pid %d fd %s (%s) holds a lock: %s", p, filepath.Base(fi), path, strings.Join(strings.Fields(strings.TrimPrefix(line, "lock:")), " "))
+				}
+			}
+		}
+	}
+	return ""
+}
