@@ -27,11 +27,16 @@ import (
 //	criu-opts: file_locks tcp_established   (what CRIU alone needs to move it)
 //	criu-cannot: REASON                      (CRIU itself cannot move it here)
 //	phaul-refuses: CHECK                     (the check that refuses it first)
+//	phaul-differs: REASON                    (a known way phaul changes it, not fixed yet)
+//
+// phaul-differs is a bug on record, not an excuse: the test fails as soon
+// as phaul moves the case faithfully, so that the mark is removed.
 type corpusCase struct {
 	name, src    string
 	criuOpts     []string
 	criuCannot   string
 	phaulRefuses string
+	phaulDiffers string
 }
 
 func loadCases(t *testing.T) []corpusCase {
@@ -59,6 +64,8 @@ func loadCases(t *testing.T) []corpusCase {
 				c.criuCannot = strings.TrimSpace(v)
 			} else if v, ok := strings.CutPrefix(line, "phaul-refuses:"); ok {
 				c.phaulRefuses = strings.TrimSpace(v)
+			} else if v, ok := strings.CutPrefix(line, "phaul-differs:"); ok {
+				c.phaulDiffers = strings.TrimSpace(v)
 			}
 		}
 		f.Close()
@@ -240,7 +247,12 @@ func TestCorpus(t *testing.T) {
 			}
 			v := verdict(dir)
 			t.Logf("phaul migrate: moved (downtime %v), the case says: %s", r.Report["downtime"], v)
-			if v != "ok" {
+			switch {
+			case cc.phaulDiffers != "" && v == "ok":
+				t.Errorf("phaul moves it faithfully now: drop its phaul-differs (%s)", cc.phaulDiffers)
+			case cc.phaulDiffers != "":
+				t.Logf("a known difference, not fixed yet (%s)", cc.phaulDiffers)
+			case v != "ok":
 				t.Errorf("after phaul migrate: %s", v)
 			}
 		})
