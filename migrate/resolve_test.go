@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -304,5 +307,33 @@ func TestCheckCredsZombie(t *testing.T) {
 				t.Fatalf("checkCreds: %v", err)
 			}
 		})
+	}
+}
+
+// TestStoppedTasks: the tasks whose core image says stopped are listed by
+// their PIDs in the images.
+func TestStoppedTasks(t *testing.T) {
+	dir := t.TempDir()
+	u := proto.Uint32
+	var entries []*crit.CriuEntry
+	for pid, state := range map[uint32]uint32{1: 1, 2: taskStopped, 3: taskDead, 4: taskStopped} {
+		entries = append(entries, &crit.CriuEntry{Message: &pstree.PstreeEntry{Pid: u(pid), Ppid: u(1), Pgid: u(1), Sid: u(1)}})
+		core := &criucore.CoreEntry{Mtype: criucore.CoreEntry_X86_64.Enum(), Tc: &criucore.TaskCoreEntry{TaskState: u(state),
+			ExitCode: u(0), Personality: u(0), Flags: u(0), BlkSigset: proto.Uint64(0), Comm: proto.String("t")}}
+		if err := criuimg.Write(filepath.Join(dir, fmt.Sprintf("core-%d.img", pid)), &crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := criuimg.Write(filepath.Join(dir, "pstree.img"), &crit.CriuImage{Magic: "PSTREE", Entries: entries}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := stoppedTasks(dir)
+	slices.Sort(got)
+	if err != nil || !slices.Equal(got, []int{2, 4}) {
+		t.Fatalf("stoppedTasks: %v, %v; want [2 4]", got, err)
+	}
+	os.Remove(filepath.Join(dir, "core-3.img"))
+	if _, err := stoppedTasks(dir); err == nil {
+		t.Error("a task without its core image: no error")
 	}
 }
