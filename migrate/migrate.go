@@ -35,6 +35,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/phaul/phaul/precheck"
 	"os"
 	"regexp"
 
@@ -72,7 +73,8 @@ func (c CRIU) StartPageServer(ctx context.Context, r criu.Request) (PageServer, 
 func hostInfo(criuVersion string) *pb.HostInfo {
 	host, _ := os.Hostname()
 	kernel, _ := criu.RunningKernel()
-	return &pb.HostInfo{Hostname: host, Kernel: kernel.String(), CriuVersion: criuVersion, PhaulVersion: cli.PhaulVersion()}
+	return &pb.HostInfo{Hostname: host, Kernel: kernel.String(), CriuVersion: criuVersion, PhaulVersion: cli.PhaulVersion(),
+		BootId: precheck.BootID()}
 }
 
 // NewID returns a new migration ID: 16 hex digits.

@@ -81,7 +81,8 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 			return
 		}
 		files[path] = &pb.FileFact{Path: path, Size: uint64(st.Size()), Mode: uint32(st.Mode().Perm()), Use: use, Written: written,
-			Inode: inodeOf(st), FsType: fsMagic(path)}
+			FsType: fsMagic(path)}
+		files[path].Dev, files[path].Inode = devInode(st)
 		if fs := fsTypeOf(mounts, path); fs != "" {
 			need("fs", fs, path+" is on "+fs)
 		}

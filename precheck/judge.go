@@ -67,12 +67,12 @@ func JudgeSource(f *pb.SourceFacts, o Options) []*pb.Verdict {
 	if !o.skipped("network") {
 		var items []string
 		for _, s := range f.Sockets {
-			if s.Proto == "tcp" && s.State == "ESTABLISHED" && !o.TCPEstablished {
+			if s.Proto == "tcp" && s.State == "ESTABLISHED" && !o.TCPEstablished && !peerInTree(f.Sockets, s) {
 				items = append(items, fmt.Sprintf("%s:%d <-> %s:%d", s.LocalAddr, s.LocalPort, s.RemoteAddr, s.RemotePort))
 			}
 		}
 		if len(items) > 0 {
-			out = append(out, fail("network", "established TCP connections: pass --tcp-established to carry them (the peer must then reach the same address on the destination), or close them first", items...))
+			out = append(out, fail("network", "established TCP connections to peers outside the tree: pass --tcp-established to carry them (the peer must then reach the same address on the destination), or close them first", items...))
 		}
 	}
 	return out
@@ -365,7 +365,7 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			items = append(items, missingItem(ff))
 			continue
 		}
-		if uint64(st.Size()) != ff.Size && SameFile(ff, st) {
+		if uint64(st.Size()) != ff.Size && SameFile(ff, st, f.GetHost().GetBootId()) {
 			// The tree wrote it since the source looked: the same file,
 			// on a filesystem both hosts share. The restore sees its
 			// size at the freeze.

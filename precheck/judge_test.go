@@ -266,7 +266,8 @@ func TestSameFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ff := &pb.FileFact{Path: path, Size: uint64(st.Size()), Mode: uint32(st.Mode().Perm()), Written: true, Inode: inodeOf(st), FsType: fsMagic(path)}
+		ff := &pb.FileFact{Path: path, Size: uint64(st.Size()), Mode: uint32(st.Mode().Perm()), Written: true, FsType: fsMagic(path)}
+		ff.Dev, ff.Inode = devInode(st)
 		hashAll(context.Background(), []*pb.FileFact{ff})
 		return ff
 	}
@@ -296,10 +297,15 @@ func TestSameFile(t *testing.T) {
 			ff := fact(path)
 			tt.change(path)
 			st, _ := os.Stat(path)
-			if got := SameFile(ff, st); got != tt.same {
-				t.Errorf("SameFile = %v, want %v", got, tt.same)
+			if got := SameFile(ff, st, BootID()); got != tt.same {
+				t.Errorf("on one kernel: SameFile = %v, want %v", got, tt.same)
 			}
-			v := judgeFiles(context.Background(), &pb.SourceFacts{Files: []*pb.FileFact{ff}}, Options{}, &Env{})
+			// From another kernel, a local filesystem is never the
+			// same one, whatever its inode numbers.
+			if SameFile(ff, st, "another-boot") {
+				t.Error("from another kernel: SameFile on a local filesystem")
+			}
+			v := judgeFiles(context.Background(), &pb.SourceFacts{Host: &pb.HostInfo{BootId: BootID()}, Files: []*pb.FileFact{ff}}, Options{}, &Env{})
 			if failed := v.Result == pb.Verdict_FAIL; failed == tt.same {
 				t.Errorf("files verdict %v: %s", v.Result, text(v))
 			}

@@ -18,24 +18,26 @@ import (
 // move together, and CRIU's tcp_established carries them. n is how many
 // such sockets there are.
 func InTreeConnections(socks []*pb.SocketFact) (n int, all bool) {
-	type end struct {
-		addr string
-		port uint32
-	}
-	local := map[[2]end]bool{}
-	var est []*pb.SocketFact
+	all = true
 	for _, s := range socks {
 		if s.Proto == "tcp" && s.State == "ESTABLISHED" {
-			est = append(est, s)
-			local[[2]end{{s.LocalAddr, s.LocalPort}, {s.RemoteAddr, s.RemotePort}}] = true
+			n++
+			all = all && peerInTree(socks, s)
 		}
 	}
-	for _, s := range est {
-		if !local[[2]end{{s.RemoteAddr, s.RemotePort}, {s.LocalAddr, s.LocalPort}}] {
-			return len(est), false
+	return n, n > 0 && all
+}
+
+// peerInTree says whether the other end of connection s is a socket of
+// the tree too (socks).
+func peerInTree(socks []*pb.SocketFact, s *pb.SocketFact) bool {
+	for _, p := range socks {
+		if p.Proto == s.Proto && p.State == "ESTABLISHED" && p.LocalAddr == s.RemoteAddr && p.LocalPort == s.RemotePort &&
+			p.RemoteAddr == s.LocalAddr && p.RemotePort == s.LocalPort {
+			return true
 		}
 	}
-	return len(est), len(est) > 0
+	return false
 }
 
 // FileLocks says which file descriptor of the tree's tasks holds a file

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -30,11 +31,11 @@ func headSum(path string, n uint64) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func inodeOf(st os.FileInfo) uint64 {
+func devInode(st os.FileInfo) (dev, ino uint64) {
 	if s, ok := st.Sys().(*syscall.Stat_t); ok {
-		return s.Ino
+		return s.Dev, s.Ino
 	}
-	return 0
+	return 0, 0
 }
 
 // fsMagic is the type of the filesystem holding path (statfs f_type).
@@ -46,18 +47,48 @@ func fsMagic(path string) int64 {
 	return int64(s.Type)
 }
 
+// sharedFS are the types of filesystems (statfs f_type) that hosts share
+// over a network or a shared disk, on which one file is seen from several
+// kernels with the same inode number.
+var sharedFS = map[int64]string{
+	unix.NFS_SUPER_MAGIC: "nfs", unix.SMB2_SUPER_MAGIC: "smb", unix.CIFS_SUPER_MAGIC: "cifs",
+	unix.CEPH_SUPER_MAGIC: "ceph", unix.V9FS_MAGIC: "9p", unix.FUSE_SUPER_MAGIC: "fuse",
+	0x01161970: "gfs2", 0x7461636f: "ocfs2", 0x0bd00bd0: "lustre", unix.AFS_FS_MAGIC: "afs",
+}
+
+// BootID identifies the running kernel (/proc/sys/kernel/random/boot_id):
+// two "hosts" with the same one share one kernel, and so every filesystem.
+func BootID() string {
+	data, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(data))
+}
+
 // SameFile says whether the file at ff.Path here, st, is the very file the
-// source saw, on a filesystem both hosts share, though the tree may have
-// written it since: the same inode number on the same type of filesystem,
-// at least as large as it was, and its first bytes unchanged. Such a file
-// needs no copy, and its size is judged at the freeze: the restore sees the
-// size the dump recorded, because it is the same file.
-func SameFile(ff *pb.FileFact, st os.FileInfo) bool {
-	if !ff.Written || ff.Inode == 0 || ff.HeadSha256 == "" || inodeOf(st) != ff.Inode || fsMagic(ff.Path) != ff.FsType {
+// source saw, though the tree may have written it since: on the same kernel
+// (sourceBoot is this host's boot ID: two network namespaces, two
+// containers), the same device and inode; across kernels, a network or
+// cluster filesystem (two hosts made from one disk image have the same
+// inode numbers on their local disks) with the same inode number. Either
+// way the file is at least as large as the source saw it and its first
+// bytes are unchanged. Such a file needs no copy, and its size is judged at
+// the freeze: the restore sees the size the dump recorded, because it is
+// the same file.
+func SameFile(ff *pb.FileFact, st os.FileInfo, sourceBoot string) bool {
+	if !ff.Written || ff.Inode == 0 || ff.HeadSha256 == "" || uint64(st.Size()) < ff.Size {
 		return false
 	}
-	if uint64(st.Size()) < ff.Size {
-		return false // shrunk: not an append
+	dev, ino := devInode(st)
+	switch {
+	case ino != ff.Inode:
+		return false
+	case sourceBoot != "" && sourceBoot == BootID():
+		if dev != ff.Dev {
+			return false
+		}
+	default:
+		if _, ok := sharedFS[ff.FsType]; !ok || fsMagic(ff.Path) != ff.FsType {
+			return false
+		}
 	}
 	sum, err := headSum(ff.Path, ff.HeadLen)
 	return err == nil && sum == ff.HeadSha256

@@ -391,6 +391,7 @@ type HostInfo struct {
 	Kernel        string                 `protobuf:"bytes,2,opt,name=kernel,proto3" json:"kernel,omitempty"`
 	CriuVersion   string                 `protobuf:"bytes,3,opt,name=criu_version,json=criuVersion,proto3" json:"criu_version,omitempty"`
 	PhaulVersion  string                 `protobuf:"bytes,4,opt,name=phaul_version,json=phaulVersion,proto3" json:"phaul_version,omitempty"`
+	BootId        string                 `protobuf:"bytes,5,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"` // /proc/sys/kernel/random/boot_id: equal on both sides when both "hosts" share one kernel
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -449,6 +450,13 @@ func (x *HostInfo) GetCriuVersion() string {
 func (x *HostInfo) GetPhaulVersion() string {
 	if x != nil {
 		return x.PhaulVersion
+	}
+	return ""
+}
+
+func (x *HostInfo) GetBootId() string {
+	if x != nil {
+		return x.BootId
 	}
 	return ""
 }
@@ -1662,12 +1670,14 @@ type FileFact struct {
 	Written bool                   `protobuf:"varint,7,opt,name=written,proto3" json:"written,omitempty"`               // open for writing by the tree
 	// For a written file, what tells the destination that it sees the same
 	// file (a filesystem both hosts share) though its size has changed since:
-	// the inode number, the filesystem's type (statfs f_type), and the
+	// the device and inode numbers when both sides share one kernel; else a
+	// network filesystem's type (statfs f_type), the inode number, and the
 	// sha256 of its first head_len bytes (at most 1 MiB).
 	Inode         uint64 `protobuf:"varint,8,opt,name=inode,proto3" json:"inode,omitempty"`
 	FsType        int64  `protobuf:"varint,9,opt,name=fs_type,json=fsType,proto3" json:"fs_type,omitempty"`
 	HeadSha256    string `protobuf:"bytes,10,opt,name=head_sha256,json=headSha256,proto3" json:"head_sha256,omitempty"`
 	HeadLen       uint64 `protobuf:"varint,11,opt,name=head_len,json=headLen,proto3" json:"head_len,omitempty"`
+	Dev           uint64 `protobuf:"varint,12,opt,name=dev,proto3" json:"dev,omitempty"` // st_dev, compared only when both sides share one kernel (boot_id)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1775,6 +1785,13 @@ func (x *FileFact) GetHeadSha256() string {
 func (x *FileFact) GetHeadLen() uint64 {
 	if x != nil {
 		return x.HeadLen
+	}
+	return 0
+}
+
+func (x *FileFact) GetDev() uint64 {
+	if x != nil {
+		return x.Dev
 	}
 	return 0
 }
@@ -2476,12 +2493,13 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\rstatus_report\x18\x0e \x01(\v2\x16.phaul.v1.StatusReportH\x00R\fstatusReport\x12-\n" +
 	"\aresolve\x18\x0f \x01(\v2\x11.phaul.v1.ResolveH\x00R\aresolve\x120\n" +
 	"\bresolved\x18\x10 \x01(\v2\x12.phaul.v1.ResolvedH\x00R\bresolvedB\x05\n" +
-	"\x03msg\"\x86\x01\n" +
+	"\x03msg\"\x9f\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
 	"\x06kernel\x18\x02 \x01(\tR\x06kernel\x12!\n" +
 	"\fcriu_version\x18\x03 \x01(\tR\vcriuVersion\x12#\n" +
-	"\rphaul_version\x18\x04 \x01(\tR\fphaulVersion\"}\n" +
+	"\rphaul_version\x18\x04 \x01(\tR\fphaulVersion\x12\x17\n" +
+	"\aboot_id\x18\x05 \x01(\tR\x06bootId\"}\n" +
 	"\x05Hello\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12&\n" +
@@ -2579,7 +2597,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05tasks\x18\t \x03(\v2\x12.phaul.v1.TaskFactR\x05tasks\x12\x1f\n" +
 	"\vcgroup_kind\x18\n" +
 	" \x01(\tR\n" +
-	"cgroupKind\"\x90\x02\n" +
+	"cgroupKind\"\xa2\x02\n" +
 	"\bFileFact\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
@@ -2593,7 +2611,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\vhead_sha256\x18\n" +
 	" \x01(\tR\n" +
 	"headSha256\x12\x19\n" +
-	"\bhead_len\x18\v \x01(\x04R\aheadLen\"\xe2\x01\n" +
+	"\bhead_len\x18\v \x01(\x04R\aheadLen\x12\x10\n" +
+	"\x03dev\x18\f \x01(\x04R\x03dev\"\xe2\x01\n" +
 	"\n" +
 	"SocketFact\x12\x16\n" +
 	"\x06family\x18\x01 \x01(\tR\x06family\x12\x14\n" +
