@@ -70,7 +70,8 @@ func ProbeBreakpoints(ctx context.Context) (bool, error) {
 	if err := unix.PtraceCont(pid, 0); err != nil {
 		return false, fmt.Errorf("breakpoint probe: ptrace cont: %w", err)
 	}
-	sig, err := waitStop(pid, 500*time.Millisecond)
+	// Generous: a loaded machine may take a while to run the child.
+	sig, err := waitStop(pid, 2*time.Second)
 	if errors.Is(err, errTimeout) {
 		return false, nil
 	}
@@ -128,12 +129,22 @@ func forkSpinner() (int, error) {
 	for i := range all.Val {
 		all.Val[i] = ^uint64(0)
 	}
-	unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old)
+	if err := unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old); err != nil {
+		return 0, err
+	}
 	r1, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
 	if r1 == 0 && errno == 0 {
-		probeSpin() // the child: never returns
+		// The child: it dies with this thread, and holds none of
+		// this process's files (a pipe of another command must see
+		// its end when that command closes it).
+		syscall.RawSyscall6(syscall.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0, 0)
+		syscall.RawSyscall6(unix.SYS_CLOSE_RANGE, 0, ^uintptr(0), 0, 0, 0, 0)
+		probeSpin() // never returns
 	}
-	unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	if err := unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil); err != nil && errno == 0 {
+		unix.Kill(int(r1), unix.SIGKILL)
+		return 0, err
+	}
 	if errno != 0 {
 		return 0, errno
 	}
