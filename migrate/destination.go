@@ -191,8 +191,8 @@ var errResolvedAbort = fmt.Errorf("%w by phaul resolve before its tree was hande
 // why is err, or the reason the migration was ended from outside (a
 // resolve), which made err.
 func (in *incoming) why(err error) error {
-	if cause := context.Cause(in.ctx); errors.Is(cause, errResolvedAbort) {
-		return cause
+	if cause := context.Cause(in.ctx); errors.Is(cause, errResolvedAbort) || in.d.reg.aborted(in.id) {
+		return errResolvedAbort
 	}
 	return err
 }

@@ -157,6 +157,9 @@ func (r fakeRestorer) Restore(ctx context.Context, req criu.Request) (*criu.Rest
 	if r.f.restoring != nil {
 		close(r.f.restoring)
 		<-r.f.release
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("fake: the restore was cut short: %w", ctx.Err())
+		}
 	}
 	cmd := exec.Command("sleep", "60")
 	if err := cmd.Start(); err != nil {

@@ -86,6 +86,13 @@ func (r *registry) finished(id string) {
 	}
 }
 
+// aborted says whether a resolve has aborted migration id.
+func (r *registry) aborted(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.working[id] != nil && r.working[id].aborted
+}
+
 // restoring marks migration id as restoring, unless a resolve has aborted
 // it first (false).
 func (r *registry) restoring(id string) bool {
