@@ -28,15 +28,18 @@ import (
 //	criu-cannot: REASON                      (CRIU itself cannot move it here)
 //	phaul-refuses: CHECK                     (the check that refuses it first)
 //	phaul-differs: REASON                    (a known way phaul changes it, not fixed yet)
+//	phaul-says: VERDICT                      (what the case then says, exactly: one line each)
 //
 // phaul-differs is a bug on record, not an excuse: the test fails as soon
-// as phaul moves the case faithfully, so that the mark is removed.
+// as phaul moves the case faithfully (so that the mark is removed), or
+// changes it in any other way than the one recorded.
 type corpusCase struct {
 	name, src    string
 	criuOpts     []string
 	criuCannot   string
 	phaulRefuses string
 	phaulDiffers string
+	phaulSays    string
 }
 
 func loadCases(t *testing.T) []corpusCase {
@@ -66,6 +69,8 @@ func loadCases(t *testing.T) []corpusCase {
 				c.phaulRefuses = strings.TrimSpace(v)
 			} else if v, ok := strings.CutPrefix(line, "phaul-differs:"); ok {
 				c.phaulDiffers = strings.TrimSpace(v)
+			} else if v, ok := strings.CutPrefix(line, "phaul-says:"); ok {
+				c.phaulSays = strings.TrimPrefix(c.phaulSays+"\n"+strings.TrimSpace(v), "\n")
 			}
 		}
 		f.Close()
@@ -250,6 +255,8 @@ func TestCorpus(t *testing.T) {
 			switch {
 			case cc.phaulDiffers != "" && v == "ok":
 				t.Errorf("phaul moves it faithfully now: drop its phaul-differs (%s)", cc.phaulDiffers)
+			case cc.phaulDiffers != "" && v != cc.phaulSays:
+				t.Errorf("after phaul migrate: %s (the known difference says %q)", v, cc.phaulSays)
 			case cc.phaulDiffers != "":
 				t.Logf("a known difference, not fixed yet (%s)", cc.phaulDiffers)
 			case v != "ok":

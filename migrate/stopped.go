@@ -56,8 +56,10 @@ func resumeTree(root int, stopped []int) error {
 			continue
 		}
 		if len(stopped) > 0 {
+			// A task whose PID cannot be read is left alone: better
+			// a task left stopped than a stopped one run.
 			st, err := proc.ReadStatus(p)
-			if err == nil && slices.Contains(stopped, st.NSPid) {
+			if err != nil || slices.Contains(stopped, st.NSPid) {
 				continue
 			}
 		}

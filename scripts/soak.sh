@@ -13,6 +13,10 @@ set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 n=${SOAK_N:-5}
 go=${GO:-go}
+if ((EUID != 0)); then
+	echo "soak: run it as root: the integration tests need root (and fail without it under CI=true)" >&2
+	exit 2
+fi
 if ! [[ $n =~ ^[0-9]+$ ]] || ((n < 1)); then
 	echo "soak: SOAK_N=$n: want a count of runs, 1 or more" >&2
 	exit 2

@@ -4,6 +4,8 @@
  * and no continue of the child.
  *
  * phaul-differs: the destination restores the tree stopped (CRIU's leave_stopped sends every task SIGSTOP) and resumes it with SIGCONT, so a parent sees its children stop and continue (SIGCHLD pending, waitpid WUNTRACED/WCONTINUED events); CRIU alone resumes by ptrace, unseen. The fix is to hold the restored tree in a frozen cgroup instead (CRIU's own freezer.state restore, which works here), see the README
+ * phaul-says: SIGCHLD is pending: the child changed state during the move
+ * phaul-says: waitpid reports an event of the child: continued
  */
 #include "corpus.h"
 

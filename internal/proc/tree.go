@@ -106,9 +106,9 @@ func ShellJobReason(pid int) string {
 // the tree to a leader outside it, or "".
 func outsideLeader(st Stat, status Status, root bool, in map[int]bool) string {
 	switch {
-	case root && st.Session != st.Pid && (!in[st.Session] || st.Session == 0):
-		return fmt.Sprintf("pid %d (%s) is in session %d, whose leader is not in the tree (started from a shell)", st.Pid, st.Comm, st.Session)
-	case !in[st.Session] && !leaderGone(st.Session, status.NSSid):
+	case !in[st.Session] && (root || !leaderGone(st.Session, status.NSSid)):
+		// The root must lead its session: CRIU recreates an exited
+		// leader only below the root.
 		return fmt.Sprintf("pid %d (%s) is in session %d, whose leader is not in the tree (started from a shell)", st.Pid, st.Comm, st.Session)
 	case !in[st.PGrp] && !leaderGone(st.PGrp, status.NSPgid):
 		return fmt.Sprintf("pid %d (%s) is in process group %d, whose leader is not in the tree", st.Pid, st.Comm, st.PGrp)
