@@ -403,81 +403,9 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 
 	in.setPhase("restore")
-	t0 := time.Now()
-	opts := &rpc.CriuOpts{
-		ShellJob:          proto.Bool(in.prep.ShellJob),
-		TcpEstablished:    proto.Bool(in.prep.TcpEstablished),
-		FileLocks:         proto.Bool(in.prep.FileLocks),
-		LeaveStopped:      proto.Bool(true),
-		ManageCgroupsMode: in.mode.Enum(),
-		CgRoot:            criuRoots(in.roots),
-	}
-	// The images must not give the tree more than it had on the source.
-	if err := checkCreds(in.imgs, in.facts); err != nil {
-		return in.fail("restore", err)
-	}
-	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.logs}
-	if len(in.prep.Terminals) > 0 {
-		if n, err := tty.DetachSessions(in.imgs); err != nil {
-			return in.fail("restore", err)
-		} else if n > 0 {
-			in.log.Info("terminals restored without their session (it stays on the source)", "terminals", n)
-		}
-		if in.terms, err = openTerminals(in.prep.Terminals, in.ttyMode, in.logs); err != nil {
-			return in.fail("restore", err)
-		}
-		req.Inherit = in.terms.inherit(in.prep.Terminals)
-	}
-	if err := in.precreateCgroups(); err != nil {
-		return in.fail("restore", err)
-	}
-	if !in.d.reg.restoring(in.id) {
-		return in.fail("restore", errResolvedAbort)
-	}
-	res, err := o.CRIU.Restore(ctx, req)
+	restored, err := in.restoreTree(ctx)
 	if err != nil {
 		return in.fail("restore", err)
-	}
-	in.restored = res.Pid
-	if st, err := proc.ReadStat(res.Pid); err == nil {
-		in.restoredStart = st.StartTime
-	}
-	if in.stopped, err = stoppedTasks(in.imgs); err != nil {
-		return in.fail("restore", err)
-	}
-	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
-	restored := &pb.Restored{Pid: int32(res.Pid)}
-	if in.terms != nil {
-		in.terms.start()
-		restored.TtyLogs = in.terms.logs
-		in.log.Info("terminals connected", "mode", in.ttyMode.String(), "logs", in.terms.logs)
-	}
-	if in.mode != rpc.CriuCgMode_IGNORE {
-		if moved, err := placeTree(in.d.layout, in.roots, res.Pid); err != nil {
-			return in.fail("restore", err)
-		} else if len(moved) > 0 {
-			in.log.Info("placed the tree under the cgroup root (CRIU had no cgroups for it)", "cgroups", moved)
-		}
-		if restored.LimitsApplied, err = applyV2Limits(in.d.layout, res.Pid, in.prep.Limits); err != nil {
-			return in.fail("restore", err)
-		} else if len(restored.LimitsApplied) > 0 {
-			in.log.Info("applied cgroup v2 limits", "limits", restored.LimitsApplied)
-		}
-	}
-	if sets, err := cgroups.ProcessSets(res.Pid); err == nil {
-		for _, s := range sets {
-			restored.Cgroups = append(restored.Cgroups, s.Controllers+":"+s.Path)
-		}
-	}
-	// Without this record a crash of the service would forget the copy:
-	// no commit without it.
-	if err := in.record("restored"); err != nil {
-		return in.fail("restore", err)
-	}
-	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
-	restored.RestoreNanos = int64(time.Since(t0))
-	if !in.d.reg.handOver(in.id) {
-		return in.fail("restore", errResolvedAbort)
 	}
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
 		return err
@@ -491,16 +419,118 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("commit", unexpected(msg, "Commit"))
 	}
 	in.setPhase("resume")
-	if err := resumeTree(res.Pid, in.stopped); err != nil {
+	if err := resumeTree(in.restored, in.stopped); err != nil {
 		return in.fail("resume", err)
 	}
 	if err := in.record("running"); err != nil {
 		in.log.Warn("the tree runs, but its state could not be recorded", "err", err)
 	}
-	reap(res.Pid)
+	reap(in.restored)
 	in.d.reg.end(in.id, StateDone, nil, true) // before the source hears it
-	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: int32(res.Pid)}}}); err != nil {
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: int32(in.restored)}}}); err != nil {
 		in.log.Warn("could not confirm to the source", "err", err)
+	}
+	return nil
+}
+
+// restoreRequest is the CRIU restore of the images received: their
+// credentials compared with the source's, the terminals connected, the
+// cgroups CRIU wants to exist made.
+func (in *incoming) restoreRequest() (criu.Request, error) {
+	opts := &rpc.CriuOpts{
+		ShellJob:          proto.Bool(in.prep.ShellJob),
+		TcpEstablished:    proto.Bool(in.prep.TcpEstablished),
+		FileLocks:         proto.Bool(in.prep.FileLocks),
+		LeaveStopped:      proto.Bool(true),
+		ManageCgroupsMode: in.mode.Enum(),
+		CgRoot:            criuRoots(in.roots),
+	}
+	// The images must not give the tree more than it had on the source.
+	if err := checkCreds(in.imgs, in.facts); err != nil {
+		return criu.Request{}, err
+	}
+	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.logs}
+	if len(in.prep.Terminals) > 0 {
+		n, err := tty.DetachSessions(in.imgs)
+		if err != nil {
+			return req, err
+		} else if n > 0 {
+			in.log.Info("terminals restored without their session (it stays on the source)", "terminals", n)
+		}
+		if in.terms, err = openTerminals(in.prep.Terminals, in.ttyMode, in.logs); err != nil {
+			return req, err
+		}
+		req.Inherit = in.terms.inherit(in.prep.Terminals)
+	}
+	return req, in.precreateCgroups()
+}
+
+// restoreTree restores the tree, stopped, places it in its cgroups and
+// records it, and hands it over to the source's decision (unless a
+// resolve aborted the migration first).
+func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
+	t0 := time.Now()
+	req, err := in.restoreRequest()
+	if err != nil {
+		return nil, err
+	}
+	if !in.d.reg.restoring(in.id) {
+		return nil, errResolvedAbort
+	}
+	res, err := in.d.o.CRIU.Restore(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	in.restored = res.Pid
+	if st, err := proc.ReadStat(res.Pid); err == nil {
+		in.restoredStart = st.StartTime
+	}
+	if in.stopped, err = stoppedTasks(in.imgs); err != nil {
+		return nil, err
+	}
+	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
+	restored := &pb.Restored{Pid: int32(res.Pid)}
+	if in.terms != nil {
+		in.terms.start()
+		restored.TtyLogs = in.terms.logs
+		in.log.Info("terminals connected", "mode", in.ttyMode.String(), "logs", in.terms.logs)
+	}
+	if err := in.placeTree(restored); err != nil {
+		return nil, err
+	}
+	// Without this record a crash of the service would forget the copy:
+	// no commit without it.
+	if err := in.record("restored"); err != nil {
+		return nil, err
+	}
+	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
+	restored.RestoreNanos = int64(time.Since(t0))
+	if !in.d.reg.handOver(in.id) {
+		return nil, errResolvedAbort
+	}
+	return restored, nil
+}
+
+// placeTree puts the restored tree in its cgroups where CRIU did not,
+// applies the cgroup v2 limits, and says where it is.
+func (in *incoming) placeTree(restored *pb.Restored) error {
+	if in.mode != rpc.CriuCgMode_IGNORE {
+		moved, err := placeTree(in.d.layout, in.roots, in.restored)
+		if err != nil {
+			return err
+		} else if len(moved) > 0 {
+			in.log.Info("placed the tree under the cgroup root (CRIU had no cgroups for it)", "cgroups", moved)
+		}
+		if restored.LimitsApplied, err = applyV2Limits(in.d.layout, in.restored, in.prep.Limits); err != nil {
+			return err
+		} else if len(restored.LimitsApplied) > 0 {
+			in.log.Info("applied cgroup v2 limits", "limits", restored.LimitsApplied)
+		}
+	}
+	if sets, err := cgroups.ProcessSets(in.restored); err == nil {
+		for _, s := range sets {
+			restored.Cgroups = append(restored.Cgroups, s.Controllers+":"+s.Path)
+		}
 	}
 	return nil
 }
@@ -537,8 +567,14 @@ func (in *incoming) finish(err error) {
 		in.log.Error("lost the source after restoring: keeping the stopped tree, in doubt", "pid", in.restored, "err", err, "state", filepath.Join(in.dir, "state.json"))
 	default:
 		if in.restored > 0 {
-			proc.SignalTree(in.restored, unix.SIGKILL)
-			in.log.Info("killed the restored tree", "pid", in.restored)
+			// Gone before the migration is over: a resolve that ended
+			// it answers only then.
+			if err := killTree(in.restored, in.restoredStart); err != nil {
+				in.log.Error("the restored tree does not die", "err", err)
+			} else {
+				in.log.Info("killed the restored tree", "pid", in.restored)
+			}
+			reap(in.restored)
 		}
 		in.terms.close()
 		if in.logs != in.dir {

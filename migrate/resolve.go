@@ -346,13 +346,10 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 		d.reg.settled(id, StateDone)
 		res.State, res.Pid = StateDone, int32(f.Pid)
 	default:
+		// Say "aborted" only once the copy is gone.
 		if alive {
-			proc.SignalTree(f.Pid, unix.SIGKILL)
-			// Say "aborted" only once the copy is gone.
-			for deadline := time.Now().Add(5 * time.Second); proc.Same(f.Pid, f.PidStart); time.Sleep(10 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					return nil, fmt.Errorf("migration %s: the stopped copy (pid %d) does not die", id, f.Pid)
-				}
+			if err := killTree(f.Pid, f.PidStart); err != nil {
+				return nil, fmt.Errorf("migration %s: the stopped copy: %w", id, err)
 			}
 		}
 		os.RemoveAll(dir)
@@ -360,6 +357,18 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 		res.State = StateAborted
 	}
 	return res, nil
+}
+
+// killTree kills the tree rooted at pid (start: its start time) and waits,
+// a few seconds at most, until its root is gone.
+func killTree(pid int, start uint64) error {
+	proc.SignalTree(pid, unix.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); proc.Same(pid, start); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d does not die", pid)
+		}
+	}
+	return nil
 }
 
 // recover looks at what an earlier run of the service left in the work
