@@ -311,7 +311,7 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	d.resolveMu.Lock()
 	defer d.resolveMu.Unlock()
 	if d.reg.inFlight(id) {
-		return nil, &phaseError{phaseInFlight, fmt.Errorf("migration %s is in flight here, past its restore: it settles itself (the source's decision, or the doubt)", id)}
+		return nil, &phaseError{phaseInFlight, fmt.Errorf("migration %s is in flight here (phase %s): it settles itself (the source's decision, or the doubt once the source is gone for the service's --timeout)", id, d.reg.phase(id))}
 	}
 	dir := filepath.Join(d.o.WorkDir, id)
 	f, err := readState(dir)

@@ -86,6 +86,17 @@ func (r *registry) finished(id string) {
 	}
 }
 
+// phase is the phase of migration id in flight, or "cleaning up" once
+// it has ended and is removing its files.
+func (r *registry) phase(id string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st := r.live[id]; st != nil {
+		return st.Phase
+	}
+	return "cleaning up"
+}
+
 // aborted says whether a resolve has aborted migration id.
 func (r *registry) aborted(id string) bool {
 	r.mu.Lock()

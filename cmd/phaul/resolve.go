@@ -95,6 +95,9 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	defer cancel()
 	env.Logger.Info("resolving", "migration", id, "dest", dest, "commit", commit, "why", why)
 	r, err := migrate.ResolveAt(ctx, dest, conf, id, commit)
+	if errors.Is(err, migrate.ErrInFlight) {
+		return fmt.Errorf("resolve %s on %s: %w; still so after --timeout %v: run phaul resolve again later, or with a longer --timeout", id, dest, err, timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("resolve %s on %s: %w", id, dest, err)
 	}
