@@ -177,7 +177,8 @@ type source struct {
 	rss    int64           // of the tree, announced in Prepare
 	start  uint64          // the root's start time (proc.Stat.StartTime)
 	// decided is the state of the Decision last recorded (decide).
-	decided string
+	decided  string
+	destBoot string // the destination's boot ID (Welcome)
 }
 
 func (m *source) setPhase(p string) {
@@ -246,6 +247,7 @@ func (m *source) run(ctx context.Context) error {
 	if welcome.ProtocolVersion != transport.ProtocolVersion {
 		return m.refuse(fmt.Errorf("the destination speaks protocol %d, this phaul %d: install the same phaul version on both hosts", welcome.ProtocolVersion, transport.ProtocolVersion))
 	}
+	m.destBoot = welcome.GetHost().GetBootId()
 	m.log.Info("connected", "dest", o.Addr, "dest_host", welcome.GetHost().GetHostname(), "dest_criu", welcome.GetHost().GetCriuVersion())
 	m.r.Connect = Duration(time.Since(t0))
 
@@ -334,6 +336,8 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
 	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
+	local = append(local, precheck.JudgeShared(o.Pid, m.destBoot, popts)...)
+	local = append(local, precheck.JudgeUnfaithful(o.Pid, popts)...)
 	local = append(local, precheck.JudgeTerminals(m.terms, o.TTY, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,

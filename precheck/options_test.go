@@ -1,6 +1,7 @@
 package precheck
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,5 +50,80 @@ func TestFileLocks(t *testing.T) {
 	}
 	if why := FileLocks("", self); !strings.Contains(why, "locked") || !strings.Contains(why, "FLOCK") {
 		t.Errorf("flock held: %q", why)
+	}
+}
+
+// TestJudgeShared: a lock the tree holds, and a FIFO with data queued, fail
+// the files check when the destination shares the kernel; a lock on a
+// local file does not from another kernel, nor a lock on a deleted file.
+func TestJudgeShared(t *testing.T) {
+	dir := t.TempDir()
+	self := os.Getpid()
+	if vs := JudgeShared(self, BootID(), Options{}); len(vs) != 0 {
+		t.Fatalf("nothing held yet, and: %v", vs)
+	}
+	f, err := os.Create(filepath.Join(dir, "locked"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	vs := JudgeShared(self, BootID(), Options{})
+	if len(vs) != 1 || vs[0].Result != pb.Verdict_FAIL || !strings.Contains(text(vs[0]), "holds a lock on "+f.Name()) {
+		t.Errorf("a lock, one kernel: %v", vs)
+	}
+	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
+		t.Errorf("a lock on a local file, another kernel: %v", vs)
+	}
+	if vs := JudgeShared(self, BootID(), Options{Skip: []string{"files"}}); len(vs) != 0 {
+		t.Errorf("skipped, and: %v", vs)
+	}
+	os.Remove(f.Name())
+	if vs := JudgeShared(self, BootID(), Options{}); len(vs) != 0 {
+		t.Errorf("a lock on a deleted file: %v", vs)
+	}
+
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if vs := JudgeShared(self, BootID(), Options{}); len(vs) != 0 {
+		t.Errorf("an empty FIFO: %v", vs)
+	}
+	p.Write([]byte("hello"))
+	vs = JudgeShared(self, BootID(), Options{})
+	if len(vs) != 1 || !strings.Contains(text(vs[0]), "with 5 bytes queued") {
+		t.Errorf("a FIFO with 5 bytes, one kernel: %v", vs)
+	}
+	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
+		t.Errorf("a FIFO, another kernel: %v", vs)
+	}
+}
+
+func TestJudgeUnfaithful(t *testing.T) {
+	self := os.Getpid()
+	plain, err := unix.Eventfd(3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(plain)
+	if vs := JudgeUnfaithful(self, Options{}); len(vs) != 0 {
+		t.Fatalf("a plain eventfd: %v", vs)
+	}
+	sem, err := unix.Eventfd(3, unix.EFD_SEMAPHORE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sem)
+	vs := JudgeUnfaithful(self, Options{})
+	if len(vs) != 1 || vs[0].Check != "criu" || !strings.Contains(text(vs[0]), fmt.Sprintf("fd %d is an eventfd in semaphore mode", sem)) {
+		t.Errorf("a semaphore eventfd: %v", vs)
 	}
 }

@@ -1,0 +1,135 @@
+package precheck
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
+)
+
+// JudgeShared is the source's part of the "files" check: what the frozen
+// source tree still holds that the destination sees too (destBoot is the
+// destination's boot ID: equal to this host's when both share one kernel,
+// as network namespaces or containers on one machine do), and that the
+// restore would therefore find taken or doubled. The source tree keeps it
+// until the commit, which comes only after the restore:
+//
+//   - a file lock on a file the destination shares (any file on one
+//     kernel; one on a network filesystem otherwise): the restore waits for
+//     the source's lock for ever;
+//   - a FIFO with data queued, on one kernel (the same pipe on both sides):
+//     the restore queues the data again, and the tree reads it twice.
+func JudgeShared(pid int, destBoot string, o Options) []*pb.Verdict {
+	if o.skipped("files") {
+		return nil
+	}
+	sameKernel := destBoot != "" && destBoot == BootID()
+	var items []string
+	for _, p := range proc.Tree(pid) {
+		infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", p))
+		for _, fi := range infos {
+			fd := filepath.Base(fi)
+			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p, fd))
+			if err != nil {
+				continue
+			}
+			if why := sharedItem(p, fd, fi, link, sameKernel); why != "" {
+				items = append(items, why)
+			}
+		}
+	}
+	if len(items) > 0 {
+		return []*pb.Verdict{fail("files", "the source tree holds, until the commit, what the destination shares with it: its restore would wait or double the data", items...)}
+	}
+	return nil
+}
+
+// sharedItem says why fd of task p (fdinfo file fi, leading to link) would
+// collide with the restore, or "".
+func sharedItem(p int, fd, fi, link string, sameKernel bool) string {
+	data, _ := os.ReadFile(fi)
+	// A deleted file is restored as a copy of its own (a ghost file):
+	// its locks collide with nothing.
+	if strings.Contains(string(data), "\nlock:") && strings.HasPrefix(link, "/") && !strings.HasSuffix(link, " (deleted)") {
+		where := ""
+		if sameKernel {
+			where = "the destination runs on the same kernel"
+		} else if fs, ok := sharedFS[fsMagic(link)]; ok {
+			where = "it is on " + fs + ", shared with the destination"
+		}
+		if where != "" {
+			return fmt.Sprintf("pid %d fd %s holds a lock on %s, and %s: the destination's restore would wait for the lock the frozen source keeps; release it before migrating, or migrate between hosts that do not share the file", p, fd, link, where)
+		}
+	}
+	st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%s", p, fd))
+	if !sameKernel || err != nil || st.Mode()&os.ModeNamedPipe == 0 || !strings.HasPrefix(link, "/") {
+		return ""
+	}
+	if n := queued(p, fd); n > 0 {
+		return fmt.Sprintf("pid %d fd %s is the FIFO %s with %d bytes queued, and the destination runs on the same kernel: the restore would queue them again in the same FIFO, and the tree would read them twice; let the tree drain it first", p, fd, link, n)
+	}
+	return ""
+}
+
+// queued is how many bytes wait in the pipe of task p's fd (FIONREAD, alias TIOCINQ, on a
+// copy of the fd taken with pidfd_getfd); 0 if that cannot be told.
+func queued(p int, fd string) int {
+	var n int
+	fmt.Sscan(fd, &n)
+	pidfd, err := unix.PidfdOpen(p, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(pidfd)
+	mine, err := unix.PidfdGetfd(pidfd, n, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(mine)
+	q, err := unix.IoctlGetInt(mine, unix.TIOCINQ) // FIONREAD
+	if err != nil {
+		return 0
+	}
+	return q
+}
+
+// JudgeUnfaithful is the source's part of the "criu" check: state of the
+// tree that CRIU 4.2 would checkpoint and restore wrongly, refused before
+// anything is frozen.
+//
+//   - an eventfd in semaphore mode (fdinfo eventfd-semaphore: 1): CRIU
+//     recreates it as a plain eventfd, which reads its whole count at once.
+func JudgeUnfaithful(pid int, o Options) []*pb.Verdict {
+	if o.skipped("criu") {
+		return nil
+	}
+	var items []string
+	for _, p := range proc.Tree(pid) {
+		infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", p))
+		for _, fi := range infos {
+			data, _ := os.ReadFile(fi)
+			if fdinfoField(string(data), "eventfd-semaphore") == "1" {
+				items = append(items, fmt.Sprintf("pid %d fd %s is an eventfd in semaphore mode (EFD_SEMAPHORE): CRIU restores it as a plain eventfd, whose reads take the whole count at once", p, filepath.Base(fi)))
+			}
+		}
+	}
+	if len(items) > 0 {
+		return []*pb.Verdict{fail("criu", "the tree holds state CRIU cannot restore faithfully", items...)}
+	}
+	return nil
+}
+
+// fdinfoField is the value of field name in an fdinfo file, "" if absent.
+func fdinfoField(fdinfo, name string) string {
+	for _, line := range strings.Split(fdinfo, "\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
