@@ -1,0 +1,44 @@
+/*
+ * A client connected to a unix listening socket (DIR/listen), not accepted
+ * yet, that has already sent data: after the move the connection is
+ * accepted and the data is read from it.
+ *
+ * criu-cannot: CRIU does not dump a not-yet-accepted unix connection with data queued on it ("unix: Non-empty write queue on an in-flight socket", criu/sk-unix.c)
+ */
+#include "corpus.h"
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+int main(int argc, char **argv)
+{
+	corpus_init(argc, argv);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(corpus_path("listen")) >= sizeof(sa.sun_path))
+		die("DIR is too long a path for a unix socket");
+	strcpy(sa.sun_path, corpus_path("listen"));
+	int l = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(l, 8) < 0)
+		die("listen on %s", sa.sun_path);
+	int c = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		die("connect");
+	const char *cs = "from the client, before it was accepted";
+	if (send(c, cs, strlen(cs), 0) != (ssize_t)strlen(cs))
+		die("send from the client");
+	ready();
+	wait_go();
+	struct pollfd p = { l, POLLIN, 0 };
+	int a = -1;
+	if (poll(&p, 1, 10000) != 1)
+		fail("the connection pending on DIR/listen is gone: nothing to accept");
+	else if ((a = accept(l, NULL, NULL)) < 0)
+		fail("accept: %s", strerror(errno));
+	if (a >= 0) {
+		char buf[256] = "";
+		ssize_t n = recv(a, buf, sizeof(buf), MSG_DONTWAIT);
+		CHECK(n == (ssize_t)strlen(cs) && memcmp(buf, cs, n) == 0,
+		      "the accepted connection holds %zd bytes \"%.*s\", not what the client sent", n, n > 0 ? (int)n : 0, buf);
+	}
+	finish();
+}
