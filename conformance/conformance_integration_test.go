@@ -269,7 +269,7 @@ func TestCorpus(t *testing.T) {
 				t.Errorf("the source copy (pid %d) still exists", pid)
 			}
 			v := verdict(dir)
-			t.Logf("phaul migrate: moved (downtime %v), the case says: %s", r.Report["downtime"], v)
+			t.Logf("phaul migrate: moved (downtime %v, CRIU options chosen %v), the case says: %s", r.Report["downtime"], r.Report["criu_options"], v)
 			switch {
 			case cc.phaulDiffers != "" && v == "ok":
 				t.Errorf("phaul moves it faithfully now: drop its phaul-differs (%s)", cc.phaulDiffers)
