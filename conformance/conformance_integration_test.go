@@ -29,6 +29,7 @@ import (
 //	phaul-refuses: CHECK                     (the check that refuses it first; "-": phaul
 //	                                          cannot tell, and must do no worse than CRIU alone)
 //	phaul-cannot: REASON                     (CRIU alone moves it, phaul cannot by design)
+//	phaul-mends: HOW                         (CRIU alone moves it wrongly, phaul rightly)
 //	phaul-differs: REASON                    (a known way phaul changes it, not fixed yet)
 //	phaul-says: VERDICT                      (what the case then says, exactly: one line each)
 //
@@ -43,6 +44,7 @@ type corpusCase struct {
 	phaulDiffers string
 	phaulSays    string
 	phaulCannot  string
+	phaulMends   string
 }
 
 func loadCases(t *testing.T) []corpusCase {
@@ -72,6 +74,8 @@ func loadCases(t *testing.T) []corpusCase {
 				c.phaulRefuses = strings.TrimSpace(v)
 			} else if v, ok := strings.CutPrefix(line, "phaul-differs:"); ok {
 				c.phaulDiffers = strings.TrimSpace(v)
+			} else if v, ok := strings.CutPrefix(line, "phaul-mends:"); ok {
+				c.phaulMends = strings.TrimSpace(v)
 			} else if v, ok := strings.CutPrefix(line, "phaul-cannot:"); ok {
 				c.phaulCannot = strings.TrimSpace(v)
 			} else if v, ok := strings.CutPrefix(line, "phaul-says:"); ok {
@@ -248,7 +252,7 @@ func TestCorpus(t *testing.T) {
 				}
 				return
 			}
-			if cc.criuCannot != "" || cc.phaulCannot != "" {
+			if cc.criuCannot != "" && cc.phaulMends == "" || cc.phaulCannot != "" {
 				// phaul must refuse it, and leave it as it was.
 				if r.ExitCode == 0 {
 					t.Fatalf("phaul moved a case it cannot move (%s%s)", cc.criuCannot, cc.phaulCannot)

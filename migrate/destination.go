@@ -450,6 +450,11 @@ func (in *incoming) restoreRequest() (criu.Request, error) {
 		return criu.Request{}, err
 	}
 	req := criu.Request{Opts: opts, ImagesDir: in.imgs, WorkDir: in.logs}
+	if n, err := rearmTimerfds(in.imgs); err != nil {
+		return req, err
+	} else if n > 0 {
+		in.log.Info("re-armed periodic timerfds CRIU would restore disarmed (expired, unread at the dump)", "timerfds", n)
+	}
 	if len(in.prep.Terminals) > 0 {
 		n, err := tty.DetachSessions(in.imgs)
 		if err != nil {

@@ -6,7 +6,7 @@
  * 1 ms one keeps expiring.
  *
  * criu-cannot: CRIU 4.2.1 dumps a timerfd's it_value from fdinfo, which is (0, 0) for a timer that has expired and not been read (the kernel re-arms it only on read or timerfd_gettime); it restores it with timerfd_settime and that zero value, which disarms it: interval kept, but it never expires again
- * phaul-refuses: -
+ * phaul-mends: the destination sets such a timer's it_value to its interval in the images (rearmTimerfds): due one interval after the restore, its ticks kept
  */
 #include "corpus.h"
 #include <poll.h>
