@@ -105,6 +105,24 @@ func TestJudgeShared(t *testing.T) {
 	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
 		t.Errorf("a FIFO, another kernel: %v", vs)
 	}
+	p.Close()
+
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	idx, err := unix.IoctlGetUint32(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs = JudgeShared(self, BootID(), Options{})
+	if len(vs) != 1 || !strings.Contains(text(vs[0]), fmt.Sprintf("the master of pty %d", idx)) {
+		t.Errorf("a pty master, one kernel: %v", vs)
+	}
+	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
+		t.Errorf("a pty master, another kernel: %v", vs)
+	}
 }
 
 func TestJudgeUnfaithful(t *testing.T) {

@@ -23,7 +23,9 @@ import (
 //     kernel; one on a network filesystem otherwise): the restore waits for
 //     the source's lock for ever;
 //   - a FIFO with data queued, on one kernel (the same pipe on both sides):
-//     the restore queues the data again, and the tree reads it twice.
+//     the restore queues the data again, and the tree reads it twice;
+//   - a pty master, on one kernel (one /dev/pts): CRIU restores the pty
+//     with its index, which the source holds.
 func JudgeShared(pid int, destBoot string, o Options) []*pb.Verdict {
 	if o.skipped("files") {
 		return nil
@@ -44,7 +46,7 @@ func JudgeShared(pid int, destBoot string, o Options) []*pb.Verdict {
 		}
 	}
 	if len(items) > 0 {
-		return []*pb.Verdict{fail("files", "the source tree holds, until the commit, what the destination shares with it: its restore would wait or double the data", items...)}
+		return []*pb.Verdict{fail("files", "the source tree holds, until the commit, what the destination shares with it and its restore needs", items...)}
 	}
 	return nil
 }
@@ -65,6 +67,9 @@ func sharedItem(p int, fd, fi, link string, sameKernel bool) string {
 		if where != "" {
 			return fmt.Sprintf("pid %d fd %s holds a lock on %s, and %s: the destination's restore would wait for the lock the frozen source keeps; release it before migrating, or migrate between hosts that do not share the file", p, fd, link, where)
 		}
+	}
+	if idx := fdinfoField(string(data), "tty-index"); sameKernel && idx != "" && (link == "/dev/ptmx" || strings.HasSuffix(link, "/ptmx")) {
+		return fmt.Sprintf("pid %d fd %s is the master of pty %s, and the destination runs on the same kernel (one /dev/pts): CRIU restores a pty with its index, which the frozen source holds until the commit", p, fd, idx)
 	}
 	st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%s", p, fd))
 	if !sameKernel || err != nil || st.Mode()&os.ModeNamedPipe == 0 || !strings.HasPrefix(link, "/") {
