@@ -60,26 +60,25 @@ func loadCases(t *testing.T) []corpusCase {
 		if err != nil {
 			t.Fatal(err)
 		}
+		fields := map[string]*string{"criu-cannot": &c.criuCannot, "phaul-refuses": &c.phaulRefuses, "phaul-differs": &c.phaulDiffers,
+			"phaul-mends": &c.phaulMends, "phaul-cannot": &c.phaulCannot, "phaul-says": &c.phaulSays}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
-			line := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(sc.Text()), "*"))
-			if line == "*/" {
+			// The leading comment: " * name: value" lines, up to "*/".
+			text := strings.TrimSpace(sc.Text())
+			if strings.HasPrefix(text, "*/") {
 				break
 			}
-			if v, ok := strings.CutPrefix(line, "criu-opts:"); ok {
+			name, v, ok := strings.Cut(strings.TrimSpace(strings.TrimPrefix(text, "*")), ":")
+			v = strings.TrimSpace(v)
+			switch p := fields[name]; {
+			case !ok:
+			case name == "criu-opts":
 				c.criuOpts = strings.Fields(v)
-			} else if v, ok := strings.CutPrefix(line, "criu-cannot:"); ok {
-				c.criuCannot = strings.TrimSpace(v)
-			} else if v, ok := strings.CutPrefix(line, "phaul-refuses:"); ok {
-				c.phaulRefuses = strings.TrimSpace(v)
-			} else if v, ok := strings.CutPrefix(line, "phaul-differs:"); ok {
-				c.phaulDiffers = strings.TrimSpace(v)
-			} else if v, ok := strings.CutPrefix(line, "phaul-mends:"); ok {
-				c.phaulMends = strings.TrimSpace(v)
-			} else if v, ok := strings.CutPrefix(line, "phaul-cannot:"); ok {
-				c.phaulCannot = strings.TrimSpace(v)
-			} else if v, ok := strings.CutPrefix(line, "phaul-says:"); ok {
-				c.phaulSays = strings.TrimPrefix(c.phaulSays+"\n"+strings.TrimSpace(v), "\n")
+			case p != nil && *p != "": // phaul-says: one line each
+				*p += "\n" + v
+			case p != nil:
+				*p = v
 			}
 		}
 		f.Close()
