@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -230,6 +231,41 @@ func TestMigrateFreezesWithCgroup(t *testing.T) {
 	}
 	if v := verdict(r, "session"); v["result"] != "pass" {
 		t.Errorf("session check: %v", v)
+	}
+}
+
+// TestMigrateFreezerCgroupStoppedTask: a tree alone in its freezer cgroup
+// with a stopped task is frozen with ptrace instead: CRIU attaching to a
+// stopped task in a frozen cgroup hangs for ever (uninterruptibly, the
+// tree frozen). The stopped task stays stopped on the destination.
+func TestMigrateFreezerCgroupStoppedTask(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Cgroup: h.Name + "/src", Freezer: true, Args: []string{"--child"}})
+	kids, _ := proc.Children(w.Pid)
+	if len(kids) == 0 {
+		t.Fatal("the workload has no child")
+	}
+	if err := syscall.Kill(kids[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 500 && !twohosts.Stopped(kids[0]); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := h.Migrate(t, ctx, w.Pid, svc.Addr)
+	if r.ExitCode != 0 {
+		t.Fatalf("exit %d: %v\n%s", r.ExitCode, r.Report["error"], r.Stderr)
+	}
+	if got := r.Str("freeze"); got != "ptrace" {
+		t.Errorf("freeze = %q, want ptrace", got)
+	}
+	dest := int(r.Num("dest_pid"))
+	t.Cleanup(func() { testutil.KillPid(dest) })
+	moved, _ := proc.Children(dest)
+	if len(moved) == 0 || !twohosts.Stopped(moved[0]) {
+		t.Errorf("the stopped child is not stopped on the destination: %v", moved)
 	}
 }
 

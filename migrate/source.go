@@ -288,6 +288,20 @@ func (m *source) run(ctx context.Context) error {
 	return m.dump(ctx)
 }
 
+// freezerDir is the freezer cgroup CRIU may freeze the tree with
+// (cgroups.FreezerDir), unless a task of the tree is stopped: CRIU 4.2's
+// ptrace attach to a stopped task in a frozen cgroup waits, in
+// uninterruptible sleep, for a trap the frozen task never reaches, so the
+// dump would hang with the tree frozen until someone thaws the cgroup.
+func freezerDir(l *cgroups.Layout, tree []int) (string, string) {
+	for _, p := range tree {
+		if st, err := proc.ReadStat(p); err == nil && (st.State == 'T' || st.State == 't') {
+			return "", fmt.Sprintf("pid %d is stopped: CRIU would hang attaching to it in a frozen cgroup", p)
+		}
+	}
+	return cgroups.FreezerDir(l, tree)
+}
+
 // chooseOptions turns on the CRIU options the tree's state needs and that
 // can only help, saying why in the report: tcp_established when every
 // established connection has both ends in the tree (they move together),
@@ -475,7 +489,7 @@ func (m *source) dump(ctx context.Context) error {
 	if m.layout != nil {
 		// A tree alone in its freezer cgroup is frozen at once by the
 		// kernel rather than seized task by task.
-		if dir, why := cgroups.FreezerDir(m.layout, proc.Tree(o.Pid)); dir != "" {
+		if dir, why := freezerDir(m.layout, proc.Tree(o.Pid)); dir != "" {
 			opts.FreezeCgroup = proto.String(dir)
 			m.r.Freeze = "cgroup"
 			m.log.Info("freezing with the freezer cgroup", "cgroup", dir)
