@@ -306,12 +306,12 @@ func freezerDir(l *cgroups.Layout, tree []int) (string, string) {
 // can only help, saying why in the report: tcp_established when every
 // established connection has both ends in the tree (they move together),
 // file_locks when the tree holds a lock.
-func (m *source) chooseOptions(facts *pb.SourceFacts) {
+func (m *source) chooseOptions(facts *pb.SourceFacts, fds []precheck.TreeFd) {
 	if n, all := precheck.InTreeConnections(facts.GetSockets()); all && !m.o.TCPEstablished {
 		m.o.TCPEstablished = true
 		m.r.CRIUOptions = append(m.r.CRIUOptions, fmt.Sprintf("tcp_established: the %d ends of the tree's established TCP connections are all in the tree", n))
 	}
-	if why := precheck.FileLocks("", proc.Tree(m.o.Pid)); why != "" && !m.o.FileLocks {
+	if why := precheck.FileLocks(fds); why != "" && !m.o.FileLocks {
 		m.o.FileLocks = true
 		m.r.CRIUOptions = append(m.r.CRIUOptions, "file_locks: "+why)
 	}
@@ -345,13 +345,14 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 		return nil, fmt.Errorf("find the tree's terminals: %w", err)
 	}
 	m.terms = terminalsToPB(terms)
-	m.chooseOptions(facts)
+	fds := precheck.TreeFds(o.Pid)
+	m.chooseOptions(facts, fds)
 	o = m.o
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
 	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
-	local = append(local, precheck.JudgeShared(o.Pid, m.destBoot, popts)...)
-	local = append(local, precheck.JudgeUnfaithful(o.Pid, popts)...)
+	local = append(local, precheck.JudgeShared(fds, m.destBoot, popts)...)
+	local = append(local, precheck.JudgeUnfaithful(fds, popts)...)
 	local = append(local, precheck.JudgeTerminals(m.terms, o.TTY, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,

@@ -2,8 +2,6 @@ package precheck
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/phaul/phaul/internal/pb"
@@ -40,26 +38,13 @@ func peerInTree(socks []*pb.SocketFact, s *pb.SocketFact) bool {
 	return false
 }
 
-// FileLocks says which file descriptor of the tree's tasks holds a file
-// lock (flock, POSIX or OFD: a "lock:" line in /proc/PID/fdinfo/FD), or
-// "" if none does. CRIU dumps a tree with locks only with file_locks.
-func FileLocks(procRoot string, tasks []int) string {
-	if procRoot == "" {
-		procRoot = "/proc"
-	}
-	for _, p := range tasks {
-		infos, _ := filepath.Glob(filepath.Join(procRoot, fmt.Sprint(p), "fdinfo", "*"))
-		for _, fi := range infos {
-			data, err := os.ReadFile(fi)
-			if err != nil {
-				continue
-			}
-			for _, line := range strings.Split(string(data), "\n") {
-				if strings.HasPrefix(line, "lock:") {
-					path, _ := os.Readlink(filepath.Join(procRoot, fmt.Sprint(p), "fd", filepath.Base(fi)))
-					return fmt.Sprintf("pid %d fd %s (%s) holds a lock: %s", p, filepath.Base(fi), path, strings.Join(strings.Fields(strings.TrimPrefix(line, "lock:")), " "))
-				}
-			}
+// FileLocks says which file descriptor of the tree (fds) holds a file
+// lock (flock, POSIX or OFD: a "lock:" line in its fdinfo), or "" if none
+// does. CRIU dumps a tree with locks only with file_locks.
+func FileLocks(fds []TreeFd) string {
+	for _, f := range fds {
+		if lock := fdinfoField(f.Info, "lock"); lock != "" {
+			return fmt.Sprintf("pid %d fd %s (%s) holds a lock: %s", f.Pid, f.Fd, f.Link, strings.Join(strings.Fields(lock), " "))
 		}
 	}
 	return ""

@@ -41,14 +41,13 @@ func TestFileLocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	self := []int{os.Getpid()}
-	if why := FileLocks("", self); why != "" {
+	if why := FileLocks(TreeFds(os.Getpid())); why != "" {
 		t.Fatalf("no lock yet, and: %s", why)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	if why := FileLocks("", self); !strings.Contains(why, "locked") || !strings.Contains(why, "FLOCK") {
+	if why := FileLocks(TreeFds(os.Getpid())); !strings.Contains(why, "locked") || !strings.Contains(why, "FLOCK") {
 		t.Errorf("flock held: %q", why)
 	}
 }
@@ -59,7 +58,7 @@ func TestFileLocks(t *testing.T) {
 func TestJudgeShared(t *testing.T) {
 	dir := t.TempDir()
 	self := os.Getpid()
-	if vs := JudgeShared(self, BootID(), Options{}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), BootID(), Options{}); len(vs) != 0 {
 		t.Fatalf("nothing held yet, and: %v", vs)
 	}
 	f, err := os.Create(filepath.Join(dir, "locked"))
@@ -70,18 +69,18 @@ func TestJudgeShared(t *testing.T) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	vs := JudgeShared(self, BootID(), Options{})
+	vs := JudgeShared(TreeFds(self), BootID(), Options{})
 	if len(vs) != 1 || vs[0].Result != pb.Verdict_FAIL || !strings.Contains(text(vs[0]), "holds a lock on "+f.Name()) {
 		t.Errorf("a lock, one kernel: %v", vs)
 	}
-	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), "another-kernel", Options{}); len(vs) != 0 {
 		t.Errorf("a lock on a local file, another kernel: %v", vs)
 	}
-	if vs := JudgeShared(self, BootID(), Options{Skip: []string{"files"}}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), BootID(), Options{Skip: []string{"files"}}); len(vs) != 0 {
 		t.Errorf("skipped, and: %v", vs)
 	}
 	os.Remove(f.Name())
-	if vs := JudgeShared(self, BootID(), Options{}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), BootID(), Options{}); len(vs) != 0 {
 		t.Errorf("a lock on a deleted file: %v", vs)
 	}
 
@@ -94,15 +93,15 @@ func TestJudgeShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	if vs := JudgeShared(self, BootID(), Options{}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), BootID(), Options{}); len(vs) != 0 {
 		t.Errorf("an empty FIFO: %v", vs)
 	}
 	p.Write([]byte("hello"))
-	vs = JudgeShared(self, BootID(), Options{})
+	vs = JudgeShared(TreeFds(self), BootID(), Options{})
 	if len(vs) != 1 || !strings.Contains(text(vs[0]), "with 5 bytes queued") {
 		t.Errorf("a FIFO with 5 bytes, one kernel: %v", vs)
 	}
-	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), "another-kernel", Options{}); len(vs) != 0 {
 		t.Errorf("a FIFO, another kernel: %v", vs)
 	}
 	p.Close()
@@ -116,11 +115,11 @@ func TestJudgeShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vs = JudgeShared(self, BootID(), Options{})
+	vs = JudgeShared(TreeFds(self), BootID(), Options{})
 	if len(vs) != 1 || !strings.Contains(text(vs[0]), fmt.Sprintf("the master of pty %d", idx)) {
 		t.Errorf("a pty master, one kernel: %v", vs)
 	}
-	if vs := JudgeShared(self, "another-kernel", Options{}); len(vs) != 0 {
+	if vs := JudgeShared(TreeFds(self), "another-kernel", Options{}); len(vs) != 0 {
 		t.Errorf("a pty master, another kernel: %v", vs)
 	}
 }
@@ -132,7 +131,7 @@ func TestJudgeUnfaithful(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(plain)
-	if vs := JudgeUnfaithful(self, Options{}); len(vs) != 0 {
+	if vs := JudgeUnfaithful(TreeFds(self), Options{}); len(vs) != 0 {
 		t.Fatalf("a plain eventfd: %v", vs)
 	}
 	sem, err := unix.Eventfd(3, unix.EFD_SEMAPHORE)
@@ -140,7 +139,7 @@ func TestJudgeUnfaithful(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(sem)
-	vs := JudgeUnfaithful(self, Options{})
+	vs := JudgeUnfaithful(TreeFds(self), Options{})
 	if len(vs) != 1 || vs[0].Check != "criu" || !strings.Contains(text(vs[0]), fmt.Sprintf("fd %d is an eventfd in semaphore mode", sem)) {
 		t.Errorf("a semaphore eventfd: %v", vs)
 	}

@@ -26,23 +26,15 @@ import (
 //     the restore queues the data again, and the tree reads it twice;
 //   - a pty master, on one kernel (one /dev/pts): CRIU restores the pty
 //     with its index, which the source holds.
-func JudgeShared(pid int, destBoot string, o Options) []*pb.Verdict {
+func JudgeShared(fds []TreeFd, destBoot string, o Options) []*pb.Verdict {
 	if o.skipped("files") {
 		return nil
 	}
 	sameKernel := destBoot != "" && destBoot == BootID()
 	var items []string
-	for _, p := range proc.Tree(pid) {
-		infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", p))
-		for _, fi := range infos {
-			fd := filepath.Base(fi)
-			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p, fd))
-			if err != nil {
-				continue
-			}
-			if why := sharedItem(p, fd, fi, link, sameKernel); why != "" {
-				items = append(items, why)
-			}
+	for _, f := range fds {
+		if why := sharedItem(f, sameKernel); why != "" {
+			items = append(items, why)
 		}
 	}
 	if len(items) > 0 {
@@ -51,13 +43,12 @@ func JudgeShared(pid int, destBoot string, o Options) []*pb.Verdict {
 	return nil
 }
 
-// sharedItem says why fd of task p (fdinfo file fi, leading to link) would
-// collide with the restore, or "".
-func sharedItem(p int, fd, fi, link string, sameKernel bool) string {
-	data, _ := os.ReadFile(fi)
+// sharedItem says why descriptor f would collide with the restore, or "".
+func sharedItem(f TreeFd, sameKernel bool) string {
+	p, fd, link := f.Pid, f.Fd, f.Link
 	// A deleted file is restored as a copy of its own (a ghost file):
 	// its locks collide with nothing.
-	if strings.Contains(string(data), "\nlock:") && strings.HasPrefix(link, "/") && !strings.HasSuffix(link, " (deleted)") {
+	if fdinfoField(f.Info, "lock") != "" && strings.HasPrefix(link, "/") && !strings.HasSuffix(link, " (deleted)") {
 		where := ""
 		if sameKernel {
 			where = "the destination runs on the same kernel"
@@ -68,7 +59,7 @@ func sharedItem(p int, fd, fi, link string, sameKernel bool) string {
 			return fmt.Sprintf("pid %d fd %s holds a lock on %s, and %s: the destination's restore would wait for the lock the frozen source keeps; release it before migrating, or migrate between hosts that do not share the file", p, fd, link, where)
 		}
 	}
-	if idx := fdinfoField(string(data), "tty-index"); sameKernel && idx != "" && (link == "/dev/ptmx" || strings.HasSuffix(link, "/ptmx")) {
+	if idx := fdinfoField(f.Info, "tty-index"); sameKernel && idx != "" && (link == "/dev/ptmx" || strings.HasSuffix(link, "/ptmx")) {
 		return fmt.Sprintf("pid %d fd %s is the master of pty %s, and the destination runs on the same kernel (one /dev/pts): CRIU restores a pty with its index, which the frozen source holds until the commit", p, fd, idx)
 	}
 	st, err := os.Stat(fmt.Sprintf("/proc/%d/fd/%s", p, fd))
@@ -109,24 +100,47 @@ func queued(p int, fd string) int {
 //
 //   - an eventfd in semaphore mode (fdinfo eventfd-semaphore: 1): CRIU
 //     recreates it as a plain eventfd, which reads its whole count at once.
-func JudgeUnfaithful(pid int, o Options) []*pb.Verdict {
+func JudgeUnfaithful(fds []TreeFd, o Options) []*pb.Verdict {
 	if o.skipped("criu") {
 		return nil
 	}
 	var items []string
-	for _, p := range proc.Tree(pid) {
-		infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", p))
-		for _, fi := range infos {
-			data, _ := os.ReadFile(fi)
-			if fdinfoField(string(data), "eventfd-semaphore") == "1" {
-				items = append(items, fmt.Sprintf("pid %d fd %s is an eventfd in semaphore mode (EFD_SEMAPHORE): CRIU restores it as a plain eventfd, whose reads take the whole count at once", p, filepath.Base(fi)))
-			}
+	for _, f := range fds {
+		if fdinfoField(f.Info, "eventfd-semaphore") == "1" {
+			items = append(items, fmt.Sprintf("pid %d fd %s is an eventfd in semaphore mode (EFD_SEMAPHORE): CRIU restores it as a plain eventfd, whose reads take the whole count at once", f.Pid, f.Fd))
 		}
 	}
 	if len(items) > 0 {
 		return []*pb.Verdict{fail("criu", "the tree holds state CRIU cannot restore faithfully", items...)}
 	}
 	return nil
+}
+
+// TreeFd is a file descriptor of a task of the tree, as /proc shows it.
+type TreeFd struct {
+	Pid  int
+	Fd   string // its number
+	Link string // where /proc/PID/fd/FD leads
+	Info string // /proc/PID/fdinfo/FD
+}
+
+// TreeFds reads the descriptors of every task of the tree rooted at pid,
+// once for all the looks at them (FileLocks, JudgeShared, JudgeUnfaithful).
+func TreeFds(pid int) []TreeFd {
+	var out []TreeFd
+	for _, p := range proc.Tree(pid) {
+		infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", p))
+		for _, fi := range infos {
+			fd := filepath.Base(fi)
+			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p, fd))
+			info, ierr := os.ReadFile(fi)
+			if err != nil || ierr != nil {
+				continue // closed since
+			}
+			out = append(out, TreeFd{Pid: p, Fd: fd, Link: link, Info: string(info)})
+		}
+	}
+	return out
 }
 
 // fdinfoField is the value of field name in an fdinfo file, "" if absent.
