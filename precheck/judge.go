@@ -365,26 +365,23 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			items = append(items, missingItem(ff))
 			continue
 		}
-		if uint64(st.Size()) != ff.Size && SameFile(ff, st, f.GetHost().GetBootId()) {
+		switch {
+		case uint64(st.Size()) == ff.Size:
+			if ff.Written {
+				written = append(written, ff.Path)
+			}
+		case SameFile(ff, st, f.GetHost().GetBootId()):
 			// The tree wrote it since the source looked: the same file,
 			// on a filesystem both hosts share. The restore sees its
 			// size at the freeze.
 			shared = append(shared, ff.Path)
-			if uint32(st.Mode().Perm()) != ff.Mode {
-				items = append(items, fmt.Sprintf("%s (%s): mode %o here, %o on the source", ff.Path, ff.Use, st.Mode().Perm(), ff.Mode))
-			}
-			continue
-		}
-		if uint64(st.Size()) != ff.Size {
+		default:
 			why := ""
 			if ff.Written {
 				why = "; the tree writes it, and CRIU restores only if it has the dumped size: share it between the hosts (a shared filesystem) or copy it at migration time"
 			}
 			items = append(items, fmt.Sprintf("%s (%s): %d bytes here, %d on the source%s", ff.Path, ff.Use, st.Size(), ff.Size, why))
 			continue
-		}
-		if ff.Written {
-			written = append(written, ff.Path)
 		}
 		if ff.Sha256 != "" {
 			sum := sums[i]
