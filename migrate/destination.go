@@ -128,9 +128,8 @@ var errAborted = errors.New("aborted")
 // incoming is one migration being received.
 type incoming struct {
 	d *Destination
-	// ctx is Serve's; cancel ends the migration from outside with a
-	// cause (see why).
-	ctx    context.Context
+	// cancel ends the migration from outside (a resolve's abort: see
+	// why).
 	cancel context.CancelCauseFunc
 	sess   *transport.Session
 	log    *slog.Logger
@@ -173,7 +172,7 @@ func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	in := &incoming{d: d, sess: sess, log: d.o.Logger.With("peer", sess.RemoteAddr().String()),
-		ctx: ctx, cancel: cancel,
+		cancel:    cancel,
 		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1), protoErr: make(chan error, 1)}
 	err := in.run(ctx)
 	if err != nil {
@@ -189,9 +188,10 @@ func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error 
 var errResolvedAbort = fmt.Errorf("%w by phaul resolve before its tree was handed over here", errAborted)
 
 // why is err, or the reason the migration was ended from outside (a
-// resolve), which made err.
+// resolve's abort, recorded in the registry before it cancels anything),
+// which made err.
 func (in *incoming) why(err error) error {
-	if cause := context.Cause(in.ctx); errors.Is(cause, errResolvedAbort) || in.d.reg.aborted(in.id) {
+	if in.d.reg.aborted(in.id) {
 		return errResolvedAbort
 	}
 	return err

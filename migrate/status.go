@@ -107,26 +107,25 @@ func (r *registry) aborted(id string) bool {
 // restoring marks migration id as restoring, unless a resolve has aborted
 // it first (false).
 func (r *registry) restoring(id string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	w := r.working[id]
-	if w == nil || w.aborted {
-		return false
-	}
-	w.restoring = true
-	return true
+	return r.unlessAborted(id, func(w *working) { w.restoring = true })
 }
 
 // handOver marks migration id as handed over to the source's decision,
 // unless a resolve has aborted it first (false).
 func (r *registry) handOver(id string) bool {
+	return r.unlessAborted(id, func(w *working) { w.handedOver, w.restoring = true, false })
+}
+
+// unlessAborted applies mark to migration id under the lock, unless it is
+// not here or a resolve has aborted it (false).
+func (r *registry) unlessAborted(id string, mark func(w *working)) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	w := r.working[id]
 	if w == nil || w.aborted {
 		return false
 	}
-	w.handedOver, w.restoring = true, false
+	mark(w)
 	return true
 }
 
