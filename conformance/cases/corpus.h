@@ -70,6 +70,18 @@ static int exists(const char *name)
 	return access(corpus_path(name), F_OK) == 0;
 }
 
+/* read_line reads the first line of DIR/name into buf (left as it was if
+ * there is no such file). */
+static void read_line(const char *name, char *buf, int size)
+{
+	FILE *f = fopen(corpus_path(name), "r");
+	if (f) {
+		if (!fgets(buf, size, f))
+			buf[0] = 0;
+		fclose(f);
+	}
+}
+
 /* fail records one difference. */
 static void fail(const char *fmt, ...)
 {

@@ -54,12 +54,8 @@ int main(int argc, char **argv)
 	wait_go();
 	for (int i = 0; i < 500 && !exists("member"); i++)
 		sleep_ms(10);
-	FILE *f = fopen(corpus_path("member"), "r");
 	char buf[128] = "no answer\n";
-	if (f) {
-		fgets(buf, sizeof(buf), f);
-		fclose(f);
-	}
+	read_line("member", buf, sizeof(buf));
 	CHECK(strcmp(buf, "ok\n") == 0, "the member of the session: %s", buf);
 	finish();
 }

@@ -44,12 +44,8 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 500 && !exists("kid-ran"); i++)
 		sleep_ms(10);
 	CHECK(exists("kid-ran"), "the child does not run after SIGCONT");
-	FILE *f = fopen(corpus_path("kid-ran"), "r");
 	char buf[32] = "";
-	if (f) {
-		fgets(buf, sizeof(buf), f);
-		fclose(f);
-	}
+	read_line("kid-ran", buf, sizeof(buf));
 	CHECK(strcmp(buf, "pending\n") == 0, "the child's pending SIGUSR1 was %s", buf);
 	kill(kid, SIGKILL);
 	finish();

@@ -9,20 +9,14 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include "unix_listen.h"
 
 int main(int argc, char **argv)
 {
 	corpus_init(argc, argv);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(corpus_path("listen")) >= sizeof(sa.sun_path))
-		die("DIR is too long a path for a unix socket");
-	strcpy(sa.sun_path, corpus_path("listen"));
-	int l = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(l, 8) < 0)
-		die("listen on %s", sa.sun_path);
-	int c = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		die("connect");
+	struct sockaddr_un sa;
+	int l, c;
+	unix_listen_connect("listen", &sa, &l, &c);
 	const char *cs = "from the client, before it was accepted";
 	if (send(c, cs, strlen(cs), 0) != (ssize_t)strlen(cs))
 		die("send from the client");

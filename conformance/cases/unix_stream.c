@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include "unix_listen.h"
 
 /* readable waits (up to 10 s) until fd can be read. */
 static int readable(int fd)
@@ -53,16 +54,9 @@ int main(int argc, char **argv)
 	if (recv(sp[1], skip, 10, 0) != 10) /* b reads the first ten bytes */
 		die("recv");
 
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(corpus_path("listen")) >= sizeof(sa.sun_path))
-		die("DIR is too long a path for a unix socket");
-	strcpy(sa.sun_path, corpus_path("listen"));
-	int l = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(l, 8) < 0)
-		die("listen on %s", sa.sun_path);
-	int c = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (c < 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		die("connect");
+	struct sockaddr_un sa;
+	int l, c;
+	unix_listen_connect("listen", &sa, &l, &c);
 	ready();
 	wait_go();
 
