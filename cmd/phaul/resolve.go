@@ -30,7 +30,11 @@ resolve ID reads the source's own record of its decision and says it to the
 destination: commit (resume the copy) when the source tree is gone, abort
 (kill the copy) when the source tree still runs. A record left undecided
 (phaul migrate was killed before it decided) means abort while the source
-tree runs; with the tree gone too, resolve refuses to guess. Saying commit or abort
+tree runs; with the tree gone too, resolve refuses to guess. Run at once,
+before the destination has noticed that phaul migrate is gone, resolve gives
+the same answer: an abort ends a migration the destination is still
+receiving, and for one past its restore it waits, within --timeout, until
+the destination holds it in doubt. Saying commit or abort
 overrides the record; commit is refused while the source tree still runs
 here (two copies would run). Without a record (another host, or the source
 host lost) say commit or abort yourself, and --dest.`,
