@@ -152,7 +152,10 @@ type incoming struct {
 	imgBytes     int64
 	pageCounts   transport.Counts
 	mounted      bool // a tmpfs is mounted on imgs
-	restored     int  // root pid of the restored, stopped tree
+	restored     int  // root pid of the restored, held tree
+	// freezer is the freezer cgroup directory the tree is held frozen
+	// in; "" when it is held stopped (hold.go).
+	freezer string
 	// stopped lists the tasks that were stopped at the dump (their PIDs
 	// in the tree's namespace): the resume leaves them so.
 	stopped []int
@@ -419,7 +422,7 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("commit", unexpected(msg, "Commit"))
 	}
 	in.setPhase("resume")
-	if err := resumeTree(in.restored, in.stopped); err != nil {
+	if err := releaseTree(in.log, in.restored, in.freezer, in.stopped); err != nil {
 		return in.fail("resume", err)
 	}
 	if err := in.record("running"); err != nil {
@@ -437,11 +440,14 @@ func (in *incoming) run(ctx context.Context) error {
 // credentials compared with the source's, the terminals connected, the
 // cgroups CRIU wants to exist made.
 func (in *incoming) restoreRequest() (criu.Request, error) {
+	if err := in.chooseHold(); err != nil {
+		return criu.Request{}, err
+	}
 	opts := &rpc.CriuOpts{
 		ShellJob:          proto.Bool(in.prep.ShellJob),
 		TcpEstablished:    proto.Bool(in.prep.TcpEstablished),
 		FileLocks:         proto.Bool(in.prep.FileLocks),
-		LeaveStopped:      proto.Bool(true),
+		LeaveStopped:      proto.Bool(in.freezer == ""),
 		ManageCgroupsMode: in.mode.Enum(),
 		CgRoot:            criuRoots(in.roots),
 	}
@@ -490,11 +496,19 @@ func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
 	if st, err := proc.ReadStat(res.Pid); err == nil {
 		in.restoredStart = st.StartTime
 	}
+	if in.freezer != "" {
+		if err := checkFrozen(res.Pid, in.freezer, in.freezerRel()); err != nil {
+			return nil, fmt.Errorf("the restored tree is not held: %w", err)
+		}
+	}
 	if in.stopped, err = stoppedTasks(in.imgs); err != nil {
 		return nil, err
 	}
 	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
-	restored := &pb.Restored{Pid: int32(res.Pid)}
+	restored := &pb.Restored{Pid: int32(res.Pid), Hold: holdStopped}
+	if in.freezer != "" {
+		restored.Hold = holdFrozen
+	}
 	if in.terms != nil {
 		in.terms.start()
 		restored.TtyLogs = in.terms.logs
@@ -508,7 +522,7 @@ func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
 	if err := in.record("restored"); err != nil {
 		return nil, err
 	}
-	in.log.Info("restored, stopped", "pid", res.Pid, "took", time.Since(t0))
+	in.log.Info("restored, held "+restored.Hold, "pid", res.Pid, "took", time.Since(t0))
 	restored.RestoreNanos = int64(time.Since(t0))
 	if !in.d.reg.handOver(in.id) {
 		return nil, errResolvedAbort
@@ -574,7 +588,7 @@ func (in *incoming) finish(err error) {
 		if in.restored > 0 {
 			// Gone before the migration is over: a resolve that ended
 			// it answers only then.
-			if err := killTree(in.restored, in.restoredStart); err != nil {
+			if err := killTree(in.restored, in.restoredStart, in.freezer); err != nil {
 				in.log.Error("the restored tree does not die", "err", err)
 			} else {
 				in.log.Info("killed the restored tree", "pid", in.restored)
@@ -615,7 +629,7 @@ func endState(in *incoming, err error) string {
 // migration survives a restart of the service, and Status lists the
 // finished ones after one.
 func (in *incoming) record(state string) error {
-	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, Stopped: in.stopped, SourceHost: in.sourceHost,
+	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, Freezer: in.freezer, Stopped: in.stopped, SourceHost: in.sourceHost,
 		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
 	if in.prep != nil {
 		f.Comm, f.SourcePid = in.prep.Comm, int(in.prep.Pid)
@@ -793,11 +807,50 @@ func (in *incoming) cgroupRoots(sets []*pb.CgroupSet, requested string, mode rpc
 	if mode == rpc.CriuCgMode_IGNORE {
 		return nil, nil
 	}
-	root := path.Join(in.d.o.CgroupRoot, "phaul-"+in.id)
+	return CgroupRoots(sets, in.cgroupRoot(requested), in.d.layout)
+}
+
+// cgroupRoot is the tree's cgroup root here: the one the source asked
+// for, or phaul-ID below the service's.
+func (in *incoming) cgroupRoot(requested string) string {
 	if requested != "" {
-		root = requested
+		return requested
 	}
-	return CgroupRoots(sets, root, in.d.layout)
+	return path.Join(in.d.o.CgroupRoot, "phaul-"+in.id)
+}
+
+// chooseHold decides how the restored tree is held until the commit
+// (hold.go): frozen where it can be, its images edited for it, and the
+// freezer hold added to the cgroup roots; stopped otherwise.
+func (in *incoming) chooseHold() error {
+	rel, dir, whyNot := freezerHold(in.d.layout, in.mode, in.cgroupRoot(in.prep.CgroupRoot))
+	if whyNot == "" {
+		err := freezeInImages(in.imgs)
+		switch {
+		case errors.Is(err, errNoFreezerHold):
+			whyNot = err.Error()
+		case err != nil:
+			return fmt.Errorf("hold the tree frozen: %w", err)
+		}
+	}
+	if whyNot != "" {
+		in.log.Info("the restored tree is held stopped (SIGSTOP) until the commit, not frozen: its parent may see it stop and continue", "why", whyNot)
+		return nil
+	}
+	in.freezer = dir
+	in.roots = withFreezerRoot(in.roots, rel)
+	// A crash of the service from here on leaves a frozen tree to kill.
+	return in.record("receiving")
+}
+
+// freezerRel is the freezer hold's path in its hierarchy.
+func (in *incoming) freezerRel() string {
+	for _, r := range in.roots {
+		if r.Controllers == "freezer" {
+			return r.Path
+		}
+	}
+	return ""
 }
 
 // localCPUInfo dumps this host's cpuinfo once (it does not change).

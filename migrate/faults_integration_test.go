@@ -233,8 +233,8 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			copyPid := append(a, b...)[0]
 			t.Cleanup(func() { testutil.KillPid(copyPid) })
-			if twohosts.Stopped(copyPid) {
-				t.Fatalf("the one copy (pid %d) is stopped", copyPid)
+			if twohosts.Held(copyPid) {
+				t.Fatalf("the one copy (pid %d) is stopped or frozen", copyPid)
 			}
 			now, _ := testutil.ReadState(w.State)
 			if now.Count < before.Count {

@@ -68,8 +68,8 @@ func assertRunsOn(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service, w *two
 	if !twohosts.InNetns(dest, h.NetnsPath("b")) {
 		t.Errorf("restored tree is not in host b's network namespace")
 	}
-	if twohosts.Stopped(dest) {
-		t.Errorf("restored tree is stopped")
+	if twohosts.Held(dest) {
+		t.Errorf("restored tree is stopped or frozen")
 	}
 	first, err := testutil.ReadState(w.State)
 	if err != nil {
@@ -453,7 +453,7 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(svc.Log(), "restored, stopped") {
+	for !strings.Contains(svc.Log(), "restored, held") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no restore:\n%s", svc.Log())
 		}
@@ -480,8 +480,8 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 		t.Fatalf("destination state %q, want in-doubt:\n%s", state.State, svc.Log())
 	}
 	t.Cleanup(func() { testutil.KillPid(state.Pid) })
-	if !testutil.Alive(state.Pid) || !twohosts.Stopped(state.Pid) {
-		t.Fatalf("destination copy %d not kept stopped", state.Pid)
+	if !testutil.Alive(state.Pid) || !twohosts.Held(state.Pid) {
+		t.Fatalf("destination copy %d not kept from running", state.Pid)
 	}
 	if !twohosts.InNetns(state.Pid, h.NetnsPath("b")) {
 		t.Error("kept copy is not on b")
@@ -518,7 +518,7 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	// A restart of the service forgets nothing: the copy stays stopped,
 	// and the new service lists it in doubt.
 	svc.Stop()
-	if !testutil.Alive(state.Pid) || !twohosts.Stopped(state.Pid) {
+	if !testutil.Alive(state.Pid) || !twohosts.Held(state.Pid) {
 		t.Fatalf("stopping the service touched the copy in doubt")
 	}
 	svc = h.StartService(t)
@@ -556,7 +556,7 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 			t.Fatalf("the source is gone, and resolve said %+v", res)
 		}
 		before, _ := testutil.ReadState(w.State)
-		if _, err := testutil.WaitCount(w.State, before.Count+10, 10*time.Second); err != nil || twohosts.Stopped(state.Pid) {
+		if _, err := testutil.WaitCount(w.State, before.Count+10, 10*time.Second); err != nil || twohosts.Held(state.Pid) {
 			t.Fatalf("the resumed copy on b does not count on: %v", err)
 		}
 	}

@@ -29,6 +29,10 @@ type Report struct {
 	// Freeze is how the source tree was frozen: "cgroup" (it was alone in
 	// its freezer cgroup) or "ptrace" (seized task by task).
 	Freeze string `json:"freeze,omitempty"`
+	// Hold is how the destination kept the restored tree from running
+	// until the commit: "frozen" (in a freezer cgroup; the tree sees
+	// nothing) or "stopped" (SIGSTOP and SIGCONT, which a parent sees).
+	Hold string `json:"hold,omitempty"`
 	// Cgroups are the restored root's cgroups on the destination
 	// ("memory:/phaul/phaul-ID"; "" controllers for v2).
 	Cgroups []string `json:"cgroups,omitempty"`
@@ -84,6 +88,9 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	if r.Freeze != "" {
 		fmt.Fprintf(w, "  frozen by  %s\n", r.Freeze)
+	}
+	if r.Hold != "" {
+		fmt.Fprintf(w, "  held       %s until the commit\n", r.Hold)
 	}
 	if len(r.Cgroups) > 0 {
 		fmt.Fprintf(w, "  cgroups    %s\n", strings.Join(r.Cgroups, " "))

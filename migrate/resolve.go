@@ -335,7 +335,7 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	case commit && !alive:
 		return nil, fmt.Errorf("migration %s: the stopped copy here (pid %d) is gone; nothing to resume", id, f.Pid)
 	case commit:
-		if err := resumeTree(f.Pid, f.Stopped); err != nil {
+		if err := releaseTree(d.o.Logger, f.Pid, f.Freezer, f.Stopped); err != nil {
 			return nil, fmt.Errorf("resume pid %d: %w", f.Pid, err)
 		}
 		f.State = "running"
@@ -348,7 +348,7 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	default:
 		// Say "aborted" only once the copy is gone.
 		if alive {
-			if err := killTree(f.Pid, f.PidStart); err != nil {
+			if err := killTree(f.Pid, f.PidStart, f.Freezer); err != nil {
 				return nil, fmt.Errorf("migration %s: the stopped copy: %w", id, err)
 			}
 		}
@@ -359,10 +359,18 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	return res, nil
 }
 
-// killTree kills the tree rooted at pid (start: its start time) and waits,
-// a few seconds at most, until its root is gone.
-func killTree(pid int, start uint64) error {
+// killTree kills the tree rooted at pid (start: its start time), held in
+// the freezer cgroup freezer if not "", and waits, a few seconds at most,
+// until its root is gone.
+func killTree(pid int, start uint64, freezer string) error {
 	proc.SignalTree(pid, unix.SIGKILL)
+	if freezer != "" {
+		// A task frozen in a v1 freezer cgroup dies only once thawed;
+		// killed first, it runs no instruction of its own.
+		if err := thaw(freezer); err != nil {
+			return err
+		}
+	}
 	for deadline := time.Now().Add(5 * time.Second); proc.Same(pid, start); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("pid %d does not die", pid)
@@ -395,7 +403,7 @@ func (d *Destination) recover() {
 			// CRIU may have restored the tree just before the service
 			// died, too late for its PID to be recorded: whatever runs
 			// in the migration's own cgroups is that tree.
-			d.killInCgroups(f.ID)
+			d.killInCgroups(f.ID, f.Freezer)
 			os.RemoveAll(dir)
 			d.reg.settled(f.ID, StateInterrupted)
 			d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)
@@ -414,9 +422,13 @@ func (d *Destination) recover() {
 
 // killInCgroups kills the tasks in the cgroups the service made for
 // migration id (ROOT/phaul-ID and below, in every v1 hierarchy and the
-// unified one).
-func (d *Destination) killInCgroups(id string) {
+// unified one) and in the freezer cgroup freezer (if not ""), then thaws
+// the freezer cgroups among them: only then do frozen tasks die.
+func (d *Destination) killInCgroups(id, freezer string) {
 	var roots []string
+	if freezer != "" {
+		roots = append(roots, freezer)
+	}
 	for _, mnt := range d.layout.V1 {
 		roots = append(roots, filepath.Join(mnt, d.o.CgroupRoot, "phaul-"+id))
 	}
@@ -436,5 +448,12 @@ func (d *Destination) killInCgroups(id string) {
 			}
 			return nil
 		})
+	}
+	for _, root := range roots {
+		if _, err := os.Stat(filepath.Join(root, "freezer.state")); err == nil {
+			if err := thaw(root); err != nil {
+				d.o.Logger.Warn("the killed tasks of a migration stay frozen", "migration", id, "err", err)
+			}
+		}
 	}
 }

@@ -663,7 +663,7 @@ func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error
 		return nil, unexpected(msg, "Restored")
 	}
 	m.r.Restore = Duration(time.Duration(restored.RestoreNanos))
-	m.r.TTYLogs, m.r.LimitsApplied, m.r.Cgroups = restored.TtyLogs, restored.LimitsApplied, restored.Cgroups
+	m.r.TTYLogs, m.r.LimitsApplied, m.r.Cgroups, m.r.Hold = restored.TtyLogs, restored.LimitsApplied, restored.Cgroups, restored.Hold
 	m.log.Info("restored on the destination, committing", "dest_pid", restored.Pid)
 	m.setPhase("commit")
 	return restored, nil

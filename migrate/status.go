@@ -237,6 +237,9 @@ type stateFile struct {
 	// PidStart is the restored root's start time (proc.Stat.StartTime),
 	// so that a reused PID is never taken for it.
 	PidStart uint64 `json:"pid_start,omitempty"`
+	// Freezer is the freezer cgroup directory the copy is held frozen
+	// in; empty when it is held stopped.
+	Freezer string `json:"freezer,omitempty"`
 	// Stopped lists the tasks that were stopped at the dump (PIDs in the
 	// tree's namespace): resuming the copy leaves them stopped.
 	Stopped []int `json:"stopped,omitempty"`

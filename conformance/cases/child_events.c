@@ -3,9 +3,11 @@
  * the child's. No SIGCHLD becomes pending, and waitpid reports no stop
  * and no continue of the child.
  *
- * phaul-differs: the destination restores the tree stopped (CRIU's leave_stopped sends every task SIGSTOP) and resumes it with SIGCONT, so a parent sees its children stop and continue (SIGCHLD pending, waitpid WUNTRACED/WCONTINUED events); CRIU alone resumes by ptrace, unseen. The fix is to hold the restored tree in a frozen cgroup instead (CRIU's own freezer.state restore, which works here), see the README
- * phaul-says: SIGCHLD is pending: the child changed state during the move
- * phaul-says: waitpid reports an event of the child: continued
+ * phaul holds the restored tree in a freezer cgroup of its own until the
+ * commit (the tree sees nothing). It held it with SIGSTOP and SIGCONT
+ * before, and a parent saw its children stop and continue; a host with
+ * no cgroup v1 freezer still does (phaul migrate's report says "held
+ * stopped").
  */
 #include "corpus.h"
 

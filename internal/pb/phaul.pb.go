@@ -1049,6 +1049,7 @@ type Restored struct {
 	TtyLogs       []string               `protobuf:"bytes,3,rep,name=tty_logs,json=ttyLogs,proto3" json:"tty_logs,omitempty"`                   // where the terminals' output goes on the destination
 	LimitsApplied []string               `protobuf:"bytes,4,rep,name=limits_applied,json=limitsApplied,proto3" json:"limits_applied,omitempty"` // v2 limits phaul set: "memory.max=104857600"
 	Cgroups       []string               `protobuf:"bytes,5,rep,name=cgroups,proto3" json:"cgroups,omitempty"`                                  // the restored root's cgroups: "memory:/phaul/phaul-ID"
+	Hold          string                 `protobuf:"bytes,6,opt,name=hold,proto3" json:"hold,omitempty"`                                        // how the tree waits for the commit: "frozen" (a freezer cgroup) or "stopped" (SIGSTOP)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1116,6 +1117,13 @@ func (x *Restored) GetCgroups() []string {
 		return x.Cgroups
 	}
 	return nil
+}
+
+func (x *Restored) GetHold() string {
+	if x != nil {
+		return x.Hold
+	}
+	return ""
 }
 
 // Commit says the source copy is gone: resume the destination copy.
@@ -2543,13 +2551,14 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
 	"ImagesSent\x12\x14\n" +
 	"\x05files\x18\x01 \x01(\rR\x05files\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\x9d\x01\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xb1\x01\n" +
 	"\bRestored\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12#\n" +
 	"\rrestore_nanos\x18\x02 \x01(\x03R\frestoreNanos\x12\x19\n" +
 	"\btty_logs\x18\x03 \x03(\tR\attyLogs\x12%\n" +
 	"\x0elimits_applied\x18\x04 \x03(\tR\rlimitsApplied\x12\x18\n" +
-	"\acgroups\x18\x05 \x03(\tR\acgroups\"\b\n" +
+	"\acgroups\x18\x05 \x03(\tR\acgroups\x12\x12\n" +
+	"\x04hold\x18\x06 \x01(\tR\x04hold\"\b\n" +
 	"\x06Commit\"\x18\n" +
 	"\x04Done\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x1f\n" +

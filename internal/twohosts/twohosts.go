@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/phaul/phaul/internal/cgroups"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
 	"github.com/phaul/phaul/migrate"
@@ -563,6 +564,33 @@ func InNetns(pid int, path string) bool {
 func Stopped(pid int) bool {
 	st, err := proc.ReadStat(pid)
 	return err == nil && (st.State == 'T' || st.State == 't')
+}
+
+// Held reports whether pid is kept from running as the destination holds
+// a restored tree until the commit: stopped, or in a frozen (or freezing)
+// cgroup v1 freezer cgroup.
+func Held(pid int) bool {
+	return Stopped(pid) || Frozen(pid)
+}
+
+// Frozen reports whether pid is in a cgroup v1 freezer cgroup that is
+// not THAWED.
+func Frozen(pid int) bool {
+	l, err := cgroups.Detect()
+	if err != nil || l.V1["freezer"] == "" {
+		return false
+	}
+	sets, err := cgroups.ProcessSets(pid)
+	if err != nil {
+		return false
+	}
+	for _, s := range sets {
+		if s.Controllers == "freezer" {
+			b, err := os.ReadFile(filepath.Join(l.V1["freezer"], s.Path, "freezer.state"))
+			return err == nil && strings.TrimSpace(string(b)) != "THAWED"
+		}
+	}
+	return false
 }
 
 type lockedBuffer struct {
