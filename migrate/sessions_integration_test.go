@@ -247,21 +247,25 @@ func TestMigrateCgroupModes(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		mode   string
-		placed bool // under the service's root, in a cgroup of its own
-		limit  bool // the source's memory limit there
+		placed bool   // under the service's root, in a cgroup of its own
+		limit  bool   // the source's memory limit there
+		hold   string // how the destination held the tree until the commit
 	}{
-		{"ignore", false, false}, // CRIU leaves cgroups alone: the service's own
-		{"none", true, false},
-		{"props", true, true},
-		{"soft", true, true},
-		{"full", true, true},
-		{"strict", true, true},
+		{"ignore", false, false, "stopped"}, // CRIU leaves cgroups alone: the service's own
+		{"none", true, false, "stopped"},    // CRIU restores no properties, freezer.state neither
+		{"props", true, true, "frozen"},
+		{"soft", true, true, "frozen"},
+		{"full", true, true, "frozen"},
+		{"strict", true, true, "frozen"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			w := start(t, tc.mode)
 			st, _ := testutil.ReadState(w.State)
 			r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--manage-cgroups", tc.mode)
 			dest := assertRunsOnB(t, h, w, r, st)
+			if r.Str("hold") != tc.hold {
+				t.Errorf("held %q until the commit, want %q", r.Str("hold"), tc.hold)
+			}
 			want := "/" + h.Name + "/phaul-" + r.Str("id")
 			got := cgroupPath(t, dest, "memory")
 			if placed := got == want; placed != tc.placed {
