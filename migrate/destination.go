@@ -497,7 +497,7 @@ func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
 		in.restoredStart = st.StartTime
 	}
 	if in.freezer != "" {
-		if err := checkFrozen(res.Pid, in.freezer, in.freezerRel()); err != nil {
+		if err := checkFrozen(res.Pid, in.freezer, in.cgroupRoot(in.prep.CgroupRoot)); err != nil {
 			return nil, fmt.Errorf("the restored tree is not held: %w", err)
 		}
 	}
@@ -823,7 +823,8 @@ func (in *incoming) cgroupRoot(requested string) string {
 // (hold.go): frozen where it can be, its images edited for it, and the
 // freezer hold added to the cgroup roots; stopped otherwise.
 func (in *incoming) chooseHold() error {
-	rel, dir, whyNot := freezerHold(in.d.layout, in.mode, in.cgroupRoot(in.prep.CgroupRoot))
+	root := in.cgroupRoot(in.prep.CgroupRoot)
+	dir, whyNot := freezerHold(in.d.layout, in.mode, root)
 	if whyNot == "" {
 		err := freezeInImages(in.imgs)
 		switch {
@@ -838,19 +839,9 @@ func (in *incoming) chooseHold() error {
 		return nil
 	}
 	in.freezer = dir
-	in.roots = withFreezerRoot(in.roots, rel)
+	in.roots = withFreezerRoot(in.roots, root)
 	// A crash of the service from here on leaves a frozen tree to kill.
 	return in.record("receiving")
-}
-
-// freezerRel is the freezer hold's path in its hierarchy.
-func (in *incoming) freezerRel() string {
-	for _, r := range in.roots {
-		if r.Controllers == "freezer" {
-			return r.Path
-		}
-	}
-	return ""
 }
 
 // localCPUInfo dumps this host's cpuinfo once (it does not change).

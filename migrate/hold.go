@@ -52,25 +52,25 @@ var errNoFreezerHold = errors.New("cannot hold the tree in a freezer cgroup")
 // --cgroup-root renames it to the hold's path.
 const holdName = "phaul-hold"
 
-// freezerHold says where the restored tree can be held frozen: the
-// freezer cgroup (its path in the hierarchy and its directory), or why
-// not. root is the tree's cgroup root on this host.
-func freezerHold(l *cgroups.Layout, mode rpc.CriuCgMode, root string) (rel, dir, whyNot string) {
+// freezerHold says whether the restored tree can be held frozen in the
+// freezer cgroup root (the tree's cgroup root on this host): its
+// directory, or why not.
+func freezerHold(l *cgroups.Layout, mode rpc.CriuCgMode, root string) (dir, whyNot string) {
 	switch mode {
 	case rpc.CriuCgMode_IGNORE, rpc.CriuCgMode_CG_NONE:
-		return "", "", fmt.Sprintf("CRIU's cgroup mode %s restores no freezer state", strings.ToLower(mode.String()))
+		return "", fmt.Sprintf("CRIU's cgroup mode %s restores no freezer state", strings.ToLower(mode.String()))
 	}
 	mnt := l.V1["freezer"]
 	if mnt == "" {
-		return "", "", "this host has no cgroup v1 freezer hierarchy"
+		return "", "this host has no cgroup v1 freezer hierarchy"
 	}
 	dir = filepath.Join(mnt, root)
 	if _, err := os.Stat(dir); err == nil {
-		return "", "", fmt.Sprintf("freezer cgroup %s exists already (other tasks may be in it)", root)
+		return "", fmt.Sprintf("freezer cgroup %s exists already (other tasks may be in it)", root)
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", "", err.Error()
+		return "", err.Error()
 	}
-	return root, dir, ""
+	return dir, ""
 }
 
 // withFreezerRoot adds the freezer hold at rel to the cgroup roots.
