@@ -12,4 +12,7 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require golang.org/x/text v0.14.0 // indirect
+require (
+	github.com/minio/highwayhash v1.0.4 // indirect
+	golang.org/x/text v0.14.0 // indirect
+)

@@ -17,7 +17,8 @@
 //     with --dirty pages rewritten per second; every page's content is
 //     derived from its index and its rewrite generation, so the whole area
 //     can be re-verified at any time (SUM, or SIGUSR1, which writes the
-//     verdict to STATE.sum);
+//     verdict to STATE.sum); the area's address and length are written to
+//     STATE.mem;
 //   - optionally (--echo) the counter as a line "count N" on stdout at
 //     every tick, for the tests of terminals: a write error is ignored,
 //     so a terminal that went away does not stop the count.
@@ -43,6 +44,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 const pageSize = 4096
@@ -65,6 +67,9 @@ func main() {
 	w.tokenInit()
 	if *memMiB > 0 {
 		w.memInit(*memMiB)
+		// Where the area is, for tests that look at it from outside (Go's
+		// heap does not move objects).
+		writeFile(*state+".mem", fmt.Sprintf("%x %d\n", uintptr(unsafe.Pointer(&w.mem[0])), len(w.mem)))
 	}
 	if *child {
 		cmd := exec.Command(os.Args[0], "--state", *state+".child", "--interval", interval.String())

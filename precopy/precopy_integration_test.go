@@ -1,0 +1,272 @@
+package precopy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/testutil"
+)
+
+// These tests run real CRIU on a real workload, as root, on one host: the
+// rounds and the final dump go to real CRIU page servers over socketpairs
+// (the network is the migrate package's business), and CRIU's restore
+// reads the chain of images. The workload checks its own memory after
+// the restore.
+
+type bufSock struct {
+	*bufio.Writer
+}
+
+func socketpair(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := os.NewFile(uintptr(fds[0]), "sp0"), os.NewFile(uintptr(fds[1]), "sp1")
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// pageServer starts a CRIU page server writing into dir, whose parent
+// images (if parent is not "") are in the sibling directory parent. It
+// returns the socket to write the page stream to.
+func pageServer(t *testing.T, c *criu.Client, dir, parent string) (*os.File, *criu.PageServer) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if parent != "" {
+		if err := os.Symlink(filepath.Join("..", parent), filepath.Join(dir, "parent")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine, theirs := socketpair(t)
+	ps, err := c.StartPageServer(context.Background(), criu.Request{ImagesDir: dir, PageServer: theirs})
+	if err != nil {
+		t.Fatalf("page server: %v", err)
+	}
+	t.Cleanup(func() { ps.Close() })
+	theirs.Close()
+	return mine, ps
+}
+
+// round runs one pre-copy round of the tree into dir.
+func round(t *testing.T, c *criu.Client, h *Hasher, tab *Table, root int, dir, parent string) RoundStats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sock, ps := pageServer(t, c, dir, parent)
+	e := NewEncoder(bufSock{bufio.NewWriterSize(sock, 1<<20)}, h, tab, true)
+	replies := make(chan error, 1)
+	go func() { replies <- e.Replies(ctx, sock, nil) }()
+	tasks, err := Tasks(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Round(ctx, e, tasks)
+	if err != nil {
+		t.Fatalf("round into %s: %v", dir, err)
+	}
+	if err := <-replies; err != nil {
+		t.Fatalf("replies: %v", err)
+	}
+	if err := ps.Wait(ctx); err != nil {
+		t.Fatalf("page server of %s: %v", dir, err)
+	}
+	tab.Sweep()
+	return st
+}
+
+// finalDump dumps the tree with CRIU through Forward into dir (parent: the
+// last round), copies the other images there, and restores.
+func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.Workload, dir, parent string, corrupt func(dst, vaddr uint64) bool) (Stats, testutil.State, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sock, ps := pageServer(t, c, dir, parent)
+	dumpEnd, pumpEnd := socketpair(t)
+	e := NewEncoder(bufSock{bufio.NewWriterSize(sock, 1<<20)}, h, tab, false)
+	e.corrupt = corrupt
+	fwd, replies := make(chan error, 1), make(chan error, 1)
+	go func() {
+		err := e.Forward(pumpEnd)
+		if err == nil {
+			err = e.w.Flush()
+		}
+		fwd <- err
+	}()
+	go func() { replies <- e.Replies(ctx, sock, pumpEnd) }()
+
+	src := t.TempDir()
+	pid := w.Cmd.Process.Pid
+	if _, err := c.Dump(ctx, criu.Request{ImagesDir: src, PageServer: dumpEnd, Opts: &rpc.CriuOpts{Pid: proto.Int32(int32(pid))}}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	dumpEnd.Close()
+	if err := <-fwd; err != nil {
+		t.Fatalf("forward: %v", err)
+	}
+	if err := <-replies; err != nil {
+		t.Fatalf("replies: %v", err)
+	}
+	if err := ps.Wait(ctx); err != nil {
+		t.Fatalf("page server: %v", err)
+	}
+	if corrupt != nil && e.corrupted != 1 {
+		t.Fatalf("the hook corrupted %d references, want 1 (no page of the area changed after the last round?); %+v", e.corrupted, e.Stats())
+	}
+	dumped, err := testutil.ReadState(w.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []int{dumped.Pid, dumped.ChildPid} {
+		if err := testutil.WaitReaped(p, 10*time.Second); p > 0 && err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyImages(t, src, dir)
+	res, err := c.Restore(ctx, criu.Request{ImagesDir: dir})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	return e.Stats(), dumped, res.Pid
+}
+
+func copyImages(t *testing.T, src, dst string) {
+	t.Helper()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".img") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// memorySum asks the restored workload to check its memory.
+func memorySum(t *testing.T, w *testutil.Workload, pid int) string {
+	t.Helper()
+	os.Remove(w.State + ".sum")
+	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if sum, err := os.ReadFile(w.State + ".sum"); err == nil && len(sum) > 0 {
+			return strings.TrimSpace(string(sum))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restored workload wrote no memory check")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// precopyRun pre-copies a workload dirtying its memory in two rounds,
+// dumps it through Forward and restores it from the chain.
+func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Stats, sum string) {
+	t.Helper()
+	c, _ := testutil.CRIU(t)
+	w := testutil.StartWorkload(t, testutil.WorkloadOptions{Child: true, ExtraArgs: []string{"--mem", "32", "--dirty", "1000"}})
+	h, err := NewHasher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab := NewTable()
+	root := t.TempDir()
+	pid := w.Cmd.Process.Pid
+	first = round(t, c, h, tab, pid, filepath.Join(root, "1"), "")
+	second = round(t, c, h, tab, pid, filepath.Join(root, "2"), "1")
+	// Let the workload rewrite some pages after the last round, so the
+	// final dump has changed pages to send (and, with corrupt, one to
+	// refer to wrongly).
+	st, err := testutil.ReadState(w.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.WaitCount(w.State, st.Count+10, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var hook func(dst, vaddr uint64) bool
+	if corrupt {
+		hook = inArea(t, w, pid)
+	}
+	final, dumped, restored := finalDump(t, c, h, tab, w, filepath.Join(root, "final"), "2", hook)
+	if restored != dumped.Pid {
+		t.Errorf("restored pid %d, dumped %d", restored, dumped.Pid)
+	}
+	return first, second, final, memorySum(t, w, restored)
+}
+
+// inArea accepts the addresses of the workload's checked memory area in
+// its root task.
+func inArea(t *testing.T, w *testutil.Workload, pid int) func(dst, vaddr uint64) bool {
+	t.Helper()
+	data, err := os.ReadFile(w.State + ".mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var start, size uint64
+	if _, err := fmt.Sscanf(string(data), "%x %d", &start, &size); err != nil {
+		t.Fatalf("%s: %v", w.State+".mem", err)
+	}
+	tasks, err := Tasks(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := criu.PageDst(criu.PSTypePid, tasks[0].ID)
+	for _, task := range tasks {
+		if task.Pid == pid {
+			root = criu.PageDst(criu.PSTypePid, task.ID)
+		}
+	}
+	return func(dst, vaddr uint64) bool { return dst == root && vaddr >= start && vaddr < start+size }
+}
+
+func TestPrecopyChainRestores(t *testing.T) {
+	first, second, final, sum := precopyRun(t, false)
+	t.Logf("round 1 %+v; round 2 %+v; final %+v; %s", first, second, final, sum)
+	if !strings.HasPrefix(sum, "sum=ok pages=8192") {
+		t.Fatalf("memory check after restore: %q", sum)
+	}
+	// 32 MiB are 8192 pages, plus the Go runtime's and two tasks' own.
+	if first.Pages < 8192 || first.Referenced != 0 || first.Images != 2 {
+		t.Errorf("round 1: %+v: want every page sent, two tasks", first)
+	}
+	if second.Referenced < first.Pages*8/10 {
+		t.Errorf("round 2 referred to %d of %d pages: want most unchanged", second.Referenced, second.Pages)
+	}
+	if final.Referenced < final.Pages*8/10 || final.Sent == 0 {
+		t.Errorf("final dump: %+v: want most pages by reference, the rewritten ones sent", final)
+	}
+}
+
+// The workload's memory check catches a wrong reference: the test hook
+// makes the final dump refer to the parent for one page that changed.
+func TestPrecopyWrongReferenceIsCaught(t *testing.T) {
+	_, _, _, sum := precopyRun(t, true)
+	if !strings.HasPrefix(sum, "sum=BAD") {
+		t.Fatalf("memory check after a corrupted reference: %q, want BAD", sum)
+	}
+}
