@@ -12,6 +12,7 @@ import (
 // RoundStats is what one pre-copy round did.
 type RoundStats struct {
 	Stats
+	Wire     int64 // bytes on the network (set by the caller, who knows the stream)
 	Duration time.Duration
 }
 

@@ -7,8 +7,9 @@ import "time"
 const (
 	// ProtocolVersion is sent in Hello, Welcome, StatusRequest, StatusReport
 	// and Resolve; both sides must agree. 2: StatusRequest/StatusReport,
-	// Resolve/Resolved, Failure for malformed frames.
-	ProtocolVersion = 2
+	// Resolve/Resolved, Failure for malformed frames. 3: pre-copy rounds
+	// (Round, RoundDone, EndRounds, RoundsEnded; round streams).
+	ProtocolVersion = 3
 
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20
@@ -22,6 +23,7 @@ const (
 	KindControl byte = 'C'
 	KindPages   byte = 'P'
 	KindImages  byte = 'I'
+	KindRound   byte = 'R' // one pre-copy round's pages
 
 	// MaxImageNameLen bounds an image file name on the images stream.
 	MaxImageNameLen = 255

@@ -38,16 +38,27 @@ func (c countReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// CountReads returns a reader that adds what it reads from r to n.
+func CountReads(r io.Reader, n *atomic.Int64) io.Reader { return countReader{r, n} }
+
 // pumpBuf is the read size of the compressing pump: CRIU's page server
 // protocol sends pages in chunks of up to a pipe's size.
 const pumpBuf = 1 << 20
 
-// SendCompressed reads src (CRIU's page-server traffic) until EOF and
-// writes it zstd-compressed to dst. Everything read is flushed before the
-// next read, so that a command waiting for an answer (CRIU's page server
-// protocol has some) is never held in the compressor.
-func SendCompressed(dst io.Writer, src io.Reader, c *Counts) error {
-	enc, err := zstd.NewWriter(countWriter{dst, &c.Wire},
+// CompressWriter compresses what is written to it onto a page stream
+// (zstd, as ReceiveCompressed expects), counting the bytes that reach the
+// network. Flush pushes out everything written so far: a command of CRIU's
+// page-server protocol that waits for an answer must not stay in the
+// compressor.
+type CompressWriter struct {
+	enc *zstd.Encoder
+	raw *atomic.Int64
+}
+
+// NewCompressWriter returns a CompressWriter onto dst; raw (if not nil)
+// counts the bytes written to it, wire the compressed bytes.
+func NewCompressWriter(dst io.Writer, raw, wire *atomic.Int64) (*CompressWriter, error) {
+	enc, err := zstd.NewWriter(countWriter{dst, wire},
 		zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithEncoderConcurrency(1),
 		// TLS already authenticates every byte: zstd's own checksum
@@ -55,25 +66,60 @@ func SendCompressed(dst io.Writer, src io.Reader, c *Counts) error {
 		zstd.WithEncoderCRC(false),
 		zstd.WithWindowSize(1<<20))
 	if err != nil {
-		return fmt.Errorf("zstd: %w", err)
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return &CompressWriter{enc: enc, raw: raw}, nil
+}
+
+func (w *CompressWriter) Write(p []byte) (int, error) {
+	n, err := w.enc.Write(p)
+	if w.raw != nil {
+		w.raw.Add(int64(n))
+	}
+	if err != nil {
+		err = fmt.Errorf("send pages: %w", err)
+	}
+	return n, err
+}
+
+// Flush sends everything written so far.
+func (w *CompressWriter) Flush() error {
+	if err := w.enc.Flush(); err != nil {
+		return fmt.Errorf("send pages: %w", err)
+	}
+	return nil
+}
+
+// Close ends the compressed stream (not dst).
+func (w *CompressWriter) Close() error {
+	if err := w.enc.Close(); err != nil {
+		return fmt.Errorf("send pages: %w", err)
+	}
+	return nil
+}
+
+// SendCompressed reads src (CRIU's page-server traffic) until EOF and
+// writes it zstd-compressed to dst. Everything read is flushed before the
+// next read, so that a command waiting for an answer (CRIU's page server
+// protocol has some) is never held in the compressor.
+func SendCompressed(dst io.Writer, src io.Reader, c *Counts) error {
+	enc, err := NewCompressWriter(dst, &c.Raw, &c.Wire)
+	if err != nil {
+		return err
 	}
 	buf := make([]byte, pumpBuf)
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			c.Raw.Add(int64(n))
 			if _, err := enc.Write(buf[:n]); err != nil {
-				return fmt.Errorf("send pages: %w", err)
+				return err
 			}
 			if err := enc.Flush(); err != nil {
-				return fmt.Errorf("send pages: %w", err)
+				return err
 			}
 		}
 		if errors.Is(rerr, io.EOF) {
-			if err := enc.Close(); err != nil {
-				return fmt.Errorf("send pages: %w", err)
-			}
-			return nil
+			return enc.Close()
 		}
 		if rerr != nil {
 			enc.Close()

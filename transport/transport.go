@@ -218,7 +218,7 @@ func (s *Session) Accept(ctx context.Context) (byte, net.Conn, error) {
 	}
 	st.SetReadDeadline(time.Time{})
 	switch kind[0] {
-	case KindControl, KindPages, KindImages:
+	case KindControl, KindPages, KindImages, KindRound:
 		return kind[0], st, nil
 	}
 	st.Close()
@@ -244,6 +244,8 @@ func KindName(kind byte) string {
 		return "pages"
 	case KindImages:
 		return "images"
+	case KindRound:
+		return "round"
 	}
 	return fmt.Sprintf("unknown(%q)", kind)
 }

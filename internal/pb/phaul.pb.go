@@ -73,7 +73,7 @@ func (x Verdict_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verdict_Result.Descriptor instead.
 func (Verdict_Result) EnumDescriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18, 0}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22, 0}
 }
 
 // Envelope is the one message type on the control stream: exactly one of
@@ -98,6 +98,10 @@ type Envelope struct {
 	//	*Envelope_StatusReport
 	//	*Envelope_Resolve
 	//	*Envelope_Resolved
+	//	*Envelope_Round
+	//	*Envelope_RoundDone
+	//	*Envelope_EndRounds
+	//	*Envelope_RoundsEnded
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -284,6 +288,42 @@ func (x *Envelope) GetResolved() *Resolved {
 	return nil
 }
 
+func (x *Envelope) GetRound() *Round {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_Round); ok {
+			return x.Round
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetRoundDone() *RoundDone {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_RoundDone); ok {
+			return x.RoundDone
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetEndRounds() *EndRounds {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_EndRounds); ok {
+			return x.EndRounds
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetRoundsEnded() *RoundsEnded {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_RoundsEnded); ok {
+			return x.RoundsEnded
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -352,6 +392,22 @@ type Envelope_Resolved struct {
 	Resolved *Resolved `protobuf:"bytes,16,opt,name=resolved,proto3,oneof"`
 }
 
+type Envelope_Round struct {
+	Round *Round `protobuf:"bytes,17,opt,name=round,proto3,oneof"`
+}
+
+type Envelope_RoundDone struct {
+	RoundDone *RoundDone `protobuf:"bytes,18,opt,name=round_done,json=roundDone,proto3,oneof"`
+}
+
+type Envelope_EndRounds struct {
+	EndRounds *EndRounds `protobuf:"bytes,19,opt,name=end_rounds,json=endRounds,proto3,oneof"`
+}
+
+type Envelope_RoundsEnded struct {
+	RoundsEnded *RoundsEnded `protobuf:"bytes,20,opt,name=rounds_ended,json=roundsEnded,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Welcome) isEnvelope_Msg() {}
@@ -383,6 +439,14 @@ func (*Envelope_StatusReport) isEnvelope_Msg() {}
 func (*Envelope_Resolve) isEnvelope_Msg() {}
 
 func (*Envelope_Resolved) isEnvelope_Msg() {}
+
+func (*Envelope_Round) isEnvelope_Msg() {}
+
+func (*Envelope_RoundDone) isEnvelope_Msg() {}
+
+func (*Envelope_EndRounds) isEnvelope_Msg() {}
+
+func (*Envelope_RoundsEnded) isEnvelope_Msg() {}
 
 // HostInfo describes one side.
 type HostInfo struct {
@@ -647,6 +711,7 @@ type Prepare struct {
 	Terminals     []*Terminal    `protobuf:"bytes,10,rep,name=terminals,proto3" json:"terminals,omitempty"`                   // declared external in the dump
 	Limits        []*CgroupLimit `protobuf:"bytes,11,rep,name=limits,proto3" json:"limits,omitempty"`                         // v2 limits of the tree's cgroup, for the destination to apply
 	FileLocks     bool           `protobuf:"varint,12,opt,name=file_locks,json=fileLocks,proto3" json:"file_locks,omitempty"` // the tree holds file locks: CRIU's file_locks on both sides
+	Precopy       bool           `protobuf:"varint,13,opt,name=precopy,proto3" json:"precopy,omitempty"`                      // pre-copy rounds may come before the dump (room for them on the tmpfs)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +826,13 @@ func (x *Prepare) GetLimits() []*CgroupLimit {
 func (x *Prepare) GetFileLocks() bool {
 	if x != nil {
 		return x.FileLocks
+	}
+	return false
+}
+
+func (x *Prepare) GetPrecopy() bool {
+	if x != nil {
+		return x.Precopy
 	}
 	return false
 }
@@ -941,7 +1013,8 @@ func (x *CgroupRoot) GetPath() string {
 	return ""
 }
 
-// Ready says the destination waits for the pages and images streams.
+// Ready says the destination is prepared: pre-copy rounds may come, then
+// EndRounds.
 type Ready struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CgroupRoots   []*CgroupRoot          `protobuf:"bytes,1,rep,name=cgroup_roots,json=cgroupRoots,proto3" json:"cgroup_roots,omitempty"`
@@ -986,6 +1059,186 @@ func (x *Ready) GetCgroupRoots() []*CgroupRoot {
 	return nil
 }
 
+// Round (source to destination) announces pre-copy round number (1, 2,
+// ...): the destination starts a CRIU page server into a directory of its
+// own, whose parent images are the round before's, and takes the next
+// round stream ('R') into it. The round stream carries CRIU's
+// page-server protocol, compressed, as the pages stream does.
+type Round struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Number        uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Round) Reset() {
+	*x = Round{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Round) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Round) ProtoMessage() {}
+
+func (x *Round) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Round.ProtoReflect.Descriptor instead.
+func (*Round) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Round) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+// RoundDone (destination to source): the round's page server stored it.
+type RoundDone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Number        uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoundDone) Reset() {
+	*x = RoundDone{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoundDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoundDone) ProtoMessage() {}
+
+func (x *RoundDone) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoundDone.ProtoReflect.Descriptor instead.
+func (*RoundDone) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RoundDone) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+// EndRounds (source to destination) ends the rounds. keep is the round
+// whose images the dump's page server takes as its parent (the last one),
+// or 0 to drop every round (the dump then sends all its pages). Sent also
+// when there was no round.
+type EndRounds struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keep          uint32                 `protobuf:"varint,1,opt,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndRounds) Reset() {
+	*x = EndRounds{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndRounds) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndRounds) ProtoMessage() {}
+
+func (x *EndRounds) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndRounds.ProtoReflect.Descriptor instead.
+func (*EndRounds) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EndRounds) GetKeep() uint32 {
+	if x != nil {
+		return x.Keep
+	}
+	return 0
+}
+
+// RoundsEnded (destination to source): the dump's page server runs; the
+// source may open the pages stream.
+type RoundsEnded struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoundsEnded) Reset() {
+	*x = RoundsEnded{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoundsEnded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoundsEnded) ProtoMessage() {}
+
+func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoundsEnded.ProtoReflect.Descriptor instead.
+func (*RoundsEnded) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
+}
+
 // ImagesSent follows the end of the images stream (source to
 // destination): the dump is complete, the source tasks are frozen.
 type ImagesSent struct {
@@ -998,7 +1251,7 @@ type ImagesSent struct {
 
 func (x *ImagesSent) Reset() {
 	*x = ImagesSent{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1263,7 @@ func (x *ImagesSent) String() string {
 func (*ImagesSent) ProtoMessage() {}
 
 func (x *ImagesSent) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1276,7 @@ func (x *ImagesSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagesSent.ProtoReflect.Descriptor instead.
 func (*ImagesSent) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ImagesSent) GetFiles() uint32 {
@@ -1056,7 +1309,7 @@ type Restored struct {
 
 func (x *Restored) Reset() {
 	*x = Restored{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1321,7 @@ func (x *Restored) String() string {
 func (*Restored) ProtoMessage() {}
 
 func (x *Restored) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1334,7 @@ func (x *Restored) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restored.ProtoReflect.Descriptor instead.
 func (*Restored) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Restored) GetPid() int32 {
@@ -1135,7 +1388,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1400,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1413,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
 }
 
 // Done says the destination copy runs (destination to source).
@@ -1173,7 +1426,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1438,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1451,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Done) GetPid() int32 {
@@ -1218,7 +1471,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1483,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1496,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Abort) GetReason() string {
@@ -1265,7 +1518,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1530,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1543,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Failure) GetPhase() string {
@@ -1333,7 +1586,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1598,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1611,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Check) GetFacts() *SourceFacts {
@@ -1427,7 +1680,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1692,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1705,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckReport) GetVerdicts() []*Verdict {
@@ -1480,7 +1733,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1745,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1758,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Verdict) GetCheck() string {
@@ -1569,7 +1822,7 @@ type SourceFacts struct {
 
 func (x *SourceFacts) Reset() {
 	*x = SourceFacts{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1581,7 +1834,7 @@ func (x *SourceFacts) String() string {
 func (*SourceFacts) ProtoMessage() {}
 
 func (x *SourceFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1594,7 +1847,7 @@ func (x *SourceFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceFacts.ProtoReflect.Descriptor instead.
 func (*SourceFacts) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SourceFacts) GetHost() *HostInfo {
@@ -1692,7 +1945,7 @@ type FileFact struct {
 
 func (x *FileFact) Reset() {
 	*x = FileFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1957,7 @@ func (x *FileFact) String() string {
 func (*FileFact) ProtoMessage() {}
 
 func (x *FileFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1970,7 @@ func (x *FileFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
 func (*FileFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FileFact) GetPath() string {
@@ -1820,7 +2073,7 @@ type SocketFact struct {
 
 func (x *SocketFact) Reset() {
 	*x = SocketFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +2085,7 @@ func (x *SocketFact) String() string {
 func (*SocketFact) ProtoMessage() {}
 
 func (x *SocketFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +2098,7 @@ func (x *SocketFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
 func (*SocketFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SocketFact) GetFamily() string {
@@ -1917,7 +2170,7 @@ type Need struct {
 
 func (x *Need) Reset() {
 	*x = Need{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2182,7 @@ func (x *Need) String() string {
 func (*Need) ProtoMessage() {}
 
 func (x *Need) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2195,7 @@ func (x *Need) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Need.ProtoReflect.Descriptor instead.
 func (*Need) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Need) GetKind() string {
@@ -1990,7 +2243,7 @@ type TaskFact struct {
 
 func (x *TaskFact) Reset() {
 	*x = TaskFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2255,7 @@ func (x *TaskFact) String() string {
 func (*TaskFact) ProtoMessage() {}
 
 func (x *TaskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2268,7 @@ func (x *TaskFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
 func (*TaskFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TaskFact) GetPid() int32 {
@@ -2114,7 +2367,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2379,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2392,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusRequest) GetProtocolVersion() uint32 {
@@ -2164,7 +2417,7 @@ type StatusReport struct {
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2429,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2442,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusReport) GetProtocolVersion() uint32 {
@@ -2240,7 +2493,7 @@ type MigrationState struct {
 
 func (x *MigrationState) Reset() {
 	*x = MigrationState{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2505,7 @@ func (x *MigrationState) String() string {
 func (*MigrationState) ProtoMessage() {}
 
 func (x *MigrationState) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2518,7 @@ func (x *MigrationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationState.ProtoReflect.Descriptor instead.
 func (*MigrationState) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MigrationState) GetId() string {
@@ -2359,7 +2612,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2624,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2637,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Resolve) GetProtocolVersion() uint32 {
@@ -2421,7 +2674,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2433,7 +2686,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2446,7 +2699,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Resolved) GetMigrationId() string {
@@ -2481,7 +2734,7 @@ var File_internal_pb_phaul_proto protoreflect.FileDescriptor
 
 const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
-	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\x9d\x06\n" +
+	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xee\a\n" +
 	"\bEnvelope\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.phaul.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\awelcome\x18\x02 \x01(\v2\x11.phaul.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -2500,7 +2753,13 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x0estatus_request\x18\r \x01(\v2\x17.phaul.v1.StatusRequestH\x00R\rstatusRequest\x12=\n" +
 	"\rstatus_report\x18\x0e \x01(\v2\x16.phaul.v1.StatusReportH\x00R\fstatusReport\x12-\n" +
 	"\aresolve\x18\x0f \x01(\v2\x11.phaul.v1.ResolveH\x00R\aresolve\x120\n" +
-	"\bresolved\x18\x10 \x01(\v2\x12.phaul.v1.ResolvedH\x00R\bresolvedB\x05\n" +
+	"\bresolved\x18\x10 \x01(\v2\x12.phaul.v1.ResolvedH\x00R\bresolved\x12'\n" +
+	"\x05round\x18\x11 \x01(\v2\x0f.phaul.v1.RoundH\x00R\x05round\x124\n" +
+	"\n" +
+	"round_done\x18\x12 \x01(\v2\x13.phaul.v1.RoundDoneH\x00R\troundDone\x124\n" +
+	"\n" +
+	"end_rounds\x18\x13 \x01(\v2\x13.phaul.v1.EndRoundsH\x00R\tendRounds\x12:\n" +
+	"\frounds_ended\x18\x14 \x01(\v2\x15.phaul.v1.RoundsEndedH\x00R\vroundsEndedB\x05\n" +
 	"\x03msg\"\x9f\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
@@ -2517,7 +2776,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\"A\n" +
 	"\tCgroupSet\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\xa1\x03\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xbb\x03\n" +
 	"\aPrepare\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x1b\n" +
@@ -2533,7 +2792,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	" \x03(\v2\x12.phaul.v1.TerminalR\tterminals\x12-\n" +
 	"\x06limits\x18\v \x03(\v2\x15.phaul.v1.CgroupLimitR\x06limits\x12\x1d\n" +
 	"\n" +
-	"file_locks\x18\f \x01(\bR\tfileLocks\"Z\n" +
+	"file_locks\x18\f \x01(\bR\tfileLocks\x12\x18\n" +
+	"\aprecopy\x18\r \x01(\bR\aprecopy\"Z\n" +
 	"\bTerminal\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -2547,7 +2807,14 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\"@\n" +
 	"\x05Ready\x127\n" +
-	"\fcgroup_roots\x18\x01 \x03(\v2\x14.phaul.v1.CgroupRootR\vcgroupRoots\"8\n" +
+	"\fcgroup_roots\x18\x01 \x03(\v2\x14.phaul.v1.CgroupRootR\vcgroupRoots\"\x1f\n" +
+	"\x05Round\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\rR\x06number\"#\n" +
+	"\tRoundDone\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\rR\x06number\"\x1f\n" +
+	"\tEndRounds\x12\x12\n" +
+	"\x04keep\x18\x01 \x01(\rR\x04keep\"\r\n" +
+	"\vRoundsEnded\"8\n" +
 	"\n" +
 	"ImagesSent\x12\x14\n" +
 	"\x05files\x18\x01 \x01(\rR\x05files\x12\x14\n" +
@@ -2701,7 +2968,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),       // 1: phaul.v1.Envelope
@@ -2714,65 +2981,73 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*CgroupLimit)(nil),    // 8: phaul.v1.CgroupLimit
 	(*CgroupRoot)(nil),     // 9: phaul.v1.CgroupRoot
 	(*Ready)(nil),          // 10: phaul.v1.Ready
-	(*ImagesSent)(nil),     // 11: phaul.v1.ImagesSent
-	(*Restored)(nil),       // 12: phaul.v1.Restored
-	(*Commit)(nil),         // 13: phaul.v1.Commit
-	(*Done)(nil),           // 14: phaul.v1.Done
-	(*Abort)(nil),          // 15: phaul.v1.Abort
-	(*Failure)(nil),        // 16: phaul.v1.Failure
-	(*Check)(nil),          // 17: phaul.v1.Check
-	(*CheckReport)(nil),    // 18: phaul.v1.CheckReport
-	(*Verdict)(nil),        // 19: phaul.v1.Verdict
-	(*SourceFacts)(nil),    // 20: phaul.v1.SourceFacts
-	(*FileFact)(nil),       // 21: phaul.v1.FileFact
-	(*SocketFact)(nil),     // 22: phaul.v1.SocketFact
-	(*Need)(nil),           // 23: phaul.v1.Need
-	(*TaskFact)(nil),       // 24: phaul.v1.TaskFact
-	(*StatusRequest)(nil),  // 25: phaul.v1.StatusRequest
-	(*StatusReport)(nil),   // 26: phaul.v1.StatusReport
-	(*MigrationState)(nil), // 27: phaul.v1.MigrationState
-	(*Resolve)(nil),        // 28: phaul.v1.Resolve
-	(*Resolved)(nil),       // 29: phaul.v1.Resolved
+	(*Round)(nil),          // 11: phaul.v1.Round
+	(*RoundDone)(nil),      // 12: phaul.v1.RoundDone
+	(*EndRounds)(nil),      // 13: phaul.v1.EndRounds
+	(*RoundsEnded)(nil),    // 14: phaul.v1.RoundsEnded
+	(*ImagesSent)(nil),     // 15: phaul.v1.ImagesSent
+	(*Restored)(nil),       // 16: phaul.v1.Restored
+	(*Commit)(nil),         // 17: phaul.v1.Commit
+	(*Done)(nil),           // 18: phaul.v1.Done
+	(*Abort)(nil),          // 19: phaul.v1.Abort
+	(*Failure)(nil),        // 20: phaul.v1.Failure
+	(*Check)(nil),          // 21: phaul.v1.Check
+	(*CheckReport)(nil),    // 22: phaul.v1.CheckReport
+	(*Verdict)(nil),        // 23: phaul.v1.Verdict
+	(*SourceFacts)(nil),    // 24: phaul.v1.SourceFacts
+	(*FileFact)(nil),       // 25: phaul.v1.FileFact
+	(*SocketFact)(nil),     // 26: phaul.v1.SocketFact
+	(*Need)(nil),           // 27: phaul.v1.Need
+	(*TaskFact)(nil),       // 28: phaul.v1.TaskFact
+	(*StatusRequest)(nil),  // 29: phaul.v1.StatusRequest
+	(*StatusReport)(nil),   // 30: phaul.v1.StatusReport
+	(*MigrationState)(nil), // 31: phaul.v1.MigrationState
+	(*Resolve)(nil),        // 32: phaul.v1.Resolve
+	(*Resolved)(nil),       // 33: phaul.v1.Resolved
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
 	4,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
 	6,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
 	10, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
-	11, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
-	12, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
-	13, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
-	14, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
-	15, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
-	16, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
-	17, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
-	18, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
-	25, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
-	26, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
-	28, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
-	29, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
-	2,  // 16: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
-	2,  // 17: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
-	5,  // 18: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	7,  // 19: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
-	8,  // 20: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
-	9,  // 21: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	20, // 22: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	19, // 23: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 24: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	2,  // 25: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	21, // 26: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	22, // 27: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	23, // 28: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 29: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	24, // 30: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	2,  // 31: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
-	27, // 32: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	15, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
+	16, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
+	17, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
+	18, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
+	19, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
+	20, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
+	21, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
+	22, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
+	29, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
+	30, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
+	32, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
+	33, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
+	11, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
+	12, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
+	13, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
+	14, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
+	2,  // 20: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
+	2,  // 21: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
+	5,  // 22: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
+	7,  // 23: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	8,  // 24: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	9,  // 25: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	24, // 26: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	23, // 27: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 28: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	2,  // 29: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	25, // 30: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	26, // 31: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	27, // 32: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 33: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	28, // 34: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	2,  // 35: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	31, // 36: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -2797,6 +3072,10 @@ func file_internal_pb_phaul_proto_init() {
 		(*Envelope_StatusReport)(nil),
 		(*Envelope_Resolve)(nil),
 		(*Envelope_Resolved)(nil),
+		(*Envelope_Round)(nil),
+		(*Envelope_RoundDone)(nil),
+		(*Envelope_EndRounds)(nil),
+		(*Envelope_RoundsEnded)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2804,7 +3083,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
