@@ -32,6 +32,8 @@ import (
 //	phaul-mends: HOW                         (CRIU alone moves it wrongly, phaul rightly)
 //	phaul-differs: REASON                    (a known way phaul changes it, not fixed yet)
 //	phaul-says: VERDICT                      (what the case then says, exactly: one line each)
+//	phaul-precopy: OUTCOME                   (the report's precopy must be this: "rounds" for a
+//	                                          case that is about memory copied while it changes)
 //
 // phaul-differs is a bug on record, not an excuse: the test fails as soon
 // as phaul moves the case faithfully (so that the mark is removed), or
@@ -45,6 +47,7 @@ type corpusCase struct {
 	phaulSays    string
 	phaulCannot  string
 	phaulMends   string
+	phaulPrecopy string
 }
 
 func loadCases(t *testing.T) []corpusCase {
@@ -61,7 +64,7 @@ func loadCases(t *testing.T) []corpusCase {
 			t.Fatal(err)
 		}
 		fields := map[string]*string{"criu-cannot": &c.criuCannot, "phaul-refuses": &c.phaulRefuses, "phaul-differs": &c.phaulDiffers,
-			"phaul-mends": &c.phaulMends, "phaul-cannot": &c.phaulCannot, "phaul-says": &c.phaulSays}
+			"phaul-mends": &c.phaulMends, "phaul-cannot": &c.phaulCannot, "phaul-says": &c.phaulSays, "phaul-precopy": &c.phaulPrecopy}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			// The leading comment: " * name: value" lines, up to "*/".
@@ -272,7 +275,11 @@ func TestCorpus(t *testing.T) {
 				t.Errorf("the source copy (pid %d) still exists", pid)
 			}
 			v := verdict(dir)
-			t.Logf("phaul migrate: moved (downtime %v, CRIU options chosen %v), the case says: %s", r.Report["downtime"], r.Report["criu_options"], v)
+			t.Logf("phaul migrate: moved (downtime %v, CRIU options chosen %v, pre-copy %q, rounds %v), the case says: %s",
+				r.Report["downtime"], r.Report["criu_options"], r.Str("precopy"), r.Report["rounds"], v)
+			if cc.phaulPrecopy != "" && r.Str("precopy") != cc.phaulPrecopy {
+				t.Errorf("pre-copy: %q, the case wants %q (stop rule %q)", r.Str("precopy"), cc.phaulPrecopy, r.Str("stop_rule"))
+			}
 			switch {
 			case cc.phaulDiffers != "" && v == "ok":
 				t.Errorf("phaul moves it faithfully now: drop its phaul-differs (%s)", cc.phaulDiffers)

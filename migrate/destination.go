@@ -363,7 +363,7 @@ func (in *incoming) run(ctx context.Context) error {
 	// The pages never touch a disk: they go to a tmpfs of this
 	// migration, sized from the memory the source announced, which also
 	// bounds what a source can make the service store.
-	size := imagesTmpfsSize(in.prep.MemoryBytes)
+	size := imagesTmpfsSize(in.prep.MemoryBytes, in.prep.Precopy)
 	if o.ImagesOnDisk {
 		// only for tests without the privilege to mount
 	} else if err := unix.Mount("phaul-"+in.id, in.imgs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
@@ -374,11 +374,10 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := in.record("receiving"); err != nil {
 		return in.fail("checks", err)
 	}
-	if err := in.startPages(ctx); err != nil {
-		return in.fail("checks", err)
-	}
-	go in.acceptStreams(ctx)
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{CgroupRoots: in.roots}}}); err != nil {
+		return err
+	}
+	if err := in.rounds(ctx); err != nil {
 		return err
 	}
 
@@ -720,7 +719,7 @@ func (in *incoming) pumpPages(st io.ReadWriteCloser) {
 func (in *incoming) waitPages(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	last, since := int64(-1), time.Now()
+	watch := stallWatch{counts: &in.pageCounts, timeout: in.d.o.Timeout}
 	for {
 		select {
 		case err := <-in.pagesDone:
@@ -739,10 +738,8 @@ func (in *incoming) waitPages(ctx context.Context) error {
 		case <-in.sess.Done():
 			return errors.New("connection to the source lost")
 		case <-tick.C:
-			if n := in.pageCounts.Wire.Load(); n != last {
-				last, since = n, time.Now()
-			} else if time.Since(since) > in.d.o.Timeout {
-				return fmt.Errorf("no pages for %v", in.d.o.Timeout)
+			if err := watch.check(); err != nil {
+				return err
 			}
 		}
 	}
@@ -771,8 +768,14 @@ func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error 
 
 // imagesTmpfsSize is the size of a migration's images tmpfs: the memory
 // the source announced (an upper bound of the pages, which CRIU does not
-// compress) plus room for the other images.
-func imagesTmpfsSize(memoryBytes uint64) uint64 {
+// compress) plus room for the other images. Pre-copy rounds store a page
+// again each time it changed (the images of each round, then the dump's,
+// hold what changed since the one before): their room is a second copy.
+// It is a bound, not a reservation: a tmpfs takes only what is written.
+func imagesTmpfsSize(memoryBytes uint64, precopy bool) uint64 {
+	if precopy {
+		memoryBytes *= 2
+	}
 	return memoryBytes + memoryBytes/8 + 64<<20
 }
 

@@ -101,8 +101,10 @@ func TestFaultMatrix(t *testing.T) {
 	}
 	// Every fault at every phase: the service's log says when a phase
 	// begins ("pages received": the page stream ended, the images follow).
+	// The workload (128 MiB) is pre-copied: "phase=precopy" is its first
+	// round.
 	phases := []struct{ name, trigger string }{
-		{"checks", "phase=checks"}, {"page stream", "phase=transfer"}, {"images", "pages received"},
+		{"checks", "phase=checks"}, {"rounds", "phase=precopy"}, {"page stream", "phase=transfer"}, {"images", "pages received"},
 		{"restore", "phase=restore"}, {"commit", "phase=commit"}, {"resume", "phase=resume"},
 	}
 	faults := []struct {
@@ -143,6 +145,8 @@ func TestFaultMatrix(t *testing.T) {
 		cell{"source CRIU killed at restore", "phase=restore", func(e *faultEnv) { killCRIU(e.t, e.migrate.Process.Pid) }, nil},
 		// The destination's CRIU page server, receiving the pages.
 		cell{"destination CRIU killed at page stream", "phase=transfer", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
+		// The destination's CRIU page server of a pre-copy round.
+		cell{"destination CRIU killed at rounds", "phase=precopy", func(e *faultEnv) { killCRIU(e.t, e.service().Cmd.Process.Pid) }, nil},
 		cell{"work dir full", "phase=restore", func(e *faultEnv) {}, nil}, // see setups
 	)
 	for _, c := range cells {

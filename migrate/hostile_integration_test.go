@@ -108,18 +108,29 @@ func (c *hostile) closed() {
 	}
 }
 
-// prepared runs a migration's opening as phaul would, up to Ready: the
-// service has made its directory, mounted the images tmpfs for the memory
-// announced and started CRIU's page server.
-func (c *hostile) prepared(id string, memory uint64) {
+// ready runs a migration's opening as phaul would, up to Ready: the
+// service has made its directory and mounted the images tmpfs for the
+// memory announced; pre-copy rounds may follow if precopy is set.
+func (c *hostile) ready(id string, memory uint64, precopy bool) {
 	c.t.Helper()
 	c.send(&pb.Envelope{Msg: &pb.Envelope_Hello{Hello: &pb.Hello{ProtocolVersion: transport.ProtocolVersion, MigrationId: id}}})
 	if m, err := c.recv(); err != nil || m.GetWelcome() == nil {
 		c.t.Fatalf("no Welcome: %v %v", m, err)
 	}
-	c.send(&pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{Pid: 4242, Comm: "hostile", MemoryBytes: memory, Tty: "null"}}})
+	c.send(&pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{Pid: 4242, Comm: "hostile", MemoryBytes: memory, Tty: "null", Precopy: precopy}}})
 	if m, err := c.recv(); err != nil || m.GetReady() == nil {
 		c.t.Fatalf("no Ready: %v %v", m, err)
+	}
+}
+
+// prepared is ready, then no rounds: the service has started CRIU's page
+// server for the dump.
+func (c *hostile) prepared(id string, memory uint64) {
+	c.t.Helper()
+	c.ready(id, memory, false)
+	c.send(&pb.Envelope{Msg: &pb.Envelope_EndRounds{EndRounds: &pb.EndRounds{}}})
+	if m, err := c.recv(); err != nil || m.GetRoundsEnded() == nil {
+		c.t.Fatalf("no RoundsEnded: %v %v", m, err)
 	}
 }
 
@@ -199,6 +210,28 @@ func TestHostilePeers(t *testing.T) {
 			c.prepared("00000000000000a9", 1<<20)
 			c.open('Z')
 		}, "unexpected stream"},
+		{"round not announced", func(c *hostile) {
+			c.ready("00000000000000b1", 1<<20, false)
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})
+		}, "Prepare announced none"},
+		{"round out of order", func(c *hostile) {
+			c.ready("00000000000000b2", 1<<20, true)
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 2}}})
+		}, "pre-copy round 2, want 1"},
+		{"dump on a round never sent", func(c *hostile) {
+			c.ready("00000000000000b3", 1<<20, true)
+			c.send(&pb.Envelope{Msg: &pb.Envelope_EndRounds{EndRounds: &pb.EndRounds{Keep: 3}}})
+		}, "builds on round 3 of 0"},
+		{"pages stream in a round", func(c *hostile) {
+			c.ready("00000000000000b4", 1<<20, true)
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})
+			c.open(transport.KindPages)
+		}, "a pages stream during the pre-copy rounds"},
+		{"garbage in a round", func(c *hostile) {
+			c.ready("00000000000000b5", 1<<20, true)
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})
+			c.open(transport.KindRound).Write(bytes.Repeat([]byte{0xff}, 64))
+		}, "round 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,6 +18,7 @@ type Progress struct {
 	pagesEnd   time.Time
 	expected   int64
 	counts     *transport.Counts
+	round      int
 }
 
 // ProgressSnapshot is a Progress at one moment.
@@ -31,6 +32,10 @@ type ProgressSnapshot struct {
 	// ExpectedBytes is the tree's resident memory when the dump began:
 	// about what PageBytes will reach (0 until known).
 	ExpectedBytes int64
+	// Round is the pre-copy round under way (phase "precopy"); the
+	// counts are then the round's: its first sends about ExpectedBytes,
+	// the next ones what changed.
+	Round int
 }
 
 func (p *Progress) setPhase(phase string) {
@@ -47,19 +52,23 @@ func (p *Progress) setPhase(phase string) {
 }
 
 func (p *Progress) setPages(expected int64, c *transport.Counts) {
+	p.setRound(0, expected, c)
+}
+
+func (p *Progress) setRound(n int, expected int64, c *transport.Counts) {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.expected, p.counts, p.pagesStart = expected, c, time.Now()
+	p.round, p.expected, p.counts, p.pagesStart = n, expected, c, time.Now()
 }
 
 // Snapshot reads the progress.
 func (p *Progress) Snapshot() ProgressSnapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := ProgressSnapshot{Phase: p.phase, PhaseStart: p.phaseStart, PagesStart: p.pagesStart, PagesEnd: p.pagesEnd, ExpectedBytes: p.expected}
+	s := ProgressSnapshot{Phase: p.phase, PhaseStart: p.phaseStart, PagesStart: p.pagesStart, PagesEnd: p.pagesEnd, ExpectedBytes: p.expected, Round: p.round}
 	if p.counts != nil {
 		s.PageBytes, s.WireBytes = p.counts.Raw.Load(), p.counts.Wire.Load()
 	}

@@ -57,10 +57,33 @@ type Report struct {
 	// (user and system; CRIU, a child, is not included).
 	CPU Duration `json:"cpu"`
 
-	PageBytes  int64 `json:"page_bytes"`  // page-server traffic as CRIU wrote it
-	WireBytes  int64 `json:"wire_bytes"`  // the same, compressed, on the network
+	// Precopy says whether memory was copied before the freeze: "rounds"
+	// (the dump referred to them), "dropped" (rounds ran, but the tree
+	// rewrote its memory faster than they carried it: the dump sent
+	// everything), or "off: why".
+	Precopy string `json:"precopy"`
+	// Rounds are the pre-copy rounds, in order; StopRule is the rule that
+	// ended them.
+	Rounds   []RoundReport `json:"rounds,omitempty"`
+	StopRule string        `json:"stop_rule,omitempty"`
+	// Referenced are the pages the dump did not send because the
+	// destination held them already from the rounds.
+	Referenced int64 `json:"referenced_pages"`
+
+	PageBytes  int64 `json:"page_bytes"`  // page-server traffic as CRIU wrote it (the dump, while frozen)
+	WireBytes  int64 `json:"wire_bytes"`  // what of it crossed the network, compressed
 	ImageBytes int64 `json:"image_bytes"` // the other image files
 	ImageFiles int   `json:"image_files"`
+}
+
+// RoundReport is one pre-copy round.
+type RoundReport struct {
+	Round      int      `json:"round"`
+	Pages      int64    `json:"pages"`      // the tree's pages read
+	Sent       int64    `json:"sent"`       // of them, sent: new or changed since the round before
+	Referenced int64    `json:"referenced"` // unchanged: sent as a reference
+	WireBytes  int64    `json:"wire_bytes"` // on the network, compressed
+	Duration   Duration `json:"duration"`
 }
 
 // Duration marshals as seconds (a JSON number).
@@ -108,6 +131,7 @@ func (r *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  check      %s: %s: %s\n", v.Check, v.Result, v.Detail)
 		}
 	}
+	r.writePrecopy(w)
 	fmt.Fprintf(w, "  connect    %v\n  checks     %v\n  dump       %v\n  transfer   %v\n  restore    %v\n  downtime   %v\n  total      %v\n",
 		r.Connect, r.Checks, r.Dump, r.Transfer, r.Restore, r.Downtime, r.Total)
 	ratio := 0.0
@@ -116,6 +140,20 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  pages      %s raw, %s on the wire (%.2f)\n  images     %d files, %s\n",
 		FormatBytes(r.PageBytes), FormatBytes(r.WireBytes), ratio, r.ImageFiles, FormatBytes(r.ImageBytes))
+}
+
+func (r *Report) writePrecopy(w io.Writer) {
+	if len(r.Rounds) == 0 {
+		if r.Precopy != "" {
+			fmt.Fprintf(w, "  pre-copy   %s\n", r.Precopy)
+		}
+		return
+	}
+	for _, rd := range r.Rounds {
+		fmt.Fprintf(w, "  round %-4d %d pages: %d sent, %d unchanged; %s on the wire in %v\n",
+			rd.Round, rd.Pages, rd.Sent, rd.Referenced, FormatBytes(rd.WireBytes), rd.Duration)
+	}
+	fmt.Fprintf(w, "  pre-copy   %s: stopped by %s; %d pages not sent while frozen\n", r.Precopy, r.StopRule, r.Referenced)
 }
 
 // FormatBytes writes n in B, KiB, MiB or GiB.

@@ -5,11 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
@@ -52,6 +52,15 @@ type Options struct {
 	Logger      *slog.Logger
 	// Progress, if set, is kept up to date for a progress bar.
 	Progress *Progress
+
+	// Precopy is "auto" (default: pre-copy rounds unless the tree is
+	// smaller than precopy.MinTree), "on" (rounds whatever the size) or
+	// "off" (all pages while frozen).
+	Precopy string
+	// MaxDowntime is the stop rule's budget: the rounds end once what
+	// changed in the last one would cross the link in this time (default
+	// precopy.DefaultMaxDowntime).
+	MaxDowntime time.Duration
 
 	Skip           []string      // checks not to run (precheck.Names)
 	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
@@ -107,6 +116,13 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 	}
 	if _, err := tty.ParseMode(o.TTY); err != nil {
 		return nil, &Error{Phase: "checks", SourceRunning: true, Err: err}
+	}
+	switch o.Precopy {
+	case "":
+		o.Precopy = "auto"
+	case "auto", "on", "off":
+	default:
+		return nil, &Error{Phase: "checks", SourceRunning: true, Err: fmt.Errorf("pre-copy mode %q: want auto, on or off", o.Precopy)}
 	}
 	var shellWhy string
 	if !o.ShellJob {
@@ -179,6 +195,9 @@ type source struct {
 	// decided is the state of the Decision last recorded (decide).
 	decided  string
 	destBoot string // the destination's boot ID (Welcome)
+	// referenced counts the pages the dump sent as references (set by
+	// the page pump).
+	referenced atomic.Int64
 }
 
 func (m *source) setPhase(p string) {
@@ -268,7 +287,7 @@ func (m *source) run(ctx context.Context) error {
 	m.rss = int64(rss)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: m.o.TCPEstablished, FileLocks: m.o.FileLocks,
-		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss,
+		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss, Precopy: o.Precopy != "off",
 		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
 	}}}); err != nil {
 		return m.refuse(err)
@@ -285,7 +304,12 @@ func (m *source) run(ctx context.Context) error {
 	}
 	m.r.Checks += Duration(time.Since(t0))
 
-	return m.dump(ctx)
+	plan, err := m.precopy(ctx)
+	if err != nil {
+		m.abort(err)
+		return m.refuse(err)
+	}
+	return m.dump(ctx, plan)
 }
 
 // freezerDir is the freezer cgroup CRIU may freeze the tree with
@@ -381,7 +405,7 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 
 // dump runs CRIU with the pages streamed to the destination and holds it
 // at post-dump until the destination has restored the tree.
-func (m *source) dump(ctx context.Context) error {
+func (m *source) dump(ctx context.Context, plan *precopyPlan) error {
 	o := m.o
 	m.setPhase("dump")
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
@@ -409,20 +433,7 @@ func (m *source) dump(ctx context.Context) error {
 	}
 	var counts transport.Counts
 	o.Progress.setPages(m.rss, &counts)
-	pumpDone := make(chan error, 1)
-	go func() {
-		err := transport.SendCompressed(pages, ours, &counts)
-		pages.Close() // half-close: the destination still answers
-		if err != nil {
-			// CRIU must not block writing pages nobody reads: make its
-			// writes fail, so that it aborts the dump and resumes.
-			shutdown(ours, unix.SHUT_RDWR)
-		}
-		pumpDone <- err
-	}()
-	// The page server's answers come back uncompressed; this copy ends
-	// when the stream or the session does.
-	go io.Copy(ours, pages)
+	pumpDone := m.pumpPages(ctx, plan, pages, ours, &counts)
 	// CRIU may be blocked reading an answer that will never come (the
 	// network died): when the session or ctx ends, make its socket fail
 	// so that it aborts the dump and resumes the tasks.
@@ -506,7 +517,7 @@ func (m *source) dump(ctx context.Context) error {
 		return m.refuse(err)
 	}
 	_, err = o.CRIU.Dump(ctx, criu.Request{Opts: opts, ImagesDir: dir, PageServer: theirs, Notify: notify})
-	m.r.PageBytes, m.r.WireBytes = counts.Raw.Load(), counts.Wire.Load()
+	m.r.PageBytes, m.r.WireBytes, m.r.Referenced = counts.Raw.Load(), counts.Wire.Load(), m.referenced.Load()
 	if err != nil {
 		running := proc.ValidateTarget(o.Pid) == nil
 		reason := err

@@ -17,6 +17,7 @@ import (
 	"github.com/phaul/phaul/internal/tty"
 	"github.com/phaul/phaul/migrate"
 	"github.com/phaul/phaul/precheck"
+	"github.com/phaul/phaul/precopy"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -159,8 +160,13 @@ var migrateCmd = &cli.Command{
 	Args:    "PID HOST:PORT",
 	Summary: "move the process tree rooted at PID to the phaul-service at HOST:PORT",
 	Help: `The two sides first check that the move can work (the checks of
-` + "`phaul check`" + `); then the tree is frozen and dumped with CRIU while its memory
-streams (compressed) to the destination, which restores it. The source copy
+` + "`phaul check`" + `). Then, while the tree runs, its memory is copied to the
+destination in rounds (pre-copy: the first sends every page, the next ones
+what changed since, found by comparing keyed hashes), until what changes
+would cross the link within --max-downtime, or the rounds stop converging.
+Then the tree is frozen and dumped with CRIU, which sends only the pages
+that changed since the last round (compressed); the destination restores
+it. The source copy
 is destroyed only once the destination has restored the tree; any failure
 before that leaves the workload running on the source, unchanged.
 
@@ -174,6 +180,8 @@ or -v, nor when stderr is not a terminal. Then the report goes to stdout
 		checkFlags(fs)
 		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")
 		fs.BoolP("quiet", "q", false, "print nothing on success (no report, no progress bar); errors still go to stderr")
+		fs.String("precopy", "auto", "copy the memory while the tree runs, in rounds, so that the freeze sends only what changed: auto (unless the tree is smaller than 64 MiB), on, or off (every page while frozen)")
+		fs.Duration("max-downtime", precopy.DefaultMaxDowntime, "pre-copy's stop rule: end the rounds once what changed in the last one would cross the link in this time")
 	},
 	Run: runMigrate,
 }
@@ -184,6 +192,16 @@ func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 		return fmt.Errorf("migrate: %w", err)
 	}
 	o.WorkDir, _ = fs.GetString("work-dir")
+	o.Precopy, _ = fs.GetString("precopy")
+	switch o.Precopy {
+	case "auto", "on", "off":
+	default:
+		return cli.Usagef("--precopy: %q: want auto, on or off", o.Precopy)
+	}
+	o.MaxDowntime, _ = fs.GetDuration("max-downtime")
+	if o.MaxDowntime <= 0 {
+		return cli.Usagef("--max-downtime: %v: want a positive duration", o.MaxDowntime)
+	}
 	asJSON, _ := fs.GetBool("json")
 	quiet, _ := fs.GetBool("quiet")
 	start := time.Now()

@@ -51,9 +51,19 @@ const barWidth = 24
 //	dump      [#########...............]  38%  97.0 MiB / 256.0 MiB  412.3 MiB/s  ETA 0s  wire 11.2 MiB
 //
 // Before the page stream it shows the phase and how long it has taken.
+// During pre-copy the phase is the round ("round 1"); the rounds after the
+// first send what changed, of no known total, and show bytes and time.
 func progressLine(s migrate.ProgressSnapshot, now time.Time) string {
 	if s.PagesStart.IsZero() {
 		return fmt.Sprintf("%-9s %s", s.Phase, now.Sub(s.PhaseStart).Round(100*time.Millisecond))
+	}
+	if s.Round > 0 {
+		s.Phase = fmt.Sprintf("round %d", s.Round)
+	}
+	if s.Round > 1 {
+		// What a later round sends is what changed: no total to show.
+		return fmt.Sprintf("%-9s %s sent  wire %s  %s", s.Phase, migrate.FormatBytes(s.PageBytes),
+			migrate.FormatBytes(s.WireBytes), now.Sub(s.PagesStart).Round(100*time.Millisecond))
 	}
 	expected, end, eta := s.ExpectedBytes, now, "-"
 	if !s.PagesEnd.IsZero() { // all sent: the total is known

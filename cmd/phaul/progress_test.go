@@ -29,6 +29,10 @@ func TestProgressLine(t *testing.T) {
 			t0.Add(time.Second), []string{"dump", "[" + strings.Repeat("#", 12) + strings.Repeat(".", 12) + "]", " 50%", "50.0 MiB / 100.0 MiB", "50.0 MiB/s", "ETA 1s", "wire 5.0 MiB"}},
 		{"all sent, less than the RSS", migrate.ProgressSnapshot{Phase: "restore", PagesStart: t0, PagesEnd: t0.Add(2 * time.Second), PageBytes: 80 << 20, ExpectedBytes: 100 << 20},
 			t0.Add(9 * time.Second), []string{"restore", "[" + strings.Repeat("#", 24) + "]", "100%", "80.0 MiB / 80.0 MiB", "40.0 MiB/s", "ETA 0s"}},
+		{"first round", migrate.ProgressSnapshot{Phase: "precopy", Round: 1, PagesStart: t0, PageBytes: 25 << 20, WireBytes: 5 << 20, ExpectedBytes: 100 << 20},
+			t0.Add(time.Second), []string{"round 1", "[" + strings.Repeat("#", 6) + strings.Repeat(".", 18) + "]", " 25%", "25.0 MiB / 100.0 MiB", "ETA 3s"}},
+		{"later round", migrate.ProgressSnapshot{Phase: "precopy", Round: 3, PagesStart: t0, PageBytes: 2 << 20, WireBytes: 1 << 20, ExpectedBytes: 100 << 20},
+			t0.Add(1500 * time.Millisecond), []string{"round 3", "2.0 MiB sent", "wire 1.0 MiB", "1.5s"}},
 		{"nothing yet", migrate.ProgressSnapshot{Phase: "dump", PagesStart: t0, ExpectedBytes: 1 << 20}, t0,
 			[]string{"[" + strings.Repeat(".", 24) + "]", "  0%", "0 B/s", "ETA -"}},
 	}

@@ -1,0 +1,180 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/transport"
+)
+
+// roundDir is where round n's page server writes, inside the images
+// directory (the tmpfs): CRIU finds a round's parent through its "parent"
+// link, and the dump's through images/parent.
+func roundDir(imgs string, n int) string { return filepath.Join(imgs, fmt.Sprintf("pre-%d", n)) }
+
+// rounds takes the source's pre-copy rounds, each into a CRIU page server
+// of its own whose parent images are the round before's, until EndRounds;
+// then it starts the dump's page server, whose parent is the round the
+// source builds on, and says RoundsEnded.
+func (in *incoming) rounds(ctx context.Context) error {
+	for n := 1; ; n++ {
+		msg, err := in.recv(ctx)
+		if err != nil {
+			return err
+		}
+		if end := msg.GetEndRounds(); end != nil {
+			return in.endRounds(ctx, int(end.Keep), n-1)
+		}
+		r := msg.GetRound()
+		switch {
+		case r == nil:
+			return in.fail(in.phase, unexpected(msg, "Round or EndRounds"))
+		case !in.prep.Precopy:
+			return in.fail(in.phase, fmt.Errorf("%w: a pre-copy round, but Prepare announced none", ErrProtocol))
+		case r.Number != uint32(n):
+			return in.fail(in.phase, fmt.Errorf("%w: pre-copy round %d, want %d", ErrProtocol, r.Number, n))
+		}
+		if n == 1 {
+			in.setPhase("precopy")
+		}
+		if err := in.round(ctx, n); err != nil {
+			return in.fail("precopy", fmt.Errorf("round %d: %w", n, err))
+		}
+		if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{Number: uint32(n)}}}); err != nil {
+			return err
+		}
+	}
+}
+
+// round receives round n into its page server and waits until it has
+// stored it.
+func (in *incoming) round(ctx context.Context, n int) error {
+	dir := roundDir(in.imgs, n)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	if n > 1 {
+		if err := os.Symlink(filepath.Join("..", filepath.Base(roundDir("", n-1))), filepath.Join(dir, "parent")); err != nil {
+			return err
+		}
+	}
+	ours, theirs, err := socketpair()
+	if err != nil {
+		return err
+	}
+	defer ours.Close()
+	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: dir, WorkDir: in.logs, PageServer: theirs,
+		Opts: &rpc.CriuOpts{LogFile: proto.String(fmt.Sprintf("page-server-round-%d.log", n))}})
+	theirs.Close()
+	if err != nil {
+		return err
+	}
+	defer ps.Close()
+	actx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
+	kind, st, err := in.sess.Accept(actx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("round stream: %w", err)
+	}
+	defer st.Close()
+	if kind != transport.KindRound {
+		return fmt.Errorf("%w: a %s stream during the pre-copy rounds", ErrProtocol, transport.KindName(kind))
+	}
+	var counts transport.Counts
+	done := make(chan error, 1)
+	go func() {
+		err := transport.ReceiveCompressed(ours, st, &counts)
+		shutdown(ours, unix.SHUT_WR)
+		done <- err
+	}()
+	go func() {
+		// The page server's answers; its end (done, or failed) ends
+		// the stream, so that the source stops waiting for answers.
+		io.Copy(st, ours)
+		st.Close()
+	}()
+	if err := in.waitFlow(ctx, done, &counts); err != nil {
+		return err
+	}
+	return ps.Wait(ctx)
+}
+
+// waitFlow waits for a page stream's end (done). There is no bound on the
+// whole: only on a stall, when no byte arrived for the timeout (a dead
+// connection is found sooner by the session's keepalive).
+func (in *incoming) waitFlow(ctx context.Context, done <-chan error, counts *transport.Counts) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	watch := stallWatch{counts: counts, timeout: in.d.o.Timeout}
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-in.sess.Done():
+			return errors.New("connection to the source lost")
+		case <-tick.C:
+			if err := watch.check(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// stallWatch finds a stalled page stream: no byte on the wire for the
+// timeout, checked at every tick.
+type stallWatch struct {
+	counts  *transport.Counts
+	timeout time.Duration
+	last    int64
+	since   time.Time
+}
+
+func (w *stallWatch) check() error {
+	if n := w.counts.Wire.Load(); n != w.last || w.since.IsZero() {
+		w.last, w.since = n, time.Now()
+		return nil
+	}
+	if time.Since(w.since) > w.timeout {
+		return fmt.Errorf("no pages for %v", w.timeout)
+	}
+	return nil
+}
+
+// endRounds links the dump's images to round keep (or drops every round,
+// keep 0, to free their room), starts the dump's page server and says so.
+func (in *incoming) endRounds(ctx context.Context, keep, last int) error {
+	if keep < 0 || keep > last {
+		return in.fail(in.phase, fmt.Errorf("%w: the dump builds on round %d of %d", ErrProtocol, keep, last))
+	}
+	for n := keep + 1; n <= last; n++ {
+		if err := os.RemoveAll(roundDir(in.imgs, n)); err != nil {
+			return in.fail(in.phase, err)
+		}
+	}
+	if keep > 0 {
+		if err := os.Symlink(filepath.Base(roundDir(in.imgs, keep)), filepath.Join(in.imgs, "parent")); err != nil {
+			return in.fail(in.phase, err)
+		}
+	}
+	if last > 0 {
+		in.log.Info("pre-copy rounds ended", "rounds", last, "kept", keep)
+	}
+	if err := in.startPages(ctx); err != nil {
+		return in.fail(in.phase, err)
+	}
+	go in.acceptStreams(ctx)
+	return in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_RoundsEnded{RoundsEnded: &pb.RoundsEnded{}}})
+}
