@@ -50,31 +50,40 @@ func TestMedian(t *testing.T) {
 // TestTargets judges made-up medians: each target is computed from the
 // right methods and links, and met or not by its limit.
 func TestTargets(t *testing.T) {
-	size := func(mib int, phaul, criu, manual sample) *sizeResult {
+	size := func(mib int, phaul, off, criu, manual sample) *sizeResult {
 		return &sizeResult{MiB: mib, Methods: []*methodResult{
 			{Method: methodPhaul, Runs: []sample{phaul}},
+			{Method: methodPhaulOff, Runs: []sample{off}},
 			{Method: methodCRIU, Runs: []sample{criu}},
 			{Method: methodManual, Runs: []sample{manual}},
 		}}
 	}
+	hot := &sizeResult{MiB: 256, Methods: []*methodResult{
+		{Method: methodPhaul, Runs: []sample{{Downtime: 2.3, Rounds: 2, StopRule: "not converging: round 2 sent"}}},
+		{Method: methodPhaulOff, Runs: []sample{{Downtime: 2}}},
+	}}
 	r := &results{Links: []*linkResult{
 		{Link: "bare", Sizes: []*sizeResult{size(256,
-			sample{Downtime: 1.05, Total: 2, PageBytes: 100, WireBytes: 50, Overhead: 0.02},
+			sample{Downtime: 1.05, Total: 2, PageBytes: 100, WireBytes: 5, FrozenPart: 0.03, Rounds: 2, StopRule: "converged: 3 pages"},
+			sample{Downtime: 2, Total: 2, PageBytes: 100, WireBytes: 50},
 			sample{Downtime: 1, Total: 1},
 			sample{Downtime: 3, Total: 3})}},
 		{Link: "1gbit", Sizes: []*sizeResult{size(256,
-			sample{Downtime: 2, Total: 2.5, PageBytes: 100, WireBytes: 60, Overhead: 0.2},
+			sample{Downtime: 2, Total: 2.5, PageBytes: 100, WireBytes: 10, FrozenPart: 0.08, Rounds: 3},
+			sample{Downtime: 3, Total: 3, PageBytes: 100, WireBytes: 60},
 			sample{Downtime: 1, Total: 1},
-			sample{Downtime: 4, Total: 4})}},
+			sample{Downtime: 4, Total: 4})}, Hot: hot},
 	}}
 	r.finish()
 	want := map[string]bool{
-		"downtime phaul/criu bare": true,  // 1.05 <= 1.10
-		"wire/raw bytes bare":      true,  // 0.5
-		"overhead (s) bare":        true,  // 0.02
-		"total phaul/manual 1gbit": false, // 0.625 > 0.6
-		"wire/raw bytes 1gbit":     false, // 0.6
-		"overhead (s) 1gbit":       false, // 0.2
+		"downtime phaul/criu bare":            true,  // 1.05 <= 1.10
+		"frozen part of the pages bare":       true,  // 0.03
+		"wire/raw bytes (no pre-copy) bare":   true,  // 0.5
+		"downtime phaul/criu 1gbit":           false, // 2
+		"frozen part of the pages 1gbit":      false, // 0.08
+		"total phaul/manual 1gbit":            true,  // 0.625 <= 0.85
+		"wire/raw bytes (no pre-copy) 1gbit":  false, // 0.6
+		"hot: downtime phaul/phaul-off 1gbit": false, // 1.15
 	}
 	if len(r.Targets) != len(want) {
 		t.Fatalf("%d targets, want %d: %+v", len(r.Targets), len(want), r.Targets)
@@ -108,7 +117,8 @@ func TestTargets(t *testing.T) {
 		t.Errorf("JSON does not read back: %v, %d targets", err, len(back.Targets))
 	}
 	md, _ := os.ReadFile(filepath.Join(dir, "20261122T1000.md"))
-	if !strings.Contains(string(md), "| total phaul/manual | 1gbit | 256 | 0.625 | <= 0.60 | NOT MET |") {
+	if !strings.Contains(string(md), "| total phaul/manual | 1gbit | 256 | 0.625 | <= 0.85 | met |") ||
+		!strings.Contains(string(md), "| 256 | phaul hot | 2.300 |") || !strings.Contains(string(md), "| not converging |") {
 		t.Errorf("markdown lacks the target row:\n%s", md)
 	}
 }

@@ -232,15 +232,15 @@ type workload struct {
 	state string
 }
 
-// startWorkload starts a workload of mib MiB on host a and waits until it
-// counts.
-func (b *bench) startWorkload(ctx context.Context, mib int) (*workload, error) {
+// startWorkload starts a workload of mib MiB rewriting dirty pages a
+// second on host a and waits until it counts.
+func (b *bench) startWorkload(ctx context.Context, mib, dirty int) (*workload, error) {
 	b.mu.Lock()
 	b.seq++
 	w := &workload{state: filepath.Join(b.dir, fmt.Sprintf("w%03d", b.seq))}
 	b.mu.Unlock()
 	w.cmd = b.on("a", "unshare", "-p", "-f", "setsid", filepath.Join(b.bin, "phaul-workload"),
-		"--state", w.state, "--interval", "20ms", "--mem", strconv.Itoa(mib), "--dirty", strconv.Itoa(b.o.Dirty))
+		"--state", w.state, "--interval", "20ms", "--mem", strconv.Itoa(mib), "--dirty", strconv.Itoa(dirty))
 	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := w.cmd.Start(); err != nil {
 		return nil, err

@@ -7,13 +7,17 @@
 // random, half compressible, dirtying pages as it runs) on host a and
 // moves it with each method:
 //
-//   - phaul: `phaul migrate --json` to phaul-service on host b;
+//   - phaul: `phaul migrate --json` to phaul-service on host b, with
+//     pre-copy as it comes (auto);
+//   - phaul-off: the same with --precopy=off, every page while frozen;
 //   - criu: CRIU alone, `criu dump` to a tmpfs then `criu restore` on
 //     host a, the limit of this machine;
 //   - manual: `criu dump` to a directory, the directory sent to host b
 //     with tar over TCP, `criu restore` there.
 //
-// After every restore the workload re-verifies its whole memory. The
+// On links other than bare, a hot workload (--hot pages a second, faster
+// than the link carries them) is moved by phaul and phaul-off too. After
+// every restore the workload re-verifies its whole memory. The
 // medians, the ratios and the targets go to stdout, and as JSON and
 // markdown to --out. Everything it creates is removed when it ends, also
 // on SIGINT or SIGTERM.
@@ -35,13 +39,17 @@ import (
 )
 
 type options struct {
-	Sizes  []int    // MiB
-	Runs   int      // per size, link and method
-	Links  []string // bare, 1gbit (any tbf rate: 500mbit, 10gbit ...)
-	Dirty  int      // pages rewritten per second by the workload
-	Bin    string   // phaul, phaul-service, phaul-workload
-	Out    string   // results directory; empty: do not write
-	Method []string // phaul, criu, manual
+	Sizes []int    // MiB
+	Runs  int      // per size, link and method
+	Links []string // bare, 1gbit (any tbf rate: 500mbit, 10gbit ...)
+	Dirty int      // pages rewritten per second by the workload
+	// The hot workload, on links other than bare: HotMiB MiB rewriting
+	// Hot pages a second (faster than a 1 Gbit/s link carries them),
+	// moved by phaul with and without pre-copy. Hot 0: none.
+	Hot, HotMiB int
+	Bin         string   // phaul, phaul-service, phaul-workload
+	Out         string   // results directory; empty: do not write
+	Method      []string // phaul, criu, manual
 }
 
 func main() {
@@ -70,9 +78,11 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.Runs, "runs", 3, "runs of each method per size and link (the table shows medians)")
 	links := fs.String("links", "bare,1gbit", "links to measure: bare (the veth pair as it is) or a tbf rate such as 1gbit")
 	fs.IntVar(&o.Dirty, "dirty", 1000, "pages the workload rewrites per second")
+	fs.IntVar(&o.Hot, "hot", 60000, "pages per second the hot workload rewrites (on links other than bare; 0: no hot workload)")
+	fs.IntVar(&o.HotMiB, "hot-size", 256, "size of the hot workload in MiB")
 	fs.StringVar(&o.Bin, "bin", "bin", "directory with phaul, phaul-service and phaul-workload (make build)")
 	fs.StringVar(&o.Out, "out", "bench/results", "directory for the JSON and markdown results; empty: print only")
-	methods := fs.String("methods", "phaul,criu,manual", "methods to run")
+	methods := fs.String("methods", "phaul,phaul-off,criu,manual", "methods to run")
 	verbose := fs.BoolP("verbose", "v", false, "log each step")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -92,10 +102,10 @@ func run(ctx context.Context, args []string) error {
 	}
 	for _, m := range strings.Split(*methods, ",") {
 		switch m {
-		case methodPhaul, methodCRIU, methodManual:
+		case methodPhaul, methodPhaulOff, methodCRIU, methodManual:
 			o.Method = append(o.Method, m)
 		default:
-			return fmt.Errorf("--methods: unknown method %q (phaul, criu, manual)", m)
+			return fmt.Errorf("--methods: unknown method %q (phaul, phaul-off, criu, manual)", m)
 		}
 	}
 	if o.Runs < 1 {

@@ -15,9 +15,10 @@ import (
 )
 
 const (
-	methodPhaul  = "phaul"
-	methodCRIU   = "criu"
-	methodManual = "manual"
+	methodPhaul    = "phaul"     // phaul migrate as it comes: pre-copy (auto)
+	methodPhaulOff = "phaul-off" // phaul migrate --precopy=off
+	methodCRIU     = "criu"
+	methodManual   = "manual"
 )
 
 // sample is one migration by one method. Times in seconds.
@@ -35,17 +36,25 @@ type sample struct {
 	CPUSource float64 `json:"cpu_source,omitempty"`
 	CPUDest   float64 `json:"cpu_dest,omitempty"`
 	Overhead  float64 `json:"overhead,omitempty"`
+	// phaul with pre-copy: the rounds, their bytes on the wire, and the
+	// share of the tree's pages that still crossed while it was frozen.
+	Rounds     float64 `json:"rounds,omitempty"`
+	RoundWire  int64   `json:"round_wire_bytes,omitempty"`
+	FrozenPart float64 `json:"frozen_part,omitempty"`
+	StopRule   string  `json:"stop_rule,omitempty"`
 }
 
-func (b *bench) migrate(ctx context.Context, method string, mib int) (sample, error) {
-	w, err := b.startWorkload(ctx, mib)
+func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sample, error) {
+	w, err := b.startWorkload(ctx, mib, dirty)
 	if err != nil {
 		return sample{}, err
 	}
 	defer b.kill(w.pid)
 	switch method {
 	case methodPhaul:
-		return b.phaul(ctx, w)
+		return b.phaul(ctx, w, "auto")
+	case methodPhaulOff:
+		return b.phaul(ctx, w, "off")
 	case methodCRIU:
 		return b.criuAlone(ctx, w)
 	default:
@@ -66,11 +75,16 @@ type phaulReport struct {
 	PageBytes int64   `json:"page_bytes"`
 	WireBytes int64   `json:"wire_bytes"`
 	Error     string  `json:"error"`
+	Rounds    []struct {
+		WireBytes int64 `json:"wire_bytes"`
+	} `json:"rounds"`
+	StopRule   string `json:"stop_rule"`
+	Referenced int64  `json:"referenced_pages"`
 }
 
-func (b *bench) phaul(ctx context.Context, w *workload) (sample, error) {
+func (b *bench) phaul(ctx context.Context, w *workload, precopy string) (sample, error) {
 	cpu0 := cpuOf(b.svc.Process.Pid)
-	cmd := b.on("a", filepath.Join(b.bin, "phaul"), "migrate", "--json", "--tls-dir", b.tls,
+	cmd := b.on("a", filepath.Join(b.bin, "phaul"), "migrate", "--json", "--tls-dir", b.tls, "--precopy", precopy,
 		"--work-dir", filepath.Join(b.dir, "source"), strconv.Itoa(w.pid), addrB+":"+servicePort)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -93,12 +107,20 @@ func (b *bench) phaul(ctx context.Context, w *workload) (sample, error) {
 	if err := verify(ctx, w, r.DestPid); err != nil {
 		return sample{}, err
 	}
-	return sample{
+	s := sample{
 		Downtime: r.Downtime, Total: r.Total, Dump: r.Dump, Transfer: r.Transfer, Restore: r.Restore,
 		PageBytes: r.PageBytes, WireBytes: r.WireBytes,
 		CPUSource: r.CPU, CPUDest: cpuDest.Seconds(),
 		Overhead: r.Downtime - r.Dump - r.Restore,
-	}, nil
+		Rounds:   float64(len(r.Rounds)), StopRule: r.StopRule,
+	}
+	for _, rd := range r.Rounds {
+		s.RoundWire += rd.WireBytes
+	}
+	if pages := r.PageBytes / 4096; pages > 0 {
+		s.FrozenPart = 1 - float64(r.Referenced)/float64(pages)
+	}
+	return s, nil
 }
 
 // criuAlone is baseline (a): dump to a tmpfs and restore on the same host,

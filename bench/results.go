@@ -24,6 +24,7 @@ type results struct {
 	Sizes   []int         `json:"sizes_mib"`
 	Runs    int           `json:"runs"`
 	Dirty   int           `json:"dirty_pages_per_second"`
+	Hot     int           `json:"hot_dirty_pages_per_second,omitempty"`
 	Links   []*linkResult `json:"links"`
 	Targets []target      `json:"targets"`
 	Elapsed string        `json:"elapsed"`
@@ -41,6 +42,9 @@ type linkResult struct {
 	Link       string        `json:"link"`
 	Throughput float64       `json:"throughput_bps"` // one TCP stream, measured
 	Sizes      []*sizeResult `json:"sizes"`
+	// Hot is the hot workload moved by phaul and phaul-off (not on the
+	// bare link, which carries more than it can dirty).
+	Hot *sizeResult `json:"hot,omitempty"`
 }
 
 type sizeResult struct {
@@ -76,7 +80,7 @@ func (s *sizeResult) method(m string) *methodResult {
 // order of the methods rotates from run to run, so that none always runs
 // on a machine the previous one left busy.
 func (b *bench) measure(ctx context.Context) (*results, error) {
-	res := &results{Date: time.Now().UTC().Format(time.RFC3339), Sizes: b.o.Sizes, Runs: b.o.Runs, Dirty: b.o.Dirty, Machine: b.machine(ctx)}
+	res := &results{Date: time.Now().UTC().Format(time.RFC3339), Sizes: b.o.Sizes, Runs: b.o.Runs, Dirty: b.o.Dirty, Hot: b.o.Hot, Machine: b.machine(ctx)}
 	for _, link := range b.o.Links {
 		if err := b.shape(ctx, link); err != nil {
 			return nil, err
@@ -90,26 +94,41 @@ func (b *bench) measure(ctx context.Context) (*results, error) {
 		lr.Throughput = bps
 		fmt.Fprintf(os.Stderr, "link %s: %.2f Gbit/s for one TCP stream\n", link, bps/1e9)
 		for _, mib := range b.o.Sizes {
-			sr := &sizeResult{MiB: mib}
-			lr.Sizes = append(lr.Sizes, sr)
-			for _, m := range b.o.Method {
-				sr.Methods = append(sr.Methods, &methodResult{Method: m})
+			sr, err := b.measureSize(ctx, link, mib, b.o.Dirty, b.o.Method)
+			if err != nil {
+				return nil, err
 			}
-			for run := 0; run < b.o.Runs; run++ {
-				for k := range sr.Methods {
-					mr := sr.Methods[(k+run)%len(sr.Methods)]
-					s, err := b.migrate(ctx, mr.Method, mib)
-					if err != nil {
-						return nil, fmt.Errorf("%s, %d MiB, %s, run %d: %w", link, mib, mr.Method, run+1, err)
-					}
-					mr.Runs = append(mr.Runs, s)
-					fmt.Fprintf(os.Stderr, "  %-6s %5d MiB  %-6s run %d: downtime %.3fs total %.3fs\n",
-						link, mib, mr.Method, run+1, s.Downtime, s.Total)
-				}
+			lr.Sizes = append(lr.Sizes, sr)
+		}
+		if b.o.Hot > 0 && link != "bare" {
+			if lr.Hot, err = b.measureSize(ctx, link+" hot", b.o.HotMiB, b.o.Hot, []string{methodPhaul, methodPhaulOff}); err != nil {
+				return nil, err
 			}
 		}
 	}
 	return res, nil
+}
+
+// measureSize runs every method on a workload of mib MiB dirtying dirty
+// pages a second, o.Runs times.
+func (b *bench) measureSize(ctx context.Context, link string, mib, dirty int, methods []string) (*sizeResult, error) {
+	sr := &sizeResult{MiB: mib}
+	for _, m := range methods {
+		sr.Methods = append(sr.Methods, &methodResult{Method: m})
+	}
+	for run := 0; run < b.o.Runs; run++ {
+		for k := range sr.Methods {
+			mr := sr.Methods[(k+run)%len(sr.Methods)]
+			s, err := b.migrate(ctx, mr.Method, mib, dirty)
+			if err != nil {
+				return nil, fmt.Errorf("%s, %d MiB, %s, run %d: %w", link, mib, mr.Method, run+1, err)
+			}
+			mr.Runs = append(mr.Runs, s)
+			fmt.Fprintf(os.Stderr, "  %-10s %5d MiB  %-9s run %d: downtime %.3fs total %.3fs rounds %.0f %s\n",
+				link, mib, mr.Method, run+1, s.Downtime, s.Total, s.Rounds, s.StopRule)
+		}
+	}
+	return sr, nil
 }
 
 func (b *bench) machine(ctx context.Context) machine {
@@ -135,27 +154,38 @@ func (b *bench) machine(ctx context.Context) machine {
 func (r *results) finish() {
 	for _, lr := range r.Links {
 		for _, sr := range lr.Sizes {
-			for _, mr := range sr.Methods {
-				mr.Median = medianOf(mr.Runs)
-			}
-			p, a, m := sr.method(methodPhaul), sr.method(methodCRIU), sr.method(methodManual)
-			if p == nil {
-				continue
-			}
+			sr.medians()
 			add := func(name string, value, limit float64) {
 				r.Targets = append(r.Targets, target{Name: name, Link: lr.Link, MiB: sr.MiB, Value: value, Limit: limit, Met: value <= limit})
 			}
-			if a != nil && lr.Link == "bare" && a.Median.Downtime > 0 {
+			p, off, a, m := sr.method(methodPhaul), sr.method(methodPhaulOff), sr.method(methodCRIU), sr.method(methodManual)
+			if p != nil && a != nil && a.Median.Downtime > 0 {
 				add("downtime phaul/criu", p.Median.Downtime/a.Median.Downtime, 1.10)
 			}
-			if m != nil && lr.Link != "bare" && m.Median.Total > 0 {
-				add("total phaul/manual", p.Median.Total/m.Median.Total, 0.6)
+			if p != nil {
+				add("frozen part of the pages", p.Median.FrozenPart, 0.05)
 			}
-			if p.Median.PageBytes > 0 {
-				add("wire/raw bytes", float64(p.Median.WireBytes)/float64(p.Median.PageBytes), 0.55)
+			if p != nil && m != nil && lr.Link != "bare" && m.Median.Total > 0 {
+				add("total phaul/manual", p.Median.Total/m.Median.Total, 0.85)
 			}
-			add("overhead (s)", p.Median.Overhead, 0.1)
+			if off != nil && off.Median.PageBytes > 0 {
+				add("wire/raw bytes (no pre-copy)", float64(off.Median.WireBytes)/float64(off.Median.PageBytes), 0.55)
+			}
 		}
+		if lr.Hot != nil {
+			lr.Hot.medians()
+			p, off := lr.Hot.method(methodPhaul), lr.Hot.method(methodPhaulOff)
+			if p != nil && off != nil && off.Median.Downtime > 0 {
+				v := p.Median.Downtime / off.Median.Downtime
+				r.Targets = append(r.Targets, target{Name: "hot: downtime phaul/phaul-off", Link: lr.Link, MiB: lr.Hot.MiB, Value: v, Limit: 1.10, Met: v <= 1.10})
+			}
+		}
+	}
+}
+
+func (s *sizeResult) medians() {
+	for _, mr := range s.Methods {
+		mr.Median = medianOf(mr.Runs)
 	}
 }
 
@@ -169,17 +199,35 @@ func medianOf(runs []sample) sample {
 		return median(v)
 	}
 	return sample{
-		Downtime:  f(func(s sample) float64 { return s.Downtime }),
-		Total:     f(func(s sample) float64 { return s.Total }),
-		Dump:      f(func(s sample) float64 { return s.Dump }),
-		Transfer:  f(func(s sample) float64 { return s.Transfer }),
-		Restore:   f(func(s sample) float64 { return s.Restore }),
-		PageBytes: int64(f(func(s sample) float64 { return float64(s.PageBytes) })),
-		WireBytes: int64(f(func(s sample) float64 { return float64(s.WireBytes) })),
-		CPUSource: f(func(s sample) float64 { return s.CPUSource }),
-		CPUDest:   f(func(s sample) float64 { return s.CPUDest }),
-		Overhead:  f(func(s sample) float64 { return s.Overhead }),
+		Downtime:   f(func(s sample) float64 { return s.Downtime }),
+		Total:      f(func(s sample) float64 { return s.Total }),
+		Dump:       f(func(s sample) float64 { return s.Dump }),
+		Transfer:   f(func(s sample) float64 { return s.Transfer }),
+		Restore:    f(func(s sample) float64 { return s.Restore }),
+		PageBytes:  int64(f(func(s sample) float64 { return float64(s.PageBytes) })),
+		WireBytes:  int64(f(func(s sample) float64 { return float64(s.WireBytes) })),
+		CPUSource:  f(func(s sample) float64 { return s.CPUSource }),
+		CPUDest:    f(func(s sample) float64 { return s.CPUDest }),
+		Overhead:   f(func(s sample) float64 { return s.Overhead }),
+		Rounds:     f(func(s sample) float64 { return s.Rounds }),
+		RoundWire:  int64(f(func(s sample) float64 { return float64(s.RoundWire) })),
+		FrozenPart: f(func(s sample) float64 { return s.FrozenPart }),
+		StopRule:   stopRule(runs),
 	}
+}
+
+// stopRule is the rule most runs stopped by ("" without pre-copy).
+func stopRule(runs []sample) string {
+	n := map[string]int{}
+	best := ""
+	for _, s := range runs {
+		rule, _, _ := strings.Cut(s.StopRule, ":")
+		n[rule]++
+		if n[rule] > n[best] {
+			best = rule
+		}
+	}
+	return best
 }
 
 func median(v []float64) float64 {
@@ -202,8 +250,8 @@ func (r *results) writeTable(w io.Writer) {
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "\nlink %s (one TCP stream: %.2f Gbit/s)\n", lr.Link, lr.Throughput/1e9)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\t")
-		for _, sr := range lr.Sizes {
+		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\trounds\tround wire MiB\tfrozen part\tstopped by\t")
+		for _, sr := range lr.sizesAndHot() {
 			for _, mr := range sr.Methods {
 				fmt.Fprintln(tw, strings.Join(row(sr.MiB, mr), "\t")+"\t")
 			}
@@ -223,13 +271,32 @@ func (r *results) writeTable(w io.Writer) {
 func row(size int, mr *methodResult) []string {
 	s := mr.Median
 	f := func(v float64) string { return fmt.Sprintf("%.3f", v) }
-	return []string{fmt.Sprint(size), mr.Method, f(s.Downtime), f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore),
+	pre := []string{"-", "-", "-", "-"}
+	if mr.Method == methodPhaul || mr.Method == methodPhaul+" hot" {
+		pre = []string{fmt.Sprintf("%.0f", s.Rounds), mib(s.RoundWire), f(s.FrozenPart), s.StopRule}
+	}
+	return append([]string{fmt.Sprint(size), mr.Method, f(s.Downtime), f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore),
 		mib(s.PageBytes), mib(s.WireBytes),
-		phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead)}
+		phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead)}, pre...)
+}
+
+// sizesAndHot are the link's sizes, then its hot workload (its method
+// names marked "hot").
+func (lr *linkResult) sizesAndHot() []*sizeResult {
+	if lr.Hot == nil {
+		return lr.Sizes
+	}
+	hot := &sizeResult{MiB: lr.Hot.MiB}
+	for _, mr := range lr.Hot.Methods {
+		c := *mr
+		c.Method = mr.Method + " hot"
+		hot.Methods = append(hot.Methods, &c)
+	}
+	return append(append([]*sizeResult{}, lr.Sizes...), hot)
 }
 
 func phaulOnly(method string, v float64) string {
-	if method != methodPhaul {
+	if !strings.HasPrefix(method, "phaul") {
 		return "-"
 	}
 	return fmt.Sprintf("%.3f", v)
@@ -268,13 +335,13 @@ func (r *results) writeMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "# phaul-bench, %s\n\n", r.Date)
 	fmt.Fprintf(w, "Machine: %d CPUs, %d MiB, Linux %s, CRIU %s, phaul %s. Both hosts are network namespaces of this one machine: they share its CPUs.\n\n",
 		r.Machine.CPUs, r.Machine.MemMiB, r.Machine.Kernel, r.Machine.CRIU, r.Machine.Phaul)
-	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s. Elapsed: %s. Methods: **phaul** (`phaul migrate`), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
-		r.Runs, r.Dirty, r.Elapsed)
+	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s (the hot one %d pages/s). Elapsed: %s. Methods: **phaul** (`phaul migrate`, pre-copy as it comes), **phaul-off** (`--precopy=off`), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
+		r.Runs, r.Dirty, r.Hot, r.Elapsed)
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "## Link: %s (one TCP stream: %.2f Gbit/s)\n\n", lr.Link, lr.Throughput/1e9)
-		fmt.Fprintln(w, "| MiB | method | downtime s | total s | dump s | copy s | restore s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s |")
-		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-		for _, sr := range lr.Sizes {
+		fmt.Fprintln(w, "| MiB | method | downtime s | total s | dump s | copy s | restore s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s | rounds | round wire MiB | frozen part | stopped by |")
+		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+		for _, sr := range lr.sizesAndHot() {
 			for _, mr := range sr.Methods {
 				fmt.Fprintln(w, "| "+strings.Join(row(sr.MiB, mr), " | ")+" |")
 			}
@@ -285,5 +352,5 @@ func (r *results) writeMarkdown(w io.Writer) {
 	for _, t := range r.Targets {
 		fmt.Fprintf(w, "| %s | %s | %d | %.3f | <= %.2f | %s |\n", t.Name, t.Link, t.MiB, t.Value, t.Limit, metStr(t.Met))
 	}
-	fmt.Fprintln(w, "\nphaul's downtime runs from CRIU's pre-dump notification to the destination's confirmation that the tree runs; its overhead is that downtime less CRIU's dump (pages streamed included) and CRIU's restore. The baselines' downtime is the wall time of their commands. See bench/results/README.md for what bounds each number.")
+	fmt.Fprintln(w, "\nphaul's downtime runs from CRIU's pre-dump notification to the destination's confirmation that the tree runs; its overhead is that downtime less CRIU's dump (pages streamed included) and CRIU's restore. The frozen part is the share of the tree's pages that crossed while it was frozen (the others the dump referred to in the rounds' images); pages and wire MiB are the dump's, round wire MiB the rounds'. The baselines' downtime is the wall time of their commands. See bench/results/README.md for what bounds each number.")
 }

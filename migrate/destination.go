@@ -142,6 +142,7 @@ type incoming struct {
 	phase  string
 
 	ps        PageServer
+	psw       *psWatch // ps's end
 	pagesDone chan error
 	imgsDone  chan error
 	pagesSock *os.File
@@ -374,7 +375,7 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := in.record("receiving"); err != nil {
 		return in.fail("checks", err)
 	}
-	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{CgroupRoots: in.roots}}}); err != nil {
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{CgroupRoots: in.roots, PageRoom: size - imagesMargin}}}); err != nil {
 		return err
 	}
 	if err := in.rounds(ctx); err != nil {
@@ -650,6 +651,7 @@ func (in *incoming) startPages(ctx context.Context) error {
 		return err
 	}
 	in.ps = ps
+	in.psw = watchPageServer(ctx, ps, ours)
 	in.pagesSock = ours
 	return nil
 }
@@ -720,10 +722,18 @@ func (in *incoming) waitPages(ctx context.Context) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	watch := stallWatch{counts: &in.pageCounts, timeout: in.d.o.Timeout}
+	psDone := in.psw.done
 	for {
 		select {
 		case err := <-in.pagesDone:
 			return err
+		case <-psDone:
+			// A page server that failed (a full tmpfs) ends the
+			// migration now, not at the stall timeout.
+			if in.psw.err != nil {
+				return in.psw.err
+			}
+			psDone = nil
 		case err := <-in.protoErr:
 			return err
 		case err := <-in.imgsDone:
@@ -763,7 +773,12 @@ func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error 
 	if in.imgFiles != int(sent.Files) || in.imgBytes != int64(sent.Bytes) {
 		return fmt.Errorf("received %d image files (%d bytes), the source sent %d (%d bytes)", in.imgFiles, in.imgBytes, sent.Files, sent.Bytes)
 	}
-	return in.ps.Wait(ctx)
+	select {
+	case <-in.psw.done:
+		return in.psw.err
+	case <-ctx.Done():
+		return fmt.Errorf("the page server did not end: %w", ctx.Err())
+	}
 }
 
 // imagesTmpfsSize is the size of a migration's images tmpfs: the memory
@@ -776,8 +791,12 @@ func imagesTmpfsSize(memoryBytes uint64, precopy bool) uint64 {
 	if precopy {
 		memoryBytes *= 2
 	}
-	return memoryBytes + memoryBytes/8 + 64<<20
+	return memoryBytes + memoryBytes/8 + imagesMargin
 }
+
+// imagesMargin is the room of the images tmpfs kept for the images other
+// than the pages.
+const imagesMargin = 64 << 20
 
 // reap waits for a restored root once it is our child (it becomes one when
 // CRIU exits, because the service is a child subreaper), so that it does

@@ -64,17 +64,19 @@ func (m *source) rounds(ctx context.Context) (*precopyPlan, int, error) {
 		return nil, 0, err
 	}
 	plan := &precopyPlan{hasher: h, table: precopy.NewTable()}
-	rule := precopy.Rule{MaxDowntime: m.o.MaxDowntime}
+	rule := precopy.Rule{MaxDowntime: m.o.MaxDowntime, Room: m.room / 4096}
 	var done []precopy.RoundStats
+	budget := int64(-1)
 	for n := 1; ; n++ {
-		st, err := m.round(ctx, n, plan)
+		st, err := m.round(ctx, n, plan, budget)
 		if err != nil {
 			return nil, 0, m.remoteReason(ctx, fmt.Errorf("pre-copy round %d: %w", n, err))
 		}
 		done = append(done, st)
-		m.r.Rounds = append(m.r.Rounds, RoundReport{Round: n, Pages: st.Pages, Sent: st.Sent, Referenced: st.Referenced,
+		m.r.Rounds = append(m.r.Rounds, RoundReport{Round: n, Pages: st.Pages, Sent: st.Sent, Referenced: st.Referenced, LeftOut: st.Omitted,
 			WireBytes: st.Wire, Duration: Duration(st.Duration)})
-		m.log.Info("pre-copy round", "round", n, "pages", st.Pages, "sent", st.Sent, "wire_bytes", st.Wire, "took", st.Duration)
+		m.log.Info("pre-copy round", "round", n, "pages", st.Pages, "sent", st.Sent, "left_out", st.Omitted, "wire_bytes", st.Wire, "took", st.Duration)
+		budget = rule.Budget(done)
 		if d := rule.Next(done); d.Stop {
 			m.r.StopRule = d.Why
 			if !d.Keep {
@@ -102,7 +104,7 @@ func (m *source) remoteReason(ctx context.Context, err error) error {
 }
 
 // round sends round n: Round, then the round stream, then RoundDone.
-func (m *source) round(ctx context.Context, n int, plan *precopyPlan) (precopy.RoundStats, error) {
+func (m *source) round(ctx context.Context, n int, plan *precopyPlan, budget int64) (precopy.RoundStats, error) {
 	tasks, err := precopy.Tasks(m.o.Pid)
 	if err != nil {
 		return precopy.RoundStats{}, err
@@ -125,6 +127,7 @@ func (m *source) round(ctx context.Context, n int, plan *precopyPlan) (precopy.R
 		return precopy.RoundStats{}, err
 	}
 	enc := precopy.NewEncoder(cw, plan.hasher, plan.table, true)
+	enc.SetBudget(budget)
 	replies := make(chan error, 1)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -49,3 +49,22 @@ func TestMigratePrecopy(t *testing.T) {
 		t.Errorf("the dump referred to %v pages, want most of the 16384", r.Report["referenced_pages"])
 	}
 }
+
+// A tree rewriting its memory faster than the rounds carry it: the rounds
+// stop by the rule, and the tree arrives intact.
+func TestMigratePrecopyHotTree(t *testing.T) {
+	h := twohosts.New(t)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--listen", "0.0.0.0:9000", "--mem", "128", "--dirty", "60000"}})
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--precopy", "on")
+	roundLogs(t, svc, r.Str("id"))
+	t.Logf("precopy %q, stop rule %q, rounds %v; referenced %v", r.Str("precopy"), r.Str("stop_rule"), r.Report["rounds"], r.Report["referenced_pages"])
+	assertRunsOnB(t, h, w, r, st)
+	if sum, err := h.Request("b", twohosts.AddrB+":9000", "SUM"); err != nil || !strings.HasPrefix(sum, "sum=ok") {
+		t.Errorf("memory check on b: %q %v", sum, err)
+	}
+	if r.Str("stop_rule") == "" {
+		t.Error("no stop rule reported")
+	}
+}

@@ -79,10 +79,11 @@ type Report struct {
 // RoundReport is one pre-copy round.
 type RoundReport struct {
 	Round      int      `json:"round"`
-	Pages      int64    `json:"pages"`      // the tree's pages read
-	Sent       int64    `json:"sent"`       // of them, sent: new or changed since the round before
-	Referenced int64    `json:"referenced"` // unchanged: sent as a reference
-	WireBytes  int64    `json:"wire_bytes"` // on the network, compressed
+	Pages      int64    `json:"pages"`              // the tree's pages read
+	Sent       int64    `json:"sent"`               // of them, sent: new or changed since the round before
+	Referenced int64    `json:"referenced"`         // unchanged: sent as a reference
+	LeftOut    int64    `json:"left_out,omitempty"` // changed, but no room left on the destination: for the dump
+	WireBytes  int64    `json:"wire_bytes"`         // on the network, compressed
 	Duration   Duration `json:"duration"`
 }
 

@@ -81,6 +81,7 @@ func (in *incoming) round(ctx context.Context, n int) error {
 		return err
 	}
 	defer ps.Close()
+	psDone := watchPageServer(ctx, ps, ours)
 	actx, cancel := context.WithTimeout(ctx, in.d.o.Timeout)
 	kind, st, err := in.sess.Accept(actx)
 	cancel()
@@ -104,16 +105,41 @@ func (in *incoming) round(ctx context.Context, n int) error {
 		io.Copy(st, ours)
 		st.Close()
 	}()
-	if err := in.waitFlow(ctx, done, &counts); err != nil {
+	if err := in.waitFlow(ctx, done, psDone, &counts); err != nil {
 		return err
 	}
-	return ps.Wait(ctx)
+	<-psDone.done
+	return psDone.err
+}
+
+// psWatch is a page server being waited for: err is its result once done
+// is closed.
+type psWatch struct {
+	done chan struct{}
+	err  error
+}
+
+// watchPageServer waits for a page server's end. One that fails (a full
+// tmpfs, a bad stream) leaves its socket open, held by the criu swrk that
+// started it: the pump would wait on it for ever, so our end of the
+// socket is shut down then.
+func watchPageServer(ctx context.Context, ps PageServer, sock *os.File) *psWatch {
+	w := &psWatch{done: make(chan struct{})}
+	go func() {
+		w.err = ps.Wait(ctx)
+		if w.err != nil {
+			shutdown(sock, unix.SHUT_RDWR)
+		}
+		close(w.done)
+	}()
+	return w
 }
 
 // waitFlow waits for a page stream's end (done). There is no bound on the
 // whole: only on a stall, when no byte arrived for the timeout (a dead
 // connection is found sooner by the session's keepalive).
-func (in *incoming) waitFlow(ctx context.Context, done <-chan error, counts *transport.Counts) error {
+func (in *incoming) waitFlow(ctx context.Context, done <-chan error, ps *psWatch, counts *transport.Counts) error {
+	psDone := ps.done
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	watch := stallWatch{counts: counts, timeout: in.d.o.Timeout}
@@ -121,6 +147,11 @@ func (in *incoming) waitFlow(ctx context.Context, done <-chan error, counts *tra
 		select {
 		case err := <-done:
 			return err
+		case <-psDone:
+			if ps.err != nil {
+				return ps.err
+			}
+			psDone = nil // it served its stream: the pump ends soon
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-in.sess.Done():

@@ -191,6 +191,7 @@ type source struct {
 	sets   []cgroups.Set   // the cgroups of the tree's root
 	layout *cgroups.Layout // this host's cgroups; nil if unreadable
 	rss    int64           // of the tree, announced in Prepare
+	room   int64           // bytes of pages the destination has room for (Ready)
 	start  uint64          // the root's start time (proc.Stat.StartTime)
 	// decided is the state of the Decision last recorded (decide).
 	decided  string
@@ -299,6 +300,7 @@ func (m *source) run(ctx context.Context) error {
 	if ready == nil {
 		return m.refuse(unexpected(msg, "Ready"))
 	}
+	m.room = int64(ready.PageRoom)
 	for _, cr := range ready.CgroupRoots {
 		m.r.CgroupRoots = append(m.r.CgroupRoots, strings.TrimPrefix(cr.Controllers+":"+cr.Path, ":"))
 	}

@@ -24,7 +24,10 @@ type Stats struct {
 	Pages      int64 // pages of the tree's memory in the stream
 	Sent       int64 // of them, sent with their bytes
 	Referenced int64 // of them, sent as a reference to the parent images
-	Images     int   // images opened (tasks, shared memory)
+	// Omitted are pages of a round that changed after the round's budget
+	// was spent: left out of its images (the dump sends them).
+	Omitted int64
+	Images  int // images opened (tasks, shared memory)
 }
 
 // Encoder writes one image set in CRIU's page-server protocol to a CRIU
@@ -38,7 +41,8 @@ type Encoder struct {
 	w      FlushWriter
 	hash   *Hasher
 	table  *Table
-	record bool // a round: the table learns what this stream sends
+	record bool  // a round: the table learns what this stream sends
+	budget int64 // a round sends at most this many pages; negative: no bound
 
 	// corrupt, a test hook, makes the encoder refer to the parent for
 	// the first page whose bytes changed and which it accepts: the
@@ -75,13 +79,18 @@ func NewEncoder(w FlushWriter, h *Hasher, t *Table, record bool) *Encoder {
 		t.begin()
 	}
 	return &Encoder{
-		w: w, hash: h, table: t, record: record,
+		w: w, hash: h, table: t, record: record, budget: -1,
 		hdr:     make([]byte, 0, criu.PageIovSize),
 		parents: map[uint64]bool{},
 		replies: make(chan reply, 16),
 		quit:    make(chan struct{}),
 	}
 }
+
+// SetBudget bounds the pages a round sends (room on the destination):
+// pages that changed beyond it are left out of the round. Negative: no
+// bound (the default).
+func (e *Encoder) SetBudget(pages int64) { e.budget = pages }
 
 // Stats returns what the stream carried so far.
 func (e *Encoder) Stats() Stats { return e.stats }
@@ -158,6 +167,15 @@ func (e *Encoder) Pages(vaddr uint64, data []byte) error {
 		page := data[i*criu.PageSize : (i+1)*criu.PageSize]
 		sum := e.hash.Sum(page)
 		if !e.refer(va, sum) {
+			if e.budget >= 0 && e.stats.Sent+int64(i-start) >= e.budget {
+				// Out of room: this page is not in the round at all.
+				if err := e.sendRun(vaddr+start*criu.PageSize, data[start*criu.PageSize:i*criu.PageSize]); err != nil {
+					return err
+				}
+				start = i + 1
+				e.stats.Omitted++
+				continue
+			}
 			if e.record {
 				e.table.put(e.dst, va, sum)
 			}

@@ -179,6 +179,40 @@ func TestEncoderRounds(t *testing.T) {
 	}
 }
 
+// A round out of room leaves the changed pages beyond its budget out of
+// its images: neither sent nor referred to, and forgotten.
+func TestEncoderBudget(t *testing.T) {
+	h, _ := NewHasher()
+	tab := NewTable()
+	var w buf
+	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{false}, 0, map[uint64][]byte{1: pages('a', 'b', 'c', 'd')}); err != nil {
+		t.Fatal(err)
+	}
+	tab.Sweep()
+	w.Reset()
+	e := NewEncoder(&w, h, tab, true)
+	e.SetBudget(1)
+	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{1: pages('X', 'b', 'Y', 'Z')}); err != nil {
+		t.Fatal(err)
+	}
+	tab.Sweep()
+	if s := e.Stats(); s.Sent != 1 || s.Referenced != 1 || s.Omitted != 2 {
+		t.Errorf("stats %+v: want 1 sent, 1 referenced, 2 left out", s)
+	}
+	var got []criu.PageIov
+	for _, g := range decode(t, w.Bytes()) {
+		if g.h.Cmd == criu.PSIovAddF {
+			got = append(got, g.h)
+		}
+	}
+	if len(got) != 2 || got[0].Flags != criu.PEPresent || got[0].Vaddr != 0x10000 || got[1].Flags != criu.PEParent || got[1].Vaddr != 0x11000 {
+		t.Errorf("entries %+v: want page 0 sent, page 1 referenced, nothing of pages 2 and 3", got)
+	}
+	if tab.Pages() != 2 {
+		t.Errorf("the table knows %d pages, want the 2 of the round", tab.Pages())
+	}
+}
+
 // A page dropped by a round (unmapped, not read) is forgotten, so that the
 // next image never refers to a page its parent lacks.
 func TestTableSweepForgetsWhatARoundLeftOut(t *testing.T) {

@@ -23,6 +23,9 @@ type Rule struct {
 	MaxDowntime time.Duration
 	MaxRounds   int
 	MaxTime     time.Duration // for all rounds together
+	// Room is how many pages the destination can store (the rounds'
+	// images and the dump's together); 0: no bound.
+	Room int64
 }
 
 // Decision is the rule's answer after a round.
@@ -42,8 +45,10 @@ func (r Rule) Next(rounds []RoundStats) Decision {
 	r.defaults()
 	last := rounds[len(rounds)-1]
 	var total time.Duration
+	var stored int64
 	for _, rd := range rounds {
 		total += rd.Duration
+		stored += rd.Sent
 	}
 	rate, perPage := rates(rounds)
 	left := time.Duration(float64(last.Sent) * perPage / rate * float64(time.Second))
@@ -53,12 +58,32 @@ func (r Rule) Next(rounds []RoundStats) Decision {
 		return Decision{true, true, fmt.Sprintf("converged: %d pages changed in the last round, about %v on the link", last.Sent, left.Round(time.Millisecond))}
 	case len(rounds) > 1 && last.Sent*10 > rounds[len(rounds)-2].Sent*9:
 		return Decision{true, keep, fmt.Sprintf("not converging: round %d sent %d pages, the round before %d", len(rounds), last.Sent, rounds[len(rounds)-2].Sent)}
+	case r.Room > 0 && len(rounds) > 1 && (last.Omitted > 0 || r.Budget(rounds) == 0):
+		// The destination's room is spent; the dump sends what changed
+		// and what the last round left out, on top of what the rounds
+		// store, or everything once they are dropped.
+		return Decision{true, keep && stored+last.Sent+last.Omitted <= r.Room,
+			fmt.Sprintf("room: the rounds store %d pages of the %d the destination has room for", stored, r.Room)}
 	case len(rounds) >= r.MaxRounds:
 		return Decision{true, keep, fmt.Sprintf("%d rounds", len(rounds))}
 	case total >= r.MaxTime:
 		return Decision{true, keep, fmt.Sprintf("the rounds took %v", total.Round(time.Second))}
 	}
 	return Decision{}
+}
+
+// Budget is how many pages the next round may send (0: none; -1: no
+// bound): the destination's room less what the rounds store and half the
+// tree, kept for the dump.
+func (r Rule) Budget(rounds []RoundStats) int64 {
+	if r.Room <= 0 {
+		return -1
+	}
+	var stored int64
+	for _, rd := range rounds {
+		stored += rd.Sent
+	}
+	return max(r.Room-stored-rounds[len(rounds)-1].Pages/2, 0)
 }
 
 func (r *Rule) defaults() {

@@ -35,7 +35,30 @@ func TestRule(t *testing.T) {
 			}
 		})
 	}
-	d := Rule{MaxTime: time.Second}.Next([]RoundStats{rd(n, n, 1024*mb, 2*time.Second)})
+	// Room for 480000 pages: after round 1 the next may send 480000 -
+	// 262144 - 131072 (half the tree, kept for the dump); after 262144 +
+	// 100000 none, but the dump of about 100000 fits.
+	room := Rule{Room: 480000}
+	two := []RoundStats{rd(n, n, 1024*mb, 8*time.Second), rd(n, 100000, 400*mb, 3*time.Second)}
+	if b := room.Budget(two[:1]); b != 480000-n-n/2 {
+		t.Errorf("budget after round 1: %d", b)
+	}
+	d := room.Next(two)
+	if !d.Stop || !d.Keep || !strings.Contains(d.Why, "room") {
+		t.Errorf("room spent, the dump fits: %+v", d)
+	}
+	// A round that left pages out for lack of room stops the rounds; its
+	// dump would not fit on top of them.
+	omitted := rd(n, 100000, 400*mb, 3*time.Second)
+	omitted.Omitted = 40000
+	d = Rule{Room: n + 120000}.Next([]RoundStats{rd(n, n, 1024*mb, 8*time.Second), omitted})
+	if !d.Stop || d.Keep || !strings.Contains(d.Why, "room") {
+		t.Errorf("pages left out, no room for the dump: %+v, want the rounds dropped", d)
+	}
+	if b := (Rule{}).Budget(two); b != -1 {
+		t.Errorf("no room given: budget %d, want -1 (none)", b)
+	}
+	d = Rule{MaxTime: time.Second}.Next([]RoundStats{rd(n, n, 1024*mb, 2*time.Second)})
 	if !d.Stop || d.Keep || !strings.Contains(d.Why, "took") {
 		t.Errorf("time limit after one round: %+v (nothing to keep after one round)", d)
 	}

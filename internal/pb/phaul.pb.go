@@ -1018,6 +1018,7 @@ func (x *CgroupRoot) GetPath() string {
 type Ready struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CgroupRoots   []*CgroupRoot          `protobuf:"bytes,1,rep,name=cgroup_roots,json=cgroupRoots,proto3" json:"cgroup_roots,omitempty"`
+	PageRoom      uint64                 `protobuf:"varint,2,opt,name=page_room,json=pageRoom,proto3" json:"page_room,omitempty"` // bytes of pages the images tmpfs holds: rounds and dump together must stay below
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1057,6 +1058,13 @@ func (x *Ready) GetCgroupRoots() []*CgroupRoot {
 		return x.CgroupRoots
 	}
 	return nil
+}
+
+func (x *Ready) GetPageRoom() uint64 {
+	if x != nil {
+		return x.PageRoom
+	}
+	return 0
 }
 
 // Round (source to destination) announces pre-copy round number (1, 2,
@@ -2805,9 +2813,10 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
 	"CgroupRoot\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"@\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"]\n" +
 	"\x05Ready\x127\n" +
-	"\fcgroup_roots\x18\x01 \x03(\v2\x14.phaul.v1.CgroupRootR\vcgroupRoots\"\x1f\n" +
+	"\fcgroup_roots\x18\x01 \x03(\v2\x14.phaul.v1.CgroupRootR\vcgroupRoots\x12\x1b\n" +
+	"\tpage_room\x18\x02 \x01(\x04R\bpageRoom\"\x1f\n" +
 	"\x05Round\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\"#\n" +
 	"\tRoundDone\x12\x16\n" +
