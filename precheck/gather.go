@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/phaul/phaul/internal/cgroups"
 	"github.com/phaul/phaul/internal/pb"
@@ -91,7 +92,7 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		st, err := proc.ReadStat(p)
+		st, err := settledStat(ctx, p)
 		if err != nil {
 			continue
 		}
@@ -351,4 +352,24 @@ func keptOpen(files []*pb.FileFact, openedBy map[string][]string) []*pb.FileFact
 		}
 	}
 	return out
+}
+
+// dSettle is how long a task may stay in uninterruptible sleep (D) and
+// still be judged runnable: a write to a disk file, a page fault, a rename
+// pass through D for a moment; a task stuck there (a dead NFS server) stays.
+const dSettle = 250 * time.Millisecond
+
+// settledStat reads a task's stat; one found in D is looked at again for
+// up to dSettle, and reported as it is then.
+func settledStat(ctx context.Context, pid int) (proc.Stat, error) {
+	st, err := proc.ReadStat(pid)
+	for deadline := time.Now().Add(dSettle); err == nil && st.State == 'D' && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return st, nil
+		case <-time.After(10 * time.Millisecond):
+		}
+		st, err = proc.ReadStat(pid)
+	}
+	return st, err
 }
