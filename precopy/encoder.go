@@ -204,7 +204,7 @@ func (e *Encoder) refer(va uint64, sum Sum) bool {
 		return true
 	}
 	if e.corrupt != nil && e.corrupt(e.dst, va) {
-		if _, ok := e.table.images[e.dst][va]; ok {
+		if e.table.holds(e.dst, va) {
 			e.corrupt = nil
 			e.corrupted++
 			return true

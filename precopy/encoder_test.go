@@ -379,6 +379,7 @@ func FuzzForward(f *testing.F) {
 		for i, c := range []byte("abc") {
 			tab.put(criu.PageDst(criu.PSTypePid, 1), 0x10000+uint64(i)*criu.PageSize, h.Sum(pages(c)))
 		}
+		tab.Sweep()
 		var w buf
 		e := NewEncoder(&w, h, tab, false)
 		ctx, cancel := context.WithCancel(context.Background())
