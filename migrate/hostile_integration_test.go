@@ -12,12 +12,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/yamux"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
@@ -227,6 +229,27 @@ func TestHostilePeers(t *testing.T) {
 			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})
 			c.open(transport.KindPages)
 		}, "a pages stream during the pre-copy rounds"},
+		{"endless rounds", func(c *hostile) {
+			c.ready("00000000000000b6", 1<<20, true)
+			for n := uint32(1); n <= 65; n++ {
+				c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: n}}})
+				if n == 65 {
+					return
+				}
+				// An empty round: no image, CLOSE, as phaul writes it.
+				st := c.open(transport.KindRound)
+				cw, err := transport.NewCompressWriter(st, nil, new(atomic.Int64))
+				if err != nil {
+					c.t.Fatal(err)
+				}
+				cw.Write(criu.PageIov{Cmd: criu.PSIovClose}.Append(nil))
+				cw.Close()
+				st.Close()
+				if m, err := c.recv(); err != nil || m.GetRoundDone() == nil {
+					c.t.Fatalf("round %d: no RoundDone: %v %v", n, m, err)
+				}
+			}
+		}, "more than 64 pre-copy rounds"},
 		{"garbage in a round", func(c *hostile) {
 			c.ready("00000000000000b5", 1<<20, true)
 			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})

@@ -18,6 +18,11 @@ import (
 	"github.com/phaul/phaul/transport"
 )
 
+// maxRounds bounds the rounds a source may send (its stop rule ends them
+// after precopy.DefaultMaxRounds): each costs a page server and a
+// directory.
+const maxRounds = 64
+
 // roundDir is where round n's page server writes, inside the images
 // directory (the tmpfs): CRIU finds a round's parent through its "parent"
 // link, and the dump's through images/parent.
@@ -44,6 +49,8 @@ func (in *incoming) rounds(ctx context.Context) error {
 			return in.fail(in.phase, fmt.Errorf("%w: a pre-copy round, but Prepare announced none", ErrProtocol))
 		case r.Number != uint32(n):
 			return in.fail(in.phase, fmt.Errorf("%w: pre-copy round %d, want %d", ErrProtocol, r.Number, n))
+		case n > maxRounds:
+			return in.fail(in.phase, fmt.Errorf("%w: more than %d pre-copy rounds", ErrProtocol, maxRounds))
 		}
 		if n == 1 {
 			in.setPhase("precopy")
