@@ -142,7 +142,8 @@ type incoming struct {
 	phase  string
 
 	ps        PageServer
-	psw       *psWatch // ps's end
+	psw       *psWatch    // ps's end
+	warm      *warmMemory // touched for the restore (warm.go)
 	pagesDone chan error
 	imgsDone  chan error
 	pagesSock *os.File
@@ -488,6 +489,7 @@ func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
 	if !in.d.reg.restoring(in.id) {
 		return nil, errResolvedAbort
 	}
+	in.warm.release()
 	res, err := in.d.o.CRIU.Restore(ctx, req)
 	if err != nil {
 		return nil, err
@@ -559,6 +561,7 @@ func (in *incoming) placeTree(restored *pb.Restored) error {
 // in the window after Restored was sent and before Commit or Abort
 // arrived, the stopped tree is kept and recorded as in doubt.
 func (in *incoming) finish(err error) {
+	in.warm.release()
 	if in.ps != nil {
 		in.ps.Close()
 	}

@@ -54,6 +54,7 @@ func (in *incoming) rounds(ctx context.Context) error {
 		}
 		if n == 1 {
 			in.setPhase("precopy")
+			in.warm = warm(in.prep.MemoryBytes)
 		}
 		if err := in.round(ctx, n); err != nil {
 			return in.fail("precopy", fmt.Errorf("round %d: %w", n, err))
