@@ -1,6 +1,10 @@
 package migrate
 
 import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -21,8 +25,11 @@ type warmMemory struct {
 	wg   sync.WaitGroup
 }
 
-// warm starts touching n bytes of fresh memory; nil if it cannot be had.
+// warm starts touching the memory a tree of n bytes needs, but never more
+// than half of what this host has available (the size comes from the
+// source); nil if none can be had.
 func warm(n uint64) *warmMemory {
+	n = warmSize(n, memAvailable())
 	if n == 0 {
 		return nil
 	}
@@ -52,4 +59,29 @@ func (w *warmMemory) release() {
 	w.wg.Wait()
 	unix.Munmap(w.mem)
 	w.mem = nil
+}
+
+// warmSize bounds the warm-up to half the memory available.
+func warmSize(want, available uint64) uint64 {
+	return min(want, available/2) &^ (4096 - 1)
+}
+
+// memAvailable is MemAvailable of /proc/meminfo in bytes, 0 if unknown.
+func memAvailable() uint64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemAvailable:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
 }
