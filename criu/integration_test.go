@@ -124,25 +124,14 @@ func pump(a, b *os.File) *sync.WaitGroup {
 	return &wg
 }
 
-func socketpair(t *testing.T) (*os.File, *os.File) {
-	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := os.NewFile(uintptr(fds[0]), "sp0"), os.NewFile(uintptr(fds[1]), "sp1")
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 func TestDumpThroughPageServerPump(t *testing.T) {
 	c, _ := testutil.CRIU(t)
 	w := testutil.StartWorkload(t, testutil.WorkloadOptions{ExtraArgs: []string{"--mem", "16"}})
 	src, dst := t.TempDir(), t.TempDir()
 
 	// dump side: dumpEnd <-> pumpA ... pumpB <-> psEnd :page server side
-	dumpEnd, pumpA := socketpair(t)
-	pumpB, psEnd := socketpair(t)
+	dumpEnd, pumpA := testutil.Socketpair(t)
+	pumpB, psEnd := testutil.Socketpair(t)
 	wg := pump(pumpA, pumpB)
 
 	ctx := context.Background()

@@ -24,21 +24,6 @@ import (
 // reads the chain of images. The workload checks its own memory after
 // the restore.
 
-type bufSock struct {
-	*bufio.Writer
-}
-
-func socketpair(t *testing.T) (*os.File, *os.File) {
-	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := os.NewFile(uintptr(fds[0]), "sp0"), os.NewFile(uintptr(fds[1]), "sp1")
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
-
 // pageServer starts a CRIU page server writing into dir, whose parent
 // images (if parent is not "") are in the sibling directory parent. It
 // returns the socket to write the page stream to.
@@ -52,7 +37,7 @@ func pageServer(t *testing.T, c *criu.Client, dir, parent string) (*os.File, *cr
 			t.Fatal(err)
 		}
 	}
-	mine, theirs := socketpair(t)
+	mine, theirs := testutil.Socketpair(t)
 	ps, err := c.StartPageServer(context.Background(), criu.Request{ImagesDir: dir, PageServer: theirs})
 	if err != nil {
 		t.Fatalf("page server: %v", err)
@@ -68,7 +53,7 @@ func round(t *testing.T, c *criu.Client, h *Hasher, tab *Table, root int, dir, p
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sock, ps := pageServer(t, c, dir, parent)
-	e := NewEncoder(bufSock{bufio.NewWriterSize(sock, 1<<20)}, h, tab, true)
+	e := NewEncoder(bufio.NewWriterSize(sock, 1<<20), h, tab, true)
 	replies := make(chan error, 1)
 	go func() { replies <- e.Replies(ctx, sock, nil) }()
 	tasks, err := Tasks(root)
@@ -96,8 +81,8 @@ func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	sock, ps := pageServer(t, c, dir, parent)
-	dumpEnd, pumpEnd := socketpair(t)
-	e := NewEncoder(bufSock{bufio.NewWriterSize(sock, 1<<20)}, h, tab, false)
+	dumpEnd, pumpEnd := testutil.Socketpair(t)
+	e := NewEncoder(bufio.NewWriterSize(sock, 1<<20), h, tab, false)
 	e.corrupt = corrupt
 	fwd, replies := make(chan error, 1), make(chan error, 1)
 	go func() {

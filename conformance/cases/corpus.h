@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -113,6 +114,15 @@ static void fail(const char *fmt, ...)
 		corpus_write("result", corpus_failures);   \
 		exit(1);                                   \
 	} while (0)
+
+/* map maps anonymous memory, or gives up. */
+static void *map(size_t len, int prot, int flags)
+{
+	void *p = mmap(NULL, len, prot, flags, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	return p;
+}
 
 static void ready(void) { corpus_write("ready", "ready\n"); }
 

@@ -124,14 +124,6 @@ static int faults(volatile char *p, int rd)
 	return 0;
 }
 
-static void *map(size_t len, int prot, int flags)
-{
-	void *p = mmap(NULL, len, prot, flags, -1, 0);
-	if (p == MAP_FAILED)
-		die("mmap");
-	return p;
-}
-
 static int make_file(const char *name, int seed, size_t len)
 {
 	int fd = open(corpus_path(name), O_RDWR | O_CREAT | O_TRUNC, 0644);

@@ -53,14 +53,6 @@ static int page_ok(const void *p, uint64_t seed, uint64_t page, uint64_t gen)
 	return 1;
 }
 
-static void *map(size_t len, int prot, int flags)
-{
-	void *p = mmap(NULL, len, prot, flags, -1, 0);
-	if (p == MAP_FAILED)
-		die("mmap");
-	return p;
-}
-
 static uint64_t lcg(uint64_t *s) { return *s = *s * 6364136223846793005ull + 1442695040888963407ull, *s >> 33; }
 
 /* Writer threads. */

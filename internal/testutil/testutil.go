@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/phaul/phaul/criu"
 )
 
@@ -282,4 +284,17 @@ func Dial(ctx context.Context, addr, line string) (string, error) {
 	}
 	r, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(r), err
+}
+
+// Socketpair returns both ends of a connected AF_UNIX stream socketpair,
+// closed when the test ends.
+func Socketpair(t testing.TB) (*os.File, *os.File) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := os.NewFile(uintptr(fds[0]), "sp0"), os.NewFile(uintptr(fds[1]), "sp1")
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
