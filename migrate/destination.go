@@ -641,13 +641,15 @@ func (in *incoming) record(state string) error {
 }
 
 // startPages starts CRIU's page server on one end of a socketpair whose
-// other end is fed from the pages stream.
-func (in *incoming) startPages(ctx context.Context) error {
+// other end is fed from the pages stream. Over pre-copy rounds (parent),
+// it frees a round's copy of each page the dump sends again.
+func (in *incoming) startPages(ctx context.Context, parent bool) error {
 	ours, theirs, err := socketpair()
 	if err != nil {
 		return err
 	}
-	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, WorkDir: in.logs, PageServer: theirs})
+	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: in.imgs, WorkDir: in.logs, PageServer: theirs,
+		Opts: &rpc.CriuOpts{AutoDedup: proto.Bool(parent)}})
 	theirs.Close()
 	if err != nil {
 		ours.Close()
@@ -786,10 +788,11 @@ func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error 
 
 // imagesTmpfsSize is the size of a migration's images tmpfs: the memory
 // the source announced (an upper bound of the pages, which CRIU does not
-// compress) plus room for the other images. Pre-copy rounds store a page
-// again each time it changed (the images of each round, then the dump's,
-// hold what changed since the one before): their room is a second copy.
-// It is a bound, not a reservation: a tmpfs takes only what is written.
+// compress) plus room for the other images. The rounds and the dump hold
+// one copy of the pages between them (auto-dedup and precopy.Prune); with
+// pre-copy the room is doubled for a tree that grows during the rounds and
+// for what a round frees only once it is stored. It is a bound, not a
+// reservation: a tmpfs takes only what is written.
 func imagesTmpfsSize(memoryBytes uint64, precopy bool) uint64 {
 	if precopy {
 		memoryBytes *= 2

@@ -231,25 +231,19 @@ func TestHostilePeers(t *testing.T) {
 		}, "a pages stream during the pre-copy rounds"},
 		{"endless rounds", func(c *hostile) {
 			c.ready("00000000000000b6", 1<<20, true)
-			for n := uint32(1); n <= 65; n++ {
-				c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: n}}})
-				if n == 65 {
-					return
-				}
-				// An empty round: no image, CLOSE, as phaul writes it.
-				st := c.open(transport.KindRound)
-				cw, err := transport.NewCompressWriter(st, nil, new(atomic.Int64))
-				if err != nil {
-					c.t.Fatal(err)
-				}
-				cw.Write(criu.PageIov{Cmd: criu.PSIovClose}.Append(nil))
-				cw.Close()
-				st.Close()
-				if m, err := c.recv(); err != nil || m.GetRoundDone() == nil {
-					c.t.Fatalf("round %d: no RoundDone: %v %v", n, m, err)
-				}
+			for n := uint32(1); n <= 64; n++ {
+				c.emptyRound(n)
 			}
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 65}}})
 		}, "more than 64 pre-copy rounds"},
+		{"dump on a round before the last", func(c *hostile) {
+			// Each round freed what the one before held of the pages it
+			// stored again: only the last can be the dump's parent.
+			c.ready("00000000000000b7", 1<<20, true)
+			c.emptyRound(1)
+			c.emptyRound(2)
+			c.send(&pb.Envelope{Msg: &pb.Envelope_EndRounds{EndRounds: &pb.EndRounds{Keep: 1}}})
+		}, "builds on round 1 of 2 (only the last, or none)"},
 		{"garbage in a round", func(c *hostile) {
 			c.ready("00000000000000b5", 1<<20, true)
 			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})
@@ -388,5 +382,23 @@ func TestMigrateKeepsReducedPrivileges(t *testing.T) {
 	got, err := proc.ReadStatus(dest)
 	if err != nil || got.CapEff != 0 || got.CapPrm != 0 || got.CapBnd != 0 || fmt.Sprint(got.Groups) != fmt.Sprint(src.Groups) {
 		t.Errorf("restored credentials %+v, source %+v (%v)", got, src, err)
+	}
+}
+
+// emptyRound sends round n with no image in it (CLOSE only, as phaul
+// writes a round of a tree with no memory) and waits for its RoundDone.
+func (c *hostile) emptyRound(n uint32) {
+	c.t.Helper()
+	c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: n}}})
+	st := c.open(transport.KindRound)
+	cw, err := transport.NewCompressWriter(st, nil, new(atomic.Int64))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cw.Write(criu.PageIov{Cmd: criu.PSIovClose}.Append(nil))
+	cw.Close()
+	st.Close()
+	if m, err := c.recv(); err != nil || m.GetRoundDone() == nil {
+		c.t.Fatalf("round %d: no RoundDone: %v %v", n, m, err)
 	}
 }

@@ -74,8 +74,9 @@ func (m *source) rounds(ctx context.Context) (*precopyPlan, int, error) {
 		}
 		done = append(done, st)
 		m.r.Rounds = append(m.r.Rounds, RoundReport{Round: n, Pages: st.Pages, Sent: st.Sent, Referenced: st.Referenced, LeftOut: st.Omitted,
-			WireBytes: st.Wire, Duration: Duration(st.Duration)})
-		m.log.Info("pre-copy round", "round", n, "pages", st.Pages, "sent", st.Sent, "left_out", st.Omitted, "wire_bytes", st.Wire, "took", st.Duration)
+			WireBytes: st.Wire, Duration: Duration(st.Duration), HeldBytes: st.HeldBytes})
+		m.log.Info("pre-copy round", "round", n, "pages", st.Pages, "sent", st.Sent, "left_out", st.Omitted, "wire_bytes", st.Wire,
+			"held_bytes", st.HeldBytes, "took", st.Duration)
 		budget = rule.Budget(done)
 		if d := rule.Next(done); d.Stop {
 			m.r.StopRule = d.Why
@@ -147,11 +148,13 @@ func (m *source) round(ctx context.Context, n int, plan *precopyPlan, budget int
 	if err != nil {
 		return precopy.RoundStats{}, err
 	}
-	if d := msg.GetRoundDone(); d == nil || d.Number != uint32(n) {
+	d := msg.GetRoundDone()
+	if d == nil || d.Number != uint32(n) {
 		return precopy.RoundStats{}, unexpected(msg, fmt.Sprintf("RoundDone %d", n))
 	}
 	plan.table.Sweep()
 	rs.Wire = counts.Wire.Load()
+	rs.HeldBytes = int64(d.HeldBytes)
 	return rs, nil
 }
 

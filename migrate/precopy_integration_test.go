@@ -48,6 +48,21 @@ func TestMigratePrecopy(t *testing.T) {
 	if r.Num("referenced_pages") < 16384*8/10 {
 		t.Errorf("the dump referred to %v pages, want most of the 16384", r.Report["referenced_pages"])
 	}
+	checkHeld(t, rounds)
+}
+
+// checkHeld checks that after each round the destination held one copy
+// of each page the round covered: no older copy of a page sent again, no
+// page the tree no longer has.
+func checkHeld(t *testing.T, rounds []any) {
+	t.Helper()
+	for _, x := range rounds {
+		rd := x.(map[string]any)
+		covered := int64(rd["sent"].(float64) + rd["referenced"].(float64))
+		if held := int64(rd["held_bytes"].(float64)); held != covered*4096 {
+			t.Errorf("round %v: the destination holds %d pages, the round covered %d", rd["round"], held/4096, covered)
+		}
+	}
 }
 
 // A tree rewriting its memory faster than the rounds carry it: the rounds
@@ -67,4 +82,6 @@ func TestMigratePrecopyHotTree(t *testing.T) {
 	if r.Str("stop_rule") == "" {
 		t.Error("no stop rule reported")
 	}
+	rounds, _ := r.Report["rounds"].([]any)
+	checkHeld(t, rounds)
 }

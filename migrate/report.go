@@ -85,6 +85,7 @@ type RoundReport struct {
 	LeftOut    int64    `json:"left_out,omitempty"` // changed, but no room left on the destination: for the dump
 	WireBytes  int64    `json:"wire_bytes"`         // on the network, compressed
 	Duration   Duration `json:"duration"`
+	HeldBytes  int64    `json:"held_bytes"` // what the rounds' pages occupy on the destination afterwards
 }
 
 // Duration marshals as seconds (a JSON number).

@@ -15,6 +15,7 @@ import (
 
 	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/precopy"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -59,7 +60,11 @@ func (in *incoming) rounds(ctx context.Context) error {
 		if err := in.round(ctx, n); err != nil {
 			return in.fail("precopy", fmt.Errorf("round %d: %w", n, err))
 		}
-		if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{Number: uint32(n)}}}); err != nil {
+		held, err := in.prune(n)
+		if err != nil {
+			return in.fail("precopy", fmt.Errorf("round %d: %w", n, err))
+		}
+		if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_RoundDone{RoundDone: &pb.RoundDone{Number: uint32(n), HeldBytes: uint64(held)}}}); err != nil {
 			return err
 		}
 	}
@@ -83,7 +88,7 @@ func (in *incoming) round(ctx context.Context, n int) error {
 	}
 	defer ours.Close()
 	ps, err := in.d.o.CRIU.StartPageServer(ctx, criu.Request{ImagesDir: dir, WorkDir: in.logs, PageServer: theirs,
-		Opts: &rpc.CriuOpts{LogFile: proto.String(fmt.Sprintf("page-server-round-%d.log", n))}})
+		Opts: &rpc.CriuOpts{LogFile: proto.String(fmt.Sprintf("page-server-round-%d.log", n)), AutoDedup: proto.Bool(n > 1)}})
 	theirs.Close()
 	if err != nil {
 		return err
@@ -118,6 +123,20 @@ func (in *incoming) round(ctx context.Context, n int) error {
 	}
 	<-psDone.done
 	return psDone.err
+}
+
+// prune frees, after round n, the pages of the rounds below it that no
+// image needs any more (precopy.Prune: memory the tree released, pages a
+// round left out; what a round stored again, its page server freed as it
+// came, with auto-dedup), and returns what the rounds' pages occupy.
+func (in *incoming) prune(n int) (int64, error) {
+	start := time.Now()
+	p, err := precopy.Prune(roundDir(in.imgs, n))
+	if err != nil {
+		return 0, err
+	}
+	in.log.Debug("pre-copy round pruned", "round", n, "freed_pages", p.Pages, "held_bytes", p.Held, "took", time.Since(start))
+	return p.Held, nil
 }
 
 // psWatch is a page server being waited for: err is its result once done
@@ -192,11 +211,13 @@ func (w *stallWatch) check() error {
 	return nil
 }
 
-// endRounds links the dump's images to round keep (or drops every round,
-// keep 0, to free their room), starts the dump's page server and says so.
+// endRounds links the dump's images to the last round (or drops every
+// round, keep 0, to free their room), starts the dump's page server and
+// says so. No round but the last can be the parent: each round freed what
+// the rounds below held of the pages it stored again.
 func (in *incoming) endRounds(ctx context.Context, keep, last int) error {
-	if keep < 0 || keep > last {
-		return in.fail(in.phase, fmt.Errorf("%w: the dump builds on round %d of %d", ErrProtocol, keep, last))
+	if keep != 0 && keep != last {
+		return in.fail(in.phase, fmt.Errorf("%w: the dump builds on round %d of %d (only the last, or none)", ErrProtocol, keep, last))
 	}
 	for n := keep + 1; n <= last; n++ {
 		if err := os.RemoveAll(roundDir(in.imgs, n)); err != nil {
@@ -211,7 +232,7 @@ func (in *incoming) endRounds(ctx context.Context, keep, last int) error {
 	if last > 0 {
 		in.log.Info("pre-copy rounds ended", "rounds", last, "kept", keep)
 	}
-	if err := in.startPages(ctx); err != nil {
+	if err := in.startPages(ctx, keep > 0); err != nil {
 		return in.fail(in.phase, err)
 	}
 	go in.acceptStreams(ctx)

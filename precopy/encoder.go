@@ -24,8 +24,9 @@ type Stats struct {
 	Pages      int64 // pages of the tree's memory in the stream
 	Sent       int64 // of them, sent with their bytes
 	Referenced int64 // of them, sent as a reference to the parent images
-	// Omitted are pages of a round that changed after the round's budget
-	// was spent: left out of its images (the dump sends them).
+	// Omitted are pages of a round the destination did not hold, found
+	// after the round's budget was spent: left out of its images (the
+	// dump sends them).
 	Omitted int64
 	Images  int // images opened (tasks, shared memory)
 }
@@ -42,7 +43,8 @@ type Encoder struct {
 	hash   *Hasher
 	table  *Table
 	record bool  // a round: the table learns what this stream sends
-	budget int64 // a round sends at most this many pages; negative: no bound
+	budget int64 // a round adds at most this many pages; negative: no bound
+	added  int64 // pages sent that the destination did not hold
 
 	// corrupt, a test hook, makes the encoder refer to the parent for
 	// the first page whose bytes changed and which it accepts: the
@@ -87,9 +89,11 @@ func NewEncoder(w FlushWriter, h *Hasher, t *Table, record bool) *Encoder {
 	}
 }
 
-// SetBudget bounds the pages a round sends (room on the destination):
-// pages that changed beyond it are left out of the round. Negative: no
-// bound (the default).
+// SetBudget bounds the pages a round adds to what the destination holds
+// (its room): pages it did not hold, found beyond the budget, are left
+// out of the round. Pages it holds that changed are sent whatever the
+// budget: their older copy is freed as they arrive. Negative: no bound
+// (the default).
 func (e *Encoder) SetBudget(pages int64) { e.budget = pages }
 
 // Stats returns what the stream carried so far.
@@ -167,7 +171,10 @@ func (e *Encoder) Pages(vaddr uint64, data []byte) error {
 		page := data[i*criu.PageSize : (i+1)*criu.PageSize]
 		sum := e.hash.Sum(page)
 		if !e.refer(va, sum) {
-			if e.budget >= 0 && e.stats.Sent+int64(i-start) >= e.budget {
+			// A page the destination holds, sent again, takes no
+			// room: its page server frees the older copy.
+			added := !e.table.holds(e.dst, va)
+			if added && e.budget >= 0 && e.added >= e.budget {
 				// Out of room: this page is not in the round at all.
 				if err := e.sendRun(vaddr+start*criu.PageSize, data[start*criu.PageSize:i*criu.PageSize]); err != nil {
 					return err
@@ -175,6 +182,9 @@ func (e *Encoder) Pages(vaddr uint64, data []byte) error {
 				start = i + 1
 				e.stats.Omitted++
 				continue
+			}
+			if added {
+				e.added++
 			}
 			if e.record {
 				e.table.put(e.dst, va, sum)

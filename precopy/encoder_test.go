@@ -190,14 +190,17 @@ func TestEncoderBudget(t *testing.T) {
 	}
 	tab.Sweep()
 	w.Reset()
+	// The budget counts only pages the destination did not hold: of
+	// the two new ones (4 and 5) it takes one; the three changed ones
+	// replace their older copy and go whatever the budget.
 	e := NewEncoder(&w, h, tab, true)
 	e.SetBudget(1)
-	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{1: pages('X', 'b', 'Y', 'Z')}); err != nil {
+	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{1: pages('X', 'b', 'Y', 'Z', 'e', 'f')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
-	if s := e.Stats(); s.Sent != 1 || s.Referenced != 1 || s.Omitted != 2 {
-		t.Errorf("stats %+v: want 1 sent, 1 referenced, 2 left out", s)
+	if s := e.Stats(); s.Sent != 4 || s.Referenced != 1 || s.Omitted != 1 {
+		t.Errorf("stats %+v: want 4 sent, 1 referenced, 1 left out", s)
 	}
 	var got []criu.PageIov
 	for _, g := range decode(t, w.Bytes()) {
@@ -205,11 +208,13 @@ func TestEncoderBudget(t *testing.T) {
 			got = append(got, g.h)
 		}
 	}
-	if len(got) != 2 || got[0].Flags != criu.PEPresent || got[0].Vaddr != 0x10000 || got[1].Flags != criu.PEParent || got[1].Vaddr != 0x11000 {
-		t.Errorf("entries %+v: want page 0 sent, page 1 referenced, nothing of pages 2 and 3", got)
+	if len(got) != 3 || got[0].Flags != criu.PEPresent || got[0].Vaddr != 0x10000 || got[0].NrPages != 1 ||
+		got[1].Flags != criu.PEParent || got[1].Vaddr != 0x11000 ||
+		got[2].Flags != criu.PEPresent || got[2].Vaddr != 0x12000 || got[2].NrPages != 3 {
+		t.Errorf("entries %+v: want page 0 sent, page 1 referenced, pages 2-4 sent, nothing of page 5", got)
 	}
-	if tab.Pages() != 2 {
-		t.Errorf("the table knows %d pages, want the 2 of the round", tab.Pages())
+	if tab.Pages() != 5 {
+		t.Errorf("the table knows %d pages, want the 5 of the round", tab.Pages())
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,10 @@ func pageServer(t *testing.T, c *criu.Client, dir, parent string) (*os.File, *cr
 		}
 	}
 	mine, theirs := testutil.Socketpair(t)
-	ps, err := c.StartPageServer(context.Background(), criu.Request{ImagesDir: dir, PageServer: theirs})
+	// As the destination runs them: a page stored again frees its older
+	// copy in the images below.
+	opts := &rpc.CriuOpts{AutoDedup: proto.Bool(parent != "")}
+	ps, err := c.StartPageServer(context.Background(), criu.Request{ImagesDir: dir, PageServer: theirs, Opts: opts})
 	if err != nil {
 		t.Fatalf("page server: %v", err)
 	}
@@ -109,6 +113,7 @@ func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.
 	if err := ps.Wait(ctx); err != nil {
 		t.Fatalf("page server: %v", err)
 	}
+	checkPruned(t, dir, e.Stats().Pages)
 	if corrupt != nil && e.corrupted != 1 {
 		t.Fatalf("the hook corrupted %d references, want 1 (no page of the area changed after the last round?); %+v", e.corrupted, e.Stats())
 	}
@@ -127,6 +132,77 @@ func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.
 		t.Fatalf("restore: %v", err)
 	}
 	return e.Stats(), dumped, res.Pid
+}
+
+// tmpfs mounts a tmpfs for a test's images, as the destination keeps
+// them: its blocks are the pages it holds, no more.
+func tmpfs(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("phaul-test", dir, "tmpfs", 0, "size=512m,mode=0700"); err != nil {
+		t.Fatalf("mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// checkDeduplicated checks that the chain below top holds each task page
+// the rounds stored once: a page a round stored again is no longer in the
+// image below it (CRIU's auto-dedup, as the page was written).
+func checkDeduplicated(t *testing.T, top string) {
+	t.Helper()
+	chain, err := readChain(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := chainHeld(chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var union int64
+	for _, name := range chainNames(chain) {
+		var all []extent
+		for _, lvl := range chain {
+			if pm := lvl.maps[name]; pm != nil {
+				all = unite(all, pm.extents(criu.PEPresent))
+			}
+		}
+		for _, x := range all {
+			union += int64(x.end-x.start) / criu.PageSize
+		}
+	}
+	if held != union*criu.PageSize {
+		t.Errorf("the rounds' images hold %d pages, want %d: each page stored once", held/criu.PageSize, union)
+	}
+}
+
+// unite merges two sorted lists of disjoint extents.
+func unite(a, b []extent) []extent {
+	all := append(append([]extent(nil), a...), b...)
+	slices.SortFunc(all, func(x, y extent) int { return cmpU64(x.start, y.start) })
+	var out []extent
+	for _, x := range all {
+		if k := len(out); k > 0 && x.start <= out[k-1].end {
+			out[k-1].end = max(out[k-1].end, x.end)
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// checkPruned prunes the chain below the dump's images and checks that it
+// then holds exactly the pages the dump covers, each once.
+func checkPruned(t *testing.T, top string, pages int64) {
+	t.Helper()
+	p, err := Prune(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("prune freed %d pages; the chain holds %d", p.Pages, p.Held/criu.PageSize)
+	if p.Held != pages*criu.PageSize {
+		t.Errorf("the chain holds %d pages, the dump covers %d: want one copy of each", p.Held/criu.PageSize, pages)
+	}
 }
 
 func copyImages(t *testing.T, src, dst string) {
@@ -179,10 +255,14 @@ func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Sta
 		t.Fatal(err)
 	}
 	tab := NewTable()
-	root := t.TempDir()
+	root := tmpfs(t)
 	pid := w.Cmd.Process.Pid
 	first = round(t, c, h, tab, pid, filepath.Join(root, "1"), "")
 	second = round(t, c, h, tab, pid, filepath.Join(root, "2"), "1")
+	checkDeduplicated(t, filepath.Join(root, "2"))
+	if _, err := Prune(filepath.Join(root, "2")); err != nil {
+		t.Fatal(err)
+	}
 	// Let the workload rewrite some pages after the last round, so the
 	// final dump has changed pages to send (and, with corrupt, one to
 	// refer to wrongly).

@@ -12,8 +12,11 @@ import (
 // RoundStats is what one pre-copy round did.
 type RoundStats struct {
 	Stats
-	Wire     int64 // bytes on the network (set by the caller, who knows the stream)
-	Duration time.Duration
+	Wire int64 // bytes on the network (set by the caller, who knows the stream)
+	// HeldBytes is what the rounds' pages occupy on the destination
+	// after this one, as it says (set by the caller).
+	HeldBytes int64
+	Duration  time.Duration
 }
 
 // Round reads the memory of every task of the tree (running) and writes it

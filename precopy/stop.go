@@ -45,10 +45,8 @@ func (r Rule) Next(rounds []RoundStats) Decision {
 	r.defaults()
 	last := rounds[len(rounds)-1]
 	var total time.Duration
-	var stored int64
 	for _, rd := range rounds {
 		total += rd.Duration
-		stored += rd.Sent
 	}
 	rate, perPage := rates(rounds)
 	left := time.Duration(float64(last.Sent) * perPage / rate * float64(time.Second))
@@ -59,11 +57,12 @@ func (r Rule) Next(rounds []RoundStats) Decision {
 	case len(rounds) > 1 && last.Sent*10 > rounds[len(rounds)-2].Sent*9:
 		return Decision{true, keep, fmt.Sprintf("not converging: round %d sent %d pages, the round before %d", len(rounds), last.Sent, rounds[len(rounds)-2].Sent)}
 	case r.Room > 0 && len(rounds) > 1 && (last.Omitted > 0 || r.Budget(rounds) == 0):
-		// The destination's room is spent; the dump sends what changed
-		// and what the last round left out, on top of what the rounds
-		// store, or everything once they are dropped.
-		return Decision{true, keep && stored+last.Sent+last.Omitted <= r.Room,
-			fmt.Sprintf("room: the rounds store %d pages of the %d the destination has room for", stored, r.Room)}
+		// The destination's room is spent; the dump adds what the last
+		// round left out to what the rounds hold (a page it sends again
+		// replaces the rounds' copy), or sends everything once they
+		// are dropped.
+		return Decision{true, keep && last.held()+last.Omitted <= r.Room,
+			fmt.Sprintf("room: the rounds hold %d pages of the %d the destination has room for", last.held(), r.Room)}
 	case len(rounds) >= r.MaxRounds:
 		return Decision{true, keep, fmt.Sprintf("%d rounds", len(rounds))}
 	case total >= r.MaxTime:
@@ -72,19 +71,23 @@ func (r Rule) Next(rounds []RoundStats) Decision {
 	return Decision{}
 }
 
-// Budget is how many pages the next round may send (0: none; -1: no
-// bound): the destination's room less what the rounds store and half the
-// tree, kept for the dump.
+// Budget is how many pages the next round may add to what the destination
+// holds (0: none; -1: no bound): its room less what the rounds hold and
+// half the tree, kept for the dump and for a tree that grows. Pages sent
+// again are not counted: they replace their older copy.
 func (r Rule) Budget(rounds []RoundStats) int64 {
 	if r.Room <= 0 {
 		return -1
 	}
-	var stored int64
-	for _, rd := range rounds {
-		stored += rd.Sent
-	}
-	return max(r.Room-stored-rounds[len(rounds)-1].Pages/2, 0)
+	last := rounds[len(rounds)-1]
+	return max(r.Room-last.held()-last.Pages/2, 0)
 }
+
+// held is how many pages the destination holds after the round: one copy
+// of each page the round sent or referred to (its page server freed the
+// older copy of a page sent again, and the destination pruned what the
+// round did not cover).
+func (rd RoundStats) held() int64 { return rd.Sent + rd.Referenced }
 
 func (r *Rule) defaults() {
 	if r.MaxDowntime <= 0 {

@@ -36,22 +36,31 @@ func TestRule(t *testing.T) {
 		})
 	}
 	// Room for 480000 pages: after round 1 the next may send 480000 -
-	// 262144 - 131072 (half the tree, kept for the dump); after 262144 +
-	// 100000 none, but the dump of about 100000 fits.
+	// 262144 - 131072 (half the tree, kept for the dump). Pages sent
+	// again take no room (the destination frees their older copy): after
+	// a round that rewrote 100000 pages, the budget is the same.
 	room := Rule{Room: 480000}
 	two := []RoundStats{rd(n, n, 1024*mb, 8*time.Second), rd(n, 100000, 400*mb, 3*time.Second)}
-	if b := room.Budget(two[:1]); b != 480000-n-n/2 {
-		t.Errorf("budget after round 1: %d", b)
+	for i := 1; i <= 2; i++ {
+		if b := room.Budget(two[:i]); b != 480000-n-n/2 {
+			t.Errorf("budget after round %d: %d", i, b)
+		}
 	}
-	d := room.Next(two)
+	if d := room.Next(two); d.Stop {
+		t.Errorf("pages rewritten took the room: %+v", d)
+	}
+	// A tree that grew by 200000 pages spends it; the dump fits.
+	grown := rd(n+200000, 210000, 840*mb, 3*time.Second)
+	d := room.Next([]RoundStats{two[0], grown})
 	if !d.Stop || !d.Keep || !strings.Contains(d.Why, "room") {
 		t.Errorf("room spent, the dump fits: %+v", d)
 	}
-	// A round that left pages out for lack of room stops the rounds; its
+	// A round that left pages out for lack of room stops the rounds; the
 	// dump would not fit on top of them.
-	omitted := rd(n, 100000, 400*mb, 3*time.Second)
+	omitted := rd(n+60000, 100000, 400*mb, 3*time.Second)
 	omitted.Omitted = 40000
-	d = Rule{Room: n + 120000}.Next([]RoundStats{rd(n, n, 1024*mb, 8*time.Second), omitted})
+	omitted.Referenced -= omitted.Omitted
+	d = Rule{Room: n + 20000}.Next([]RoundStats{rd(n, n, 1024*mb, 8*time.Second), omitted})
 	if !d.Stop || d.Keep || !strings.Contains(d.Why, "room") {
 		t.Errorf("pages left out, no room for the dump: %+v, want the rounds dropped", d)
 	}

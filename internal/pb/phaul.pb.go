@@ -1116,10 +1116,14 @@ func (x *Round) GetNumber() uint32 {
 	return 0
 }
 
-// RoundDone (destination to source): the round's page server stored it.
+// RoundDone (destination to source): the round's page server stored it,
+// and the destination pruned what no image needs any more. held_bytes is
+// what the pages of all rounds so far occupy there: one copy of the pages
+// the round covered.
 type RoundDone struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Number        uint32                 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	HeldBytes     uint64                 `protobuf:"varint,2,opt,name=held_bytes,json=heldBytes,proto3" json:"held_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1161,10 +1165,18 @@ func (x *RoundDone) GetNumber() uint32 {
 	return 0
 }
 
+func (x *RoundDone) GetHeldBytes() uint64 {
+	if x != nil {
+		return x.HeldBytes
+	}
+	return 0
+}
+
 // EndRounds (source to destination) ends the rounds. keep is the round
-// whose images the dump's page server takes as its parent (the last one),
-// or 0 to drop every round (the dump then sends all its pages). Sent also
-// when there was no round.
+// whose images the dump's page server takes as its parent: the last one,
+// or 0 to drop every round (the dump then sends all its pages); no other,
+// since each round freed what the one before held of the pages it stored
+// again. Sent also when there was no round.
 type EndRounds struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Keep          uint32                 `protobuf:"varint,1,opt,name=keep,proto3" json:"keep,omitempty"`
@@ -2818,9 +2830,11 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\fcgroup_roots\x18\x01 \x03(\v2\x14.phaul.v1.CgroupRootR\vcgroupRoots\x12\x1b\n" +
 	"\tpage_room\x18\x02 \x01(\x04R\bpageRoom\"\x1f\n" +
 	"\x05Round\x12\x16\n" +
-	"\x06number\x18\x01 \x01(\rR\x06number\"#\n" +
+	"\x06number\x18\x01 \x01(\rR\x06number\"B\n" +
 	"\tRoundDone\x12\x16\n" +
-	"\x06number\x18\x01 \x01(\rR\x06number\"\x1f\n" +
+	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1d\n" +
+	"\n" +
+	"held_bytes\x18\x02 \x01(\x04R\theldBytes\"\x1f\n" +
 	"\tEndRounds\x12\x12\n" +
 	"\x04keep\x18\x01 \x01(\rR\x04keep\"\r\n" +
 	"\vRoundsEnded\"8\n" +
