@@ -168,7 +168,7 @@ type pmEntry struct {
 // extent is a range of pages, addresses [start, end).
 type extent struct{ start, end uint64 }
 
-// pagemapMagic is CRIU's PAGEMAP image magic, after IMG_COMMON's.
+// CRIU's image magics (IMG_COMMON, then PAGEMAP) and a bound.
 const (
 	imgCommonMagic = 0x54564319
 	pagemapMagic   = 0x56084025
