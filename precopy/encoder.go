@@ -44,7 +44,7 @@ type Encoder struct {
 	table  *Table
 	record bool  // a round: the table learns what this stream sends
 	budget int64 // a round adds at most this many pages; negative: no bound
-	added  int64 // pages sent that the destination did not hold
+	added  int64 // under a budget, pages sent that the destination did not hold
 
 	// corrupt, a test hook, makes the encoder refer to the parent for
 	// the first page whose bytes changed and which it accepts: the
@@ -172,9 +172,10 @@ func (e *Encoder) Pages(vaddr uint64, data []byte) error {
 		sum := e.hash.Sum(page)
 		if !e.refer(va, sum) {
 			// A page the destination holds, sent again, takes no
-			// room: its page server frees the older copy.
-			added := !e.table.holds(e.dst, va)
-			if added && e.budget >= 0 && e.added >= e.budget {
+			// room: its page server frees the older copy. Counted
+			// only under a budget.
+			added := e.budget >= 0 && !e.table.holds(e.dst, va)
+			if added && e.added >= e.budget {
 				// Out of room: this page is not in the round at all.
 				if err := e.sendRun(vaddr+start*criu.PageSize, data[start*criu.PageSize:i*criu.PageSize]); err != nil {
 					return err

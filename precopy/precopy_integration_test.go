@@ -30,14 +30,7 @@ import (
 // returns the socket to write the page stream to.
 func pageServer(t *testing.T, c *criu.Client, dir, parent string) (*os.File, *criu.PageServer) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if parent != "" {
-		if err := os.Symlink(filepath.Join("..", parent), filepath.Join(dir, "parent")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	imagesDir(t, dir, parent)
 	mine, theirs := testutil.Socketpair(t)
 	// As the destination runs them: a page stored again frees its older
 	// copy in the images below.

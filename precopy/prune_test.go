@@ -29,14 +29,7 @@ const (
 // that names it (fill(level, id, page)).
 func writeLevel(t *testing.T, dir, parentDir string, lvl byte, images map[int][]pm) {
 	t.Helper()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if parentDir != "" {
-		if err := os.Symlink(filepath.Join("..", parentDir), filepath.Join(dir, "parent")); err != nil {
-			t.Fatal(err)
-		}
-	}
+	imagesDir(t, dir, parentDir)
 	pagesID := uint32(1)
 	for id, entries := range images {
 		var img, pages []byte
@@ -55,6 +48,20 @@ func writeLevel(t *testing.T, dir, parentDir string, lvl byte, images map[int][]
 		write(t, filepath.Join(dir, "pagemap-"+itoa(id)+".img"), img)
 		write(t, filepath.Join(dir, "pages-"+itoa(int(pagesID))+".img"), pages)
 		pagesID++
+	}
+}
+
+// imagesDir makes an images directory whose parent images (if parent is
+// not "") are in the sibling directory parent.
+func imagesDir(t *testing.T, dir, parent string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if parent != "" {
+		if err := os.Symlink(filepath.Join("..", parent), filepath.Join(dir, "parent")); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
