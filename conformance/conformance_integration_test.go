@@ -29,6 +29,11 @@ import (
 //	phaul-refuses: CHECK                     (the check that refuses it first; "-": phaul
 //	                                          cannot tell, and must do no worse than CRIU alone)
 //	phaul-cannot: REASON                     (CRIU alone moves it, phaul cannot by design)
+//	phaul-own: REASON                        (phaul moves it only to a destination with a
+//	                                          filesystem and /dev/pts of its own, as two
+//	                                          machines have: TestCorpusOwnView; it must refuse
+//	                                          it, by the phaul-refuses check, where the
+//	                                          destination shares them with the source)
 //	phaul-mends: HOW                         (CRIU alone moves it wrongly, phaul rightly)
 //	phaul-differs: REASON                    (a known way phaul changes it, not fixed yet)
 //	phaul-says: VERDICT                      (what the case then says, exactly: one line each)
@@ -46,6 +51,7 @@ type corpusCase struct {
 	phaulDiffers string
 	phaulSays    string
 	phaulCannot  string
+	phaulOwn     string
 	phaulMends   string
 	phaulPrecopy string
 }
@@ -64,7 +70,7 @@ func loadCases(t *testing.T) []corpusCase {
 			t.Fatal(err)
 		}
 		fields := map[string]*string{"criu-cannot": &c.criuCannot, "phaul-refuses": &c.phaulRefuses, "phaul-differs": &c.phaulDiffers,
-			"phaul-mends": &c.phaulMends, "phaul-cannot": &c.phaulCannot, "phaul-says": &c.phaulSays, "phaul-precopy": &c.phaulPrecopy}
+			"phaul-mends": &c.phaulMends, "phaul-cannot": &c.phaulCannot, "phaul-own": &c.phaulOwn, "phaul-says": &c.phaulSays, "phaul-precopy": &c.phaulPrecopy}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			// The leading comment: " * name: value" lines, up to "*/".
@@ -254,10 +260,10 @@ func TestCorpus(t *testing.T) {
 				}
 				return
 			}
-			if cc.criuCannot != "" && cc.phaulMends == "" || cc.phaulCannot != "" {
+			if cc.criuCannot != "" && cc.phaulMends == "" || cc.phaulCannot != "" || cc.phaulOwn != "" {
 				// phaul must refuse it, and leave it as it was.
 				if r.ExitCode == 0 {
-					t.Fatalf("phaul moved a case it cannot move (%s%s)", cc.criuCannot, cc.phaulCannot)
+					t.Fatalf("phaul moved a case it cannot move here (%s%s%s)", cc.criuCannot, cc.phaulCannot, cc.phaulOwn)
 				}
 				t.Logf("phaul refused it: %s", r.Str("error"))
 				if cc.phaulRefuses != "" && !strings.Contains(r.Str("error"), cc.phaulRefuses) {
@@ -291,5 +297,102 @@ func TestCorpus(t *testing.T) {
 				t.Errorf("after phaul migrate: %s", v)
 			}
 		})
+	}
+}
+
+// TestCorpusOwnView moves the phaul-own cases to a destination that, like
+// a second machine, has a filesystem and a /dev/pts of its own: the
+// service runs in a mount namespace with a tmpfs over the directory the
+// cases keep their files in, and a devpts instance of its own. Each case's
+// files are put on that destination as a host provisioned for the
+// workload would have them (the same paths, bytes and modes; a FIFO made
+// anew), and the case's verdict is read there, through the service's
+// root.
+func TestCorpusOwnView(t *testing.T) {
+	var cases []corpusCase
+	for _, cc := range loadCases(t) {
+		if cc.phaulOwn != "" {
+			cases = append(cases, cc)
+		}
+	}
+	if len(cases) == 0 {
+		t.Skip("no case needs a destination of its own")
+	}
+	bins := t.TempDir()
+	build(t, cases, bins)
+	h := twohosts.New(t)
+	own := t.TempDir()
+	svc := h.StartServiceWith(t, []string{
+		"mount -t tmpfs -o mode=0755 phaul-own " + own,
+		"mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts",
+		"mount --bind /dev/pts/ptmx /dev/ptmx",
+	})
+	for _, cc := range cases {
+		t.Run(cc.name, func(t *testing.T) {
+			dir := filepath.Join(own, cc.name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			pid := h.StartProcess(t, filepath.Join(bins, cc.name), dir)
+			if _, err := waitFile(dir, "ready", 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			there := filepath.Join(fmt.Sprintf("/proc/%d/root", svc.Cmd.Process.Pid), dir)
+			provision(t, dir, there)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			r := h.Migrate(t, ctx, pid, svc.Addr)
+			dp := int(r.Num("dest_pid"))
+			if dp > 0 {
+				t.Cleanup(func() { testutil.KillPid(dp) })
+			}
+			if r.ExitCode != 0 {
+				t.Fatalf("phaul migrate: exit %d: %s\n%s", r.ExitCode, r.Str("error"), r.Stderr)
+			}
+			if testutil.Alive(pid) {
+				t.Errorf("the source copy (pid %d) still exists", pid)
+			}
+			// Read through the service's root: the case's own ends
+			// with it.
+			if v := verdict(there); v != "ok" {
+				t.Errorf("after phaul migrate: %s", v)
+			}
+		})
+	}
+}
+
+// provision puts the files of the case's directory src at dst, as a host
+// provisioned for the workload would have them: regular files with their
+// bytes and mode, FIFOs made anew (empty: what is queued is the tree's
+// state, which the migration carries).
+func provision(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		from, to := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case info.Mode()&os.ModeNamedPipe != 0:
+			err = syscall.Mkfifo(to, uint32(info.Mode().Perm()))
+		case info.Mode().IsRegular():
+			var data []byte
+			if data, err = os.ReadFile(from); err == nil {
+				err = os.WriteFile(to, data, info.Mode().Perm())
+			}
+		default:
+			t.Fatalf("provision: %s is neither a file nor a FIFO", from)
+		}
+		if err != nil {
+			t.Fatalf("provision %s: %v", to, err)
+		}
 	}
 }

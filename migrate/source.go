@@ -194,8 +194,7 @@ type source struct {
 	room   int64           // bytes of pages the destination has room for (Ready)
 	start  uint64          // the root's start time (proc.Stat.StartTime)
 	// decided is the state of the Decision last recorded (decide).
-	decided  string
-	destBoot string // the destination's boot ID (Welcome)
+	decided string
 	// referenced counts the pages the dump sent as references (set by
 	// the page pump).
 	referenced atomic.Int64
@@ -267,7 +266,6 @@ func (m *source) run(ctx context.Context) error {
 	if welcome.ProtocolVersion != transport.ProtocolVersion {
 		return m.refuse(fmt.Errorf("the destination speaks protocol %d, this phaul %d: install the same phaul version on both hosts", welcome.ProtocolVersion, transport.ProtocolVersion))
 	}
-	m.destBoot = welcome.GetHost().GetBootId()
 	m.log.Info("connected", "dest", o.Addr, "dest_host", welcome.GetHost().GetHostname(), "dest_criu", welcome.GetHost().GetCriuVersion())
 	m.r.Connect = Duration(time.Since(t0))
 
@@ -372,12 +370,12 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	}
 	m.terms = terminalsToPB(terms)
 	fds := precheck.TreeFds(o.Pid)
+	facts.Held = precheck.HeldBy(fds)
 	m.chooseOptions(facts, fds)
 	o = m.o
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
 	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
-	local = append(local, precheck.JudgeShared(fds, m.destBoot, popts)...)
 	local = append(local, precheck.JudgeUnfaithful(fds, popts)...)
 	local = append(local, precheck.JudgeTerminals(m.terms, o.TTY, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{

@@ -95,7 +95,10 @@ type Env struct {
 	LocalCPUInfo *CPUInfo
 	Kernel       string // this host's kernel release
 	TempDir      string
+	DevPts       string // where this host's ptys are, normally /dev/pts
 }
+
+func (e *Env) devPts() string { return cmp.Or(e.DevPts, "/dev/pts") }
 
 // CPUChecker runs CRIU's cpuinfo check.
 type CPUChecker interface {
@@ -112,14 +115,16 @@ func JudgeDestination(ctx context.Context, f *pb.SourceFacts, o Options, env *En
 		fn   func(context.Context, *pb.SourceFacts, Options, *Env) *pb.Verdict
 	}{
 		{"criu", judgeCRIU}, {"cpu", judgeCPU}, {"modules", judgeModules}, {"files", judgeFiles},
-		{"network", judgeNetwork}, {"cgroups", judgeCgroups},
+		{"files", judgeHeld}, {"network", judgeNetwork}, {"cgroups", judgeCgroups},
 	}
 	var out []*pb.Verdict
 	for _, c := range checks {
 		if o.skipped(c.name) {
 			continue
 		}
-		out = append(out, c.fn(ctx, f, o, env))
+		if v := c.fn(ctx, f, o, env); v != nil {
+			out = append(out, v)
+		}
 	}
 	return out
 }

@@ -156,9 +156,14 @@ func TestMergeAndJudge(t *testing.T) {
 	if Judge(m) != Transient {
 		t.Errorf("want transient")
 	}
-	m = Merge(nil, m, []*pb.Verdict{fail("files", "differs")})
+	m = Merge(nil, m, []*pb.Verdict{fail("files", "differs", "a"), warn("files", "written", "w"), fail("files", "taken", "b")})
 	if Judge(m) != Permanent {
 		t.Errorf("want permanent")
+	}
+	for _, v := range m {
+		if v.Check == "files" && (text(v) != "differs; taken | a | b") {
+			t.Errorf("files merged: %s (a failure lists the failing parts' items only)", text(v))
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package precheck
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,14 +53,22 @@ func TestFileLocks(t *testing.T) {
 	}
 }
 
-// TestJudgeShared: a lock the tree holds, and a FIFO with data queued, fail
-// the files check when the destination shares the kernel; a lock on a
-// local file does not from another kernel, nor a lock on a deleted file.
-func TestJudgeShared(t *testing.T) {
+// TestHeld: what this process holds is gathered as the source does
+// (HeldBy), and judged as the destination does (judgeHeld), from this
+// host (one kernel, one /dev/pts) and as from another kernel: a lock
+// fails only where the destination sees the same file, a FIFO only with
+// data queued in the same FIFO (or where it is missing), a pty master
+// where its index is taken; a lock on a deleted file is not held.
+func TestHeld(t *testing.T) {
 	dir := t.TempDir()
 	self := os.Getpid()
-	if vs := JudgeShared(TreeFds(self), BootID(), Options{}); len(vs) != 0 {
-		t.Fatalf("nothing held yet, and: %v", vs)
+	env := &Env{Proc: "/proc"}
+	judge := func(boot string) *pb.Verdict {
+		f := &pb.SourceFacts{Host: &pb.HostInfo{BootId: boot}, Held: HeldBy(TreeFds(self)), Tasks: []*pb.TaskFact{{Pid: int32(self)}}}
+		return judgeHeld(context.Background(), f, Options{}, env)
+	}
+	if v := judge(BootID()); v != nil {
+		t.Fatalf("nothing held yet, and: %v", v)
 	}
 	f, err := os.Create(filepath.Join(dir, "locked"))
 	if err != nil {
@@ -69,19 +78,15 @@ func TestJudgeShared(t *testing.T) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	vs := JudgeShared(TreeFds(self), BootID(), Options{})
-	if len(vs) != 1 || vs[0].Result != pb.Verdict_FAIL || !strings.Contains(text(vs[0]), "holds a lock on "+f.Name()) {
-		t.Errorf("a lock, one kernel: %v", vs)
+	if v := judge(BootID()); v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), "holds a lock on "+f.Name()+", and this host sees the same file (one kernel") {
+		t.Errorf("a lock, one kernel: %v", v)
 	}
-	if vs := JudgeShared(TreeFds(self), "another-kernel", Options{}); len(vs) != 0 {
-		t.Errorf("a lock on a local file, another kernel: %v", vs)
-	}
-	if vs := JudgeShared(TreeFds(self), BootID(), Options{Skip: []string{"files"}}); len(vs) != 0 {
-		t.Errorf("skipped, and: %v", vs)
+	if v := judge("another-kernel"); v.Result != pb.Verdict_PASS {
+		t.Errorf("a lock on a local file, another kernel: %v", v)
 	}
 	os.Remove(f.Name())
-	if vs := JudgeShared(TreeFds(self), BootID(), Options{}); len(vs) != 0 {
-		t.Errorf("a lock on a deleted file: %v", vs)
+	if v := judge(BootID()); v != nil {
+		t.Errorf("a lock on a deleted file: %v", v)
 	}
 
 	fifo := filepath.Join(dir, "fifo")
@@ -93,16 +98,24 @@ func TestJudgeShared(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	if vs := JudgeShared(TreeFds(self), BootID(), Options{}); len(vs) != 0 {
-		t.Errorf("an empty FIFO: %v", vs)
+	if v := judge(BootID()); v.Result != pb.Verdict_PASS {
+		t.Errorf("an empty FIFO: %v", v)
 	}
 	p.Write([]byte("hello"))
-	vs = JudgeShared(TreeFds(self), BootID(), Options{})
-	if len(vs) != 1 || !strings.Contains(text(vs[0]), "with 5 bytes queued") {
-		t.Errorf("a FIFO with 5 bytes, one kernel: %v", vs)
+	if v := judge(BootID()); v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), "with 5 bytes queued, and this host sees the same FIFO") {
+		t.Errorf("a FIFO with 5 bytes, one kernel: %v", v)
 	}
-	if vs := JudgeShared(TreeFds(self), "another-kernel", Options{}); len(vs) != 0 {
-		t.Errorf("a FIFO, another kernel: %v", vs)
+	if v := judge("another-kernel"); v.Result != pb.Verdict_PASS {
+		t.Errorf("a FIFO, another kernel: %v", v)
+	}
+	elsewhere := &pb.SourceFacts{Host: &pb.HostInfo{BootId: "another-kernel"}, Held: HeldBy(TreeFds(self))}
+	elsewhere.Held[0].Path = filepath.Join(dir, "nofifo")
+	if v := judgeHeld(context.Background(), elsewhere, Options{}, env); v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), "nofifo, missing here") {
+		t.Errorf("a FIFO missing here: %v", v)
+	}
+	os.WriteFile(elsewhere.Held[0].Path, nil, 0o600)
+	if v := judgeHeld(context.Background(), elsewhere, Options{}, env); v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), "which is not a FIFO here") {
+		t.Errorf("a FIFO that is a file here: %v", v)
 	}
 	p.Close()
 
@@ -115,12 +128,17 @@ func TestJudgeShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vs = JudgeShared(TreeFds(self), BootID(), Options{})
-	if len(vs) != 1 || !strings.Contains(text(vs[0]), fmt.Sprintf("the master of pty %d", idx)) {
-		t.Errorf("a pty master, one kernel: %v", vs)
+	if v := judge(BootID()); v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), fmt.Sprintf("the master of pty %d, and pty %d is taken here, by pid %d of the source tree itself", idx, idx, self)) {
+		t.Errorf("a pty master, one kernel and one /dev/pts: %v", v)
 	}
-	if vs := JudgeShared(TreeFds(self), "another-kernel", Options{}); len(vs) != 0 {
-		t.Errorf("a pty master, another kernel: %v", vs)
+	// Another host's /dev/pts: the index free, then taken.
+	env.DevPts = t.TempDir()
+	if v := judge("another-kernel"); v.Result != pb.Verdict_PASS {
+		t.Errorf("a pty master, its index free on the destination: %v", v)
+	}
+	os.WriteFile(filepath.Join(env.DevPts, fmt.Sprint(idx)), nil, 0o600)
+	if v := judge("another-kernel"); v.Result != pb.Verdict_FAIL || !strings.Contains(text(v), fmt.Sprintf("pty %d is taken here", idx)) {
+		t.Errorf("a pty master, its index taken on the destination: %v", v)
 	}
 }
 

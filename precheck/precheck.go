@@ -54,8 +54,9 @@ func failTransient(check, detail string, items ...string) *pb.Verdict {
 
 // Merge combines verdicts from both sides into one per check, in the
 // order of Names: the worst result wins, a failure is transient only if
-// all its failing parts are, details and items are joined. Skipped checks
-// are reported as such.
+// all its failing parts are, the details and items of the parts with that
+// result are joined (a failure lists what fails, not what merely warned).
+// Skipped checks are reported as such.
 func Merge(skip []string, vs ...[]*pb.Verdict) []*pb.Verdict {
 	by := map[string]*pb.Verdict{}
 	for _, list := range vs {
@@ -65,15 +66,18 @@ func Merge(skip []string, vs ...[]*pb.Verdict) []*pb.Verdict {
 				by[v.Check] = proto.Clone(v).(*pb.Verdict)
 				continue
 			}
-			m.Items = append(m.Items, v.Items...)
 			switch {
 			case rank(v.Result) > rank(m.Result):
-				m.Result, m.Transient, m.Detail = v.Result, v.Transient, v.Detail
+				m.Result, m.Transient, m.Detail, m.Items = v.Result, v.Transient, v.Detail, v.Items
 			case v.Result == m.Result && v.Result == pb.Verdict_FAIL:
 				m.Transient = m.Transient && v.Transient
 				m.Detail += "; " + v.Detail
+				m.Items = append(m.Items, v.Items...)
 			case v.Result == m.Result && v.Result == pb.Verdict_WARN:
 				m.Detail += "; " + v.Detail
+				m.Items = append(m.Items, v.Items...)
+			case v.Result == m.Result:
+				m.Items = append(m.Items, v.Items...)
 			}
 		}
 	}

@@ -64,32 +64,41 @@ func BootID() string {
 }
 
 // SameFile says whether the file at ff.Path here, st, is the very file the
-// source saw, though the tree may have written it since: on the same kernel
-// (sourceBoot is this host's boot ID: two network namespaces, two
-// containers), the same device and inode; across kernels, a network or
-// cluster filesystem (two hosts made from one disk image have the same
-// inode numbers on their local disks) with the same inode number. Either
-// way the file is at least as large as the source saw it and its first
-// bytes are unchanged. Such a file needs no copy, and its size is judged at
-// the freeze: the restore sees the size the dump recorded, because it is
-// the same file.
+// source saw, though the tree may have written it since (sameObject), at
+// least as large as the source saw it and with its first bytes unchanged.
+// Such a file needs no copy, and its size is judged at the freeze: the
+// restore sees the size the dump recorded, because it is the same file.
 func SameFile(ff *pb.FileFact, st os.FileInfo, sourceBoot string) bool {
 	if !ff.Written || ff.Inode == 0 || ff.HeadSha256 == "" || uint64(st.Size()) < ff.Size {
 		return false
 	}
-	dev, ino := devInode(st)
-	switch {
-	case ino != ff.Inode:
+	if sameObject(ff.Dev, ff.Inode, ff.FsType, st, ff.Path, sourceBoot) == "" {
 		return false
-	case sourceBoot != "" && sourceBoot == BootID():
-		if dev != ff.Dev {
-			return false
-		}
-	default:
-		if _, ok := sharedFS[ff.FsType]; !ok || fsMagic(ff.Path) != ff.FsType {
-			return false
-		}
 	}
 	sum, err := headSum(ff.Path, ff.HeadLen)
 	return err == nil && sum == ff.HeadSha256
+}
+
+// sameObject says how this host sees, at path (st), the very file the
+// source saw with dev, ino and fsType, or "" if it does not: on the same
+// kernel (sourceBoot is this host's boot ID: two network namespaces, two
+// containers), the same device and inode; across kernels, the same inode
+// on a network or cluster filesystem of the same type on both sides (two
+// hosts made from one disk image have the same inode numbers on their
+// local disks).
+func sameObject(dev, ino uint64, fsType int64, st os.FileInfo, path, sourceBoot string) string {
+	sdev, sino := devInode(st)
+	switch {
+	case ino == 0 || sino != ino:
+		return ""
+	case sourceBoot != "" && sourceBoot == BootID():
+		if sdev != dev {
+			return ""
+		}
+		return "one kernel: the same device and inode"
+	}
+	if fs, ok := sharedFS[fsType]; ok && fsMagic(path) == fsType {
+		return "on " + fs + ", shared with the source"
+	}
+	return ""
 }

@@ -8,8 +8,9 @@ const (
 	// ProtocolVersion is sent in Hello, Welcome, StatusRequest, StatusReport
 	// and Resolve; both sides must agree. 2: StatusRequest/StatusReport,
 	// Resolve/Resolved, Failure for malformed frames. 3: pre-copy rounds
-	// (Round, RoundDone, EndRounds, RoundsEnded; round streams).
-	ProtocolVersion = 3
+	// (Round, RoundDone, EndRounds, RoundsEnded; round streams). 4: SourceFacts.held
+	// (locks, FIFOs and pty masters, judged by the destination).
+	ProtocolVersion = 4
 
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20

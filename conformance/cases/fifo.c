@@ -3,7 +3,7 @@
  * queued in it: after the move the ends are the FIFO at that path, and the
  * data is there to read, in order; a child of the tree holding a write end
  * of its own still writes into the same FIFO.
- * phaul-cannot: on one kernel (the two hosts here) the FIFO is the same pipe on both sides; the source tree keeps it, with its data, until the commit, and the restore would queue the data again (the tree would read it twice); between two kernels each has its own pipe
+ * phaul-own: a destination that sees the same FIFO (one kernel and one filesystem, as the two hosts here share) has the same pipe: the frozen source keeps it, with its data, until the commit, and the restore would queue the data again (the tree would read it twice); a destination with a FIFO of its own at that path takes the data
  * phaul-refuses: files
  */
 #include "corpus.h"

@@ -8,7 +8,7 @@
  * (F_OFD_GETLK). Released, each is free.
  *
  * criu-opts: file_locks
- * phaul-cannot: on one kernel (the two hosts here) every file is shared; the frozen source tree keeps its locks until the commit, and the restore would wait for them for ever
+ * phaul-own: a destination that sees the same files (one kernel and one filesystem, as the two hosts here share) would wait for ever for the locks the frozen source keeps until the commit; a destination with files of its own at those paths takes the locks
  * phaul-refuses: files
  */
 #include "corpus.h"

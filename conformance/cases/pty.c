@@ -6,7 +6,7 @@
  * on it. After the move the queued data is read at both ends, the slave's
  * name, the termios and the window size are the same, and the pair still
  * carries data.
- * phaul-cannot: on one kernel (the two hosts here) there is one /dev/pts: CRIU restores the pty with its index, which the frozen source holds until the commit ("Unable to open dev/ptmx with specified index")
+ * phaul-own: on a destination that shares the source's /dev/pts (as the two hosts here do) the index is taken by the frozen source until the commit, and CRIU restores a pty with its index ("Unable to open dev/ptmx with specified index"); a destination with a /dev/pts of its own restores it
  * phaul-refuses: files
  */
 #include "corpus.h"

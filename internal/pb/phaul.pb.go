@@ -1836,6 +1836,7 @@ type SourceFacts struct {
 	MemoryBytes   uint64                 `protobuf:"varint,8,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	Tasks         []*TaskFact            `protobuf:"bytes,9,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	CgroupKind    string                 `protobuf:"bytes,10,opt,name=cgroup_kind,json=cgroupKind,proto3" json:"cgroup_kind,omitempty"` // v1, v2, hybrid
+	Held          []*Held                `protobuf:"bytes,11,rep,name=held,proto3" json:"held,omitempty"`                               // what the frozen tree keeps that its restore needs too
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1940,6 +1941,128 @@ func (x *SourceFacts) GetCgroupKind() string {
 	return ""
 }
 
+func (x *SourceFacts) GetHeld() []*Held {
+	if x != nil {
+		return x.Held
+	}
+	return nil
+}
+
+// Held is something the source tree holds, and keeps while frozen until
+// the commit, that CRIU's restore on the destination needs for itself: a
+// lock on a file, a FIFO with data queued, a pty master. The destination
+// says whether it sees the very same file (one kernel, or a filesystem both
+// hosts share: the restore would wait for the source's lock, or queue the
+// FIFO's data a second time) and, for a pty, whether its index is free
+// there (CRIU reopens a master with its index).
+type Held struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"` // lock, fifo, pty
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"` // the file locked, the FIFO; for a pty, its slave (/dev/pts/N)
+	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`  // the task holding it, and its fd, for the messages
+	Fd            int32                  `protobuf:"varint,4,opt,name=fd,proto3" json:"fd,omitempty"`
+	Dev           uint64                 `protobuf:"varint,5,opt,name=dev,proto3" json:"dev,omitempty"` // st_dev, compared only when both sides share one kernel (boot_id)
+	Inode         uint64                 `protobuf:"varint,6,opt,name=inode,proto3" json:"inode,omitempty"`
+	FsType        int64                  `protobuf:"varint,7,opt,name=fs_type,json=fsType,proto3" json:"fs_type,omitempty"` // statfs f_type: a network filesystem seen by both
+	Queued        uint64                 `protobuf:"varint,8,opt,name=queued,proto3" json:"queued,omitempty"`               // fifo: bytes queued when the source looked
+	Index         uint32                 `protobuf:"varint,9,opt,name=index,proto3" json:"index,omitempty"`                 // pty: its index
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Held) Reset() {
+	*x = Held{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Held) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Held) ProtoMessage() {}
+
+func (x *Held) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Held.ProtoReflect.Descriptor instead.
+func (*Held) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Held) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Held) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Held) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Held) GetFd() int32 {
+	if x != nil {
+		return x.Fd
+	}
+	return 0
+}
+
+func (x *Held) GetDev() uint64 {
+	if x != nil {
+		return x.Dev
+	}
+	return 0
+}
+
+func (x *Held) GetInode() uint64 {
+	if x != nil {
+		return x.Inode
+	}
+	return 0
+}
+
+func (x *Held) GetFsType() int64 {
+	if x != nil {
+		return x.FsType
+	}
+	return 0
+}
+
+func (x *Held) GetQueued() uint64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *Held) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type FileFact struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Path    string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
@@ -1965,7 +2088,7 @@ type FileFact struct {
 
 func (x *FileFact) Reset() {
 	*x = FileFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2100,7 @@ func (x *FileFact) String() string {
 func (*FileFact) ProtoMessage() {}
 
 func (x *FileFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2113,7 @@ func (x *FileFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
 func (*FileFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FileFact) GetPath() string {
@@ -2093,7 +2216,7 @@ type SocketFact struct {
 
 func (x *SocketFact) Reset() {
 	*x = SocketFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2228,7 @@ func (x *SocketFact) String() string {
 func (*SocketFact) ProtoMessage() {}
 
 func (x *SocketFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2241,7 @@ func (x *SocketFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
 func (*SocketFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SocketFact) GetFamily() string {
@@ -2190,7 +2313,7 @@ type Need struct {
 
 func (x *Need) Reset() {
 	*x = Need{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2325,7 @@ func (x *Need) String() string {
 func (*Need) ProtoMessage() {}
 
 func (x *Need) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2338,7 @@ func (x *Need) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Need.ProtoReflect.Descriptor instead.
 func (*Need) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Need) GetKind() string {
@@ -2263,7 +2386,7 @@ type TaskFact struct {
 
 func (x *TaskFact) Reset() {
 	*x = TaskFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2398,7 @@ func (x *TaskFact) String() string {
 func (*TaskFact) ProtoMessage() {}
 
 func (x *TaskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2411,7 @@ func (x *TaskFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
 func (*TaskFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TaskFact) GetPid() int32 {
@@ -2387,7 +2510,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2399,7 +2522,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2412,7 +2535,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusRequest) GetProtocolVersion() uint32 {
@@ -2437,7 +2560,7 @@ type StatusReport struct {
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2572,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2585,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatusReport) GetProtocolVersion() uint32 {
@@ -2513,7 +2636,7 @@ type MigrationState struct {
 
 func (x *MigrationState) Reset() {
 	*x = MigrationState{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2648,7 @@ func (x *MigrationState) String() string {
 func (*MigrationState) ProtoMessage() {}
 
 func (x *MigrationState) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2661,7 @@ func (x *MigrationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationState.ProtoReflect.Descriptor instead.
 func (*MigrationState) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MigrationState) GetId() string {
@@ -2632,7 +2755,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2767,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2780,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Resolve) GetProtocolVersion() uint32 {
@@ -2694,7 +2817,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2706,7 +2829,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2719,7 +2842,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Resolved) GetMigrationId() string {
@@ -2882,7 +3005,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04PASS\x10\x00\x12\b\n" +
 	"\x04WARN\x10\x01\x12\b\n" +
 	"\x04FAIL\x10\x02\x12\v\n" +
-	"\aSKIPPED\x10\x03\"\x90\x03\n" +
+	"\aSKIPPED\x10\x03\"\xb4\x03\n" +
 	"\vSourceFacts\x12&\n" +
 	"\x04host\x18\x01 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\x12\x1b\n" +
 	"\tcpu_flags\x18\x02 \x03(\tR\bcpuFlags\x12\x1f\n" +
@@ -2896,7 +3019,18 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05tasks\x18\t \x03(\v2\x12.phaul.v1.TaskFactR\x05tasks\x12\x1f\n" +
 	"\vcgroup_kind\x18\n" +
 	" \x01(\tR\n" +
-	"cgroupKind\"\xa2\x02\n" +
+	"cgroupKind\x12\"\n" +
+	"\x04held\x18\v \x03(\v2\x0e.phaul.v1.HeldR\x04held\"\xbf\x01\n" +
+	"\x04Held\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x0e\n" +
+	"\x02fd\x18\x04 \x01(\x05R\x02fd\x12\x10\n" +
+	"\x03dev\x18\x05 \x01(\x04R\x03dev\x12\x14\n" +
+	"\x05inode\x18\x06 \x01(\x04R\x05inode\x12\x17\n" +
+	"\afs_type\x18\a \x01(\x03R\x06fsType\x12\x16\n" +
+	"\x06queued\x18\b \x01(\x04R\x06queued\x12\x14\n" +
+	"\x05index\x18\t \x01(\rR\x05index\"\xa2\x02\n" +
 	"\bFileFact\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
@@ -2991,7 +3125,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),       // 1: phaul.v1.Envelope
@@ -3018,15 +3152,16 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*CheckReport)(nil),    // 22: phaul.v1.CheckReport
 	(*Verdict)(nil),        // 23: phaul.v1.Verdict
 	(*SourceFacts)(nil),    // 24: phaul.v1.SourceFacts
-	(*FileFact)(nil),       // 25: phaul.v1.FileFact
-	(*SocketFact)(nil),     // 26: phaul.v1.SocketFact
-	(*Need)(nil),           // 27: phaul.v1.Need
-	(*TaskFact)(nil),       // 28: phaul.v1.TaskFact
-	(*StatusRequest)(nil),  // 29: phaul.v1.StatusRequest
-	(*StatusReport)(nil),   // 30: phaul.v1.StatusReport
-	(*MigrationState)(nil), // 31: phaul.v1.MigrationState
-	(*Resolve)(nil),        // 32: phaul.v1.Resolve
-	(*Resolved)(nil),       // 33: phaul.v1.Resolved
+	(*Held)(nil),           // 25: phaul.v1.Held
+	(*FileFact)(nil),       // 26: phaul.v1.FileFact
+	(*SocketFact)(nil),     // 27: phaul.v1.SocketFact
+	(*Need)(nil),           // 28: phaul.v1.Need
+	(*TaskFact)(nil),       // 29: phaul.v1.TaskFact
+	(*StatusRequest)(nil),  // 30: phaul.v1.StatusRequest
+	(*StatusReport)(nil),   // 31: phaul.v1.StatusReport
+	(*MigrationState)(nil), // 32: phaul.v1.MigrationState
+	(*Resolve)(nil),        // 33: phaul.v1.Resolve
+	(*Resolved)(nil),       // 34: phaul.v1.Resolved
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
@@ -3041,10 +3176,10 @@ var file_internal_pb_phaul_proto_depIdxs = []int32{
 	20, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
 	21, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
 	22, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
-	29, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
-	30, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
-	32, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
-	33, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
+	30, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
+	31, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
+	33, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
+	34, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
 	11, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
 	12, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
 	13, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
@@ -3059,18 +3194,19 @@ var file_internal_pb_phaul_proto_depIdxs = []int32{
 	23, // 27: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
 	0,  // 28: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
 	2,  // 29: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	25, // 30: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	26, // 31: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	27, // 32: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	26, // 30: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	27, // 31: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	28, // 32: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
 	5,  // 33: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	28, // 34: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	2,  // 35: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
-	31, // 36: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
-	37, // [37:37] is the sub-list for method output_type
-	37, // [37:37] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	29, // 34: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	25, // 35: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
+	2,  // 36: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	32, // 37: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -3106,7 +3242,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
