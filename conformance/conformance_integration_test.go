@@ -8,12 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/phaul/phaul/criu"
@@ -337,7 +339,7 @@ func TestCorpusOwnView(t *testing.T) {
 			if _, err := waitFile(dir, "ready", 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			there := filepath.Join(fmt.Sprintf("/proc/%d/root", svc.Cmd.Process.Pid), dir)
+			there := filepath.Join(fmt.Sprintf("/proc/%d/root", svc.Pid()), dir)
 			provision(t, dir, there)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
@@ -359,6 +361,91 @@ func TestCorpusOwnView(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCorpusPtyIndexTaken: the pty case to a destination with a /dev/pts
+// of its own where another task holds the pty index the case's master
+// has: refused before the freeze, naming the holder, and the case goes on
+// unchanged on the source.
+func TestCorpusPtyIndexTaken(t *testing.T) {
+	var cc corpusCase
+	for _, c := range loadCases(t) {
+		if c.name == "pty" {
+			cc = c
+		}
+	}
+	bins := t.TempDir()
+	build(t, []corpusCase{cc}, bins)
+	h := twohosts.New(t)
+	svc := h.StartServiceWith(t, []string{
+		"mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts",
+		"mount --bind /dev/pts/ptmx /dev/ptmx",
+	})
+	dir := t.TempDir()
+	pid := h.StartProcess(t, filepath.Join(bins, cc.name), dir)
+	if _, err := waitFile(dir, "ready", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	idx := masterIndex(t, pid)
+	takePty(t, fmt.Sprintf("/proc/%d/root/dev", svc.Pid()), idx)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r := h.Migrate(t, ctx, pid, svc.Addr)
+	want := fmt.Sprintf("is the master of pty %d, and pty %d is taken here, by pid %d", idx, idx, os.Getpid())
+	if r.ExitCode != 4 || r.Str("error_phase") != "checks" || !strings.Contains(r.Str("error"), want) {
+		t.Errorf("exit %d, error phase %q: %s; want exit 4 in the checks, saying %q", r.ExitCode, r.Str("error_phase"), r.Str("error"), want)
+	}
+	if v := verdict(dir); v != "ok" {
+		t.Errorf("refused, and yet the case changed on the source: %s", v)
+	}
+}
+
+// masterIndex is the index of the pty master task pid holds.
+func masterIndex(t *testing.T, pid int) int {
+	t.Helper()
+	infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", pid))
+	for _, fi := range infos {
+		link, _ := os.Readlink(strings.Replace(fi, "/fdinfo/", "/fd/", 1))
+		data, _ := os.ReadFile(fi)
+		_, v, ok := strings.Cut(string(data), "tty-index:")
+		if ok && strings.HasSuffix(link, "ptmx") {
+			var idx int
+			fmt.Sscan(v, &idx)
+			return idx
+		}
+	}
+	t.Fatalf("pid %d holds no pty master", pid)
+	return 0
+}
+
+// takePty opens ptys through dev (DEV/ptmx, DEV/pts) until it holds index
+// idx, master and slave, until the test ends.
+func takePty(t *testing.T, dev string, idx int) {
+	t.Helper()
+	for range idx + 1 {
+		m, err := os.OpenFile(filepath.Join(dev, "ptmx"), os.O_RDWR|syscall.O_NOCTTY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close() })
+		n, err := unix.IoctlGetUint32(int(m.Fd()), unix.TIOCGPTN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int(n) != idx {
+			continue
+		}
+		if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+			t.Fatal(err)
+		}
+		s, err := os.OpenFile(filepath.Join(dev, "pts", strconv.Itoa(idx)), os.O_RDWR|syscall.O_NOCTTY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return
+	}
+	t.Fatalf("could not take pty %d in %s", idx, dev)
 }
 
 // provision puts the files of the case's directory src at dst, as a host

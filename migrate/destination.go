@@ -153,8 +153,15 @@ type incoming struct {
 	protoErr     chan error // a protocol error found by acceptStreams
 	imgBytes     int64
 	pageCounts   transport.Counts
-	mounted      bool // a tmpfs is mounted on imgs
-	restored     int  // root pid of the restored, held tree
+	// carry places the files the source carries (carry.go); filesDone
+	// answers once their stream has ended (filesReceived: while the
+	// pages were still coming).
+	carry         *carrier
+	filesDone     chan error
+	filesReceived bool
+	fileCounts    transport.Counts
+	mounted       bool // a tmpfs is mounted on imgs
+	restored      int  // root pid of the restored, held tree
 	// freezer is the freezer cgroup directory the tree is held frozen
 	// in; "" when it is held stopped (hold.go).
 	freezer string
@@ -178,7 +185,8 @@ func (d *Destination) Serve(ctx context.Context, sess *transport.Session) error 
 	defer cancel(nil)
 	in := &incoming{d: d, sess: sess, log: d.o.Logger.With("peer", sess.RemoteAddr().String()),
 		cancel:    cancel,
-		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1), protoErr: make(chan error, 1)}
+		pagesDone: make(chan error, 1), imgsDone: make(chan error, 1), protoErr: make(chan error, 1), filesDone: make(chan error, 1)}
+	in.carry = &carrier{offered: map[string]*pb.Carry{}, replace: func(string) bool { return false }, log: in.log}
 	err := in.run(ctx)
 	if err != nil {
 		err = in.why(err)
@@ -324,6 +332,9 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("checks", unexpected(msg, "Prepare"))
 	}
 	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Comm, st.SourcePid = in.prep.Comm, in.prep.Pid })
+	if err := in.carry.accept(in.prep.Carry); err != nil {
+		return in.fail("checks", err)
+	}
 	if err := in.d.admit(); err != nil {
 		return in.fail("checks", err)
 	}
@@ -351,6 +362,7 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("checks", fmt.Errorf("work dir: %w", err))
 	}
 	in.dir = dir
+	in.carry.dir, in.carry.id, in.carry.log = dir, in.id, in.log
 	in.imgs = filepath.Join(in.dir, "images")
 	in.logs = in.dir
 	if o.LogDir != "" {
@@ -581,6 +593,7 @@ func (in *incoming) finish(err error) {
 	case err == nil:
 		in.log.Info("migration done", "pid", in.restored)
 		unmount()
+		commitCarried(in.dir, in.log)
 	case in.inDoubt(err):
 		unmount() // the restored tree holds its memory; the images are not needed
 		if err := in.record("in-doubt"); err != nil {
@@ -599,6 +612,9 @@ func (in *incoming) finish(err error) {
 			reap(in.restored)
 		}
 		in.terms.close()
+		if uerr := undoCarried(in.dir, in.log); uerr != nil {
+			in.log.Error("the files carried could not all be put back", "err", uerr)
+		}
 		if in.logs != in.dir {
 			in.log.Error("migration failed", "phase", in.phase, "err", err, "logs", in.logs)
 		} else {
@@ -661,10 +677,12 @@ func (in *incoming) startPages(ctx context.Context, parent bool) error {
 	return nil
 }
 
-// acceptStreams takes the pages and images streams of this migration.
+// acceptStreams takes the pages and images streams of this migration, and
+// the files stream if files are carried.
 func (in *incoming) acceptStreams(ctx context.Context) {
 	var gotPages, gotImages bool
-	for !gotPages || !gotImages {
+	gotFiles := len(in.prep.Carry) == 0
+	for !gotPages || !gotImages || !gotFiles {
 		kind, st, err := in.sess.Accept(ctx)
 		if err != nil {
 			if !gotPages {
@@ -673,9 +691,22 @@ func (in *incoming) acceptStreams(ctx context.Context) {
 			if !gotImages {
 				in.imgsDone <- err
 			}
+			if !gotFiles {
+				in.filesDone <- err
+			}
 			return
 		}
 		switch {
+		case kind == transport.KindFiles && !gotFiles:
+			gotFiles = true
+			go func() {
+				_, _, err := transport.ReceiveFiles(ctx, st, &in.fileCounts, in.carry.place)
+				st.Close()
+				if err == nil {
+					err = in.carry.missing()
+				}
+				in.filesDone <- err
+			}()
 		case kind == transport.KindPages && !gotPages:
 			gotPages = true
 			go in.pumpPages(st)
@@ -748,6 +779,11 @@ func (in *incoming) waitPages(ctx context.Context) error {
 				return fmt.Errorf("images stream: %w", err)
 			}
 			in.imgsReceived = true
+		case err := <-in.filesDone:
+			if err != nil {
+				return fmt.Errorf("files stream: %w", err)
+			}
+			in.filesReceived = true
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-in.sess.Done():
@@ -777,6 +813,19 @@ func (in *incoming) waitStreams(ctx context.Context, sent *pb.ImagesSent) error 
 	}
 	if in.imgFiles != int(sent.Files) || in.imgBytes != int64(sent.Bytes) {
 		return fmt.Errorf("received %d image files (%d bytes), the source sent %d (%d bytes)", in.imgFiles, in.imgBytes, sent.Files, sent.Bytes)
+	}
+	if len(in.prep.Carry) > 0 && !in.filesReceived {
+		select {
+		case err := <-in.filesDone:
+			if err != nil {
+				return fmt.Errorf("files stream: %w", err)
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("the files carried did not arrive: %w", ctx.Err())
+		}
+	}
+	if in.carry.files != int(sent.CarriedFiles) || in.carry.bytes != int64(sent.CarriedBytes) {
+		return fmt.Errorf("received %d files carried (%d bytes), the source sent %d (%d bytes)", in.carry.files, in.carry.bytes, sent.CarriedFiles, sent.CarriedBytes)
 	}
 	select {
 	case <-in.psw.done:
@@ -919,9 +968,14 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 			}
 		}
 	}
-	opts := precheck.Options{ShellJob: chk.ShellJob, TCPEstablished: chk.TcpEstablished, CPUCap: chk.CpuCap, Skip: chk.Skip}
+	opts := precheck.Options{ShellJob: chk.ShellJob, TCPEstablished: chk.TcpEstablished, CPUCap: chk.CpuCap, Skip: chk.Skip,
+		Carry: precheck.CarryOptions{Mode: chk.FilesMode, ReplaceAll: chk.ReplaceFiles, ReplacePaths: chk.ReplacePaths}}
 	t0 := time.Now()
 	vs := precheck.JudgeDestination(ctx, chk.GetFacts(), opts, env)
+	if opts.Carry.Carrying() {
+		in.carry.offered = offered(vs, func(p string) bool { return opts.Carry.MayWrite(p, false) == "" })
+		in.carry.replace = func(p string) bool { return opts.Carry.MayWrite(p, true) == "" }
+	}
 	if err := in.d.busy(); err != nil {
 		vs = append(vs, &pb.Verdict{Check: "transient", Result: pb.Verdict_FAIL, Transient: true, Detail: err.Error()})
 	}

@@ -244,6 +244,21 @@ func TestHostilePeers(t *testing.T) {
 			c.emptyRound(2)
 			c.send(&pb.Envelope{Msg: &pb.Envelope_EndRounds{EndRounds: &pb.EndRounds{Keep: 1}}})
 		}, "builds on round 1 of 2 (only the last, or none)"},
+		{"carry a file never offered", func(c *hostile) {
+			// No checks, so nothing offered: the service must not
+			// let a source write where it likes.
+			c.send(hello("00000000000000c1"))
+			c.recv()
+			c.send(&pb.Envelope{Msg: &pb.Envelope_Prepare{Prepare: &pb.Prepare{Pid: 4242, Comm: "hostile", MemoryBytes: 1 << 20, Tty: "null",
+				Carry: []*pb.Carry{{Path: "/tmp/escaped.img", How: "whole", Size: 1}}}}})
+		}, "which this host did not offer to take"},
+		{"files stream not announced", func(c *hostile) {
+			c.prepared("00000000000000c2", 1<<20)
+			f := c.open(transport.KindFiles)
+			w, _ := transport.NewFileWriter(f, &transport.Counts{})
+			w.Send(context.Background(), &pb.CarriedFile{Path: "/tmp/escaped.img", How: "whole", Length: 1}, strings.NewReader("x"))
+			w.Close()
+		}, "unexpected files stream"},
 		{"garbage in a round", func(c *hostile) {
 			c.ready("00000000000000b5", 1<<20, true)
 			c.send(&pb.Envelope{Msg: &pb.Envelope_Round{Round: &pb.Round{Number: 1}}})

@@ -19,6 +19,13 @@ type Progress struct {
 	expected   int64
 	counts     *transport.Counts
 	round      int
+	carry      carryProgress
+}
+
+// carryProgress is how far the files carried after the dump are.
+type carryProgress struct {
+	files, sent   int   // files to carry, and sent so far
+	bytes, copied int64 // their bytes, and sent so far
 }
 
 // ProgressSnapshot is a Progress at one moment.
@@ -36,6 +43,11 @@ type ProgressSnapshot struct {
 	// counts are then the round's: its first sends about ExpectedBytes,
 	// the next ones what changed.
 	Round int
+	// CarryFiles are the files to carry after the dump (0: none), and
+	// CarrySent how many are sent; CarryBytes and CarryCopied the same
+	// in bytes.
+	CarryFiles, CarrySent   int
+	CarryBytes, CarryCopied int64
 }
 
 func (p *Progress) setPhase(phase string) {
@@ -64,11 +76,21 @@ func (p *Progress) setRound(n int, expected int64, c *transport.Counts) {
 	p.round, p.expected, p.counts, p.pagesStart = n, expected, c, time.Now()
 }
 
+func (p *Progress) setCarry(c carryProgress) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.carry = c
+}
+
 // Snapshot reads the progress.
 func (p *Progress) Snapshot() ProgressSnapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := ProgressSnapshot{Phase: p.phase, PhaseStart: p.phaseStart, PagesStart: p.pagesStart, PagesEnd: p.pagesEnd, ExpectedBytes: p.expected, Round: p.round}
+	s := ProgressSnapshot{Phase: p.phase, PhaseStart: p.phaseStart, PagesStart: p.pagesStart, PagesEnd: p.pagesEnd, ExpectedBytes: p.expected, Round: p.round,
+		CarryFiles: p.carry.files, CarrySent: p.carry.sent, CarryBytes: p.carry.bytes, CarryCopied: p.carry.copied}
 	if p.counts != nil {
 		s.PageBytes, s.WireBytes = p.counts.Raw.Load(), p.counts.Wire.Load()
 	}

@@ -74,6 +74,18 @@ type Report struct {
 	WireBytes  int64 `json:"wire_bytes"`  // what of it crossed the network, compressed
 	ImageBytes int64 `json:"image_bytes"` // the other image files
 	ImageFiles int   `json:"image_files"`
+	// Carried are the files of the tree sent after the dump, which the
+	// destination lacked or had in another version (--files=carry).
+	Carried CarriedReport `json:"carried"`
+}
+
+// CarriedReport counts the files carried.
+type CarriedReport struct {
+	Files    int      `json:"files"`
+	Bytes    int64    `json:"bytes"`              // their content that crossed (for a tail, only the tail)
+	Paths    []string `json:"paths,omitempty"`    // every file carried
+	Tails    []string `json:"tails,omitempty"`    // those of them of which only the tail crossed
+	Replaced []string `json:"replaced,omitempty"` // those that replaced another version on the destination
 }
 
 // RoundReport is one pre-copy round.
@@ -142,6 +154,9 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  pages      %s raw, %s on the wire (%.2f)\n  images     %d files, %s\n",
 		FormatBytes(r.PageBytes), FormatBytes(r.WireBytes), ratio, r.ImageFiles, FormatBytes(r.ImageBytes))
+	if c := r.Carried; c.Files > 0 {
+		fmt.Fprintf(w, "  carried    %d files, %s (%d tails, %d replaced): %s\n", c.Files, FormatBytes(c.Bytes), len(c.Tails), len(c.Replaced), strings.Join(c.Paths, " "))
+	}
 }
 
 func (r *Report) writePrecopy(w io.Writer) {

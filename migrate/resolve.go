@@ -343,6 +343,7 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 			d.o.Logger.Warn("resumed, but the state could not be recorded", "migration", id, "err", err)
 		}
 		reap(f.Pid)
+		commitCarried(dir, d.o.Logger)
 		d.reg.settled(id, StateDone)
 		res.State, res.Pid = StateDone, int32(f.Pid)
 	default:
@@ -351,6 +352,9 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 			if err := killTree(f.Pid, f.PidStart, f.Freezer); err != nil {
 				return nil, fmt.Errorf("migration %s: the stopped copy: %w", id, err)
 			}
+		}
+		if err := undoCarried(dir, d.o.Logger); err != nil {
+			return nil, fmt.Errorf("migration %s: %w", id, err)
 		}
 		os.RemoveAll(dir)
 		d.reg.settled(id, StateAborted)
@@ -396,6 +400,7 @@ func (d *Destination) recover() {
 		switch f.State {
 		case "running": // done, but the service died before its cleanup
 			os.RemoveAll(images)
+			commitCarried(dir, d.o.Logger)
 		case "receiving":
 			if f.Pid > 0 && proc.Same(f.Pid, f.PidStart) {
 				proc.SignalTree(f.Pid, unix.SIGKILL)
@@ -404,6 +409,9 @@ func (d *Destination) recover() {
 			// died, too late for its PID to be recorded: whatever runs
 			// in the migration's own cgroups is that tree.
 			d.killInCgroups(f.ID, f.Freezer)
+			if err := undoCarried(dir, d.o.Logger); err != nil {
+				d.o.Logger.Error("the files carried by a migration the service was receiving could not all be put back", "migration", f.ID, "err", err)
+			}
 			os.RemoveAll(dir)
 			d.reg.settled(f.ID, StateInterrupted)
 			d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)

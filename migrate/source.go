@@ -62,6 +62,17 @@ type Options struct {
 	// precopy.DefaultMaxDowntime).
 	MaxDowntime time.Duration
 
+	// Files is what to do with the files of the tree the destination
+	// lacks or has in another version: "carry" (default: sent after the
+	// dump) or "check" (the files check fails on them). ReplaceFiles lets
+	// a file the destination has in another version be replaced (not a
+	// system file); ReplacePaths names files that may be, system files
+	// included. CarryLimit bounds the bytes carried (0: no bound).
+	Files        string
+	ReplaceFiles bool
+	ReplacePaths []string
+	CarryLimit   uint64
+
 	Skip           []string      // checks not to run (precheck.Names)
 	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
 	RetryTransient int           // retry this many times when only transient checks fail
@@ -195,6 +206,7 @@ type source struct {
 	start  uint64          // the root's start time (proc.Stat.StartTime)
 	// decided is the state of the Decision last recorded (decide).
 	decided string
+	carry   []*pb.Carry // the files to send after the dump (precheck.SettleCarry)
 	// referenced counts the pages the dump sent as references (set by
 	// the page pump).
 	referenced atomic.Int64
@@ -288,6 +300,7 @@ func (m *source) run(ctx context.Context) error {
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: m.o.TCPEstablished, FileLocks: m.o.FileLocks,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss, Precopy: o.Precopy != "off",
 		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
+		Carry: m.carry,
 	}}}); err != nil {
 		return m.refuse(err)
 	}
@@ -376,11 +389,13 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
 	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
+	local = append(local, precheck.JudgeNestedPidns(o.Pid, popts)...)
 	local = append(local, precheck.JudgeUnfaithful(fds, popts)...)
 	local = append(local, precheck.JudgeTerminals(m.terms, o.TTY, popts)...)
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
 		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly, ManageCgroups: o.ManageCgroups,
+		FilesMode: o.Files, ReplaceFiles: o.ReplaceFiles, ReplacePaths: o.ReplacePaths,
 	}}}); err != nil {
 		return nil, err
 	}
@@ -392,7 +407,9 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	if rep == nil {
 		return nil, unexpected(msg, "CheckReport")
 	}
-	precheck.SettleWrittenMissing(ctx, rep.Verdicts, o.Pid, facts)
+	carry := o.carryOptions()
+	precheck.SettleWrittenMissing(ctx, rep.Verdicts, o.Pid, facts, carry)
+	m.carry = precheck.SettleCarry(rep.Verdicts, carry)
 	vs := precheck.Merge(o.Skip, local, rep.Verdicts)
 	for _, v := range vs {
 		m.log.Info("check", "check", v.Check, "result", v.Result.String(), "transient", v.Transient, "detail", v.Detail)
@@ -644,6 +661,9 @@ func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	if err := m.sendCarried(ctx); err != nil {
+		return nil, err
+	}
 	names, err := imageNames(dir)
 	if err != nil {
 		return nil, err
@@ -658,7 +678,8 @@ func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error
 		return nil, err
 	}
 	m.r.ImageFiles, m.r.ImageBytes = files, total
-	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_ImagesSent{ImagesSent: &pb.ImagesSent{Files: uint32(files), Bytes: uint64(total)}}}); err != nil {
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_ImagesSent{ImagesSent: &pb.ImagesSent{Files: uint32(files), Bytes: uint64(total),
+		CarriedFiles: uint32(m.r.Carried.Files), CarriedBytes: uint64(m.r.Carried.Bytes)}}}); err != nil {
 		return nil, err
 	}
 	m.r.Transfer = Duration(time.Since(t0))

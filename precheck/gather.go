@@ -128,6 +128,7 @@ func GatherSource(ctx context.Context, pid int, host *pb.HostInfo, cpuinfoImg []
 			}
 		}
 	}
+	f.RestorePids, f.PidNs = restorePids(tree)
 	if len(tree) > 0 {
 		f.Sockets = socketsOf(tree[0], inodes)
 		// A tree with a mount namespace of its own has its mounts

@@ -165,10 +165,16 @@ func TestCheckFilesWrittenKeptOpenMissing(t *testing.T) {
 	log := filepath.Join(dir, "out.log")
 	svc := h.StartServiceWith(t, []string{"mount -t tmpfs none " + dir})
 	pid := h.StartProcess(t, "sh", "-c", "exec >>"+log+"; while :; do echo x; sleep 0.2; done")
-	r := runCheck(t, h, pid, svc.Addr)
+	r := runCheck(t, h, pid, svc.Addr, "--files=check")
 	res, tr, text := r.verdict(t, "files")
 	if res != "fail" || tr || r.exit != 4 || !strings.Contains(text, log+" (open): missing here: the tree keeps it open for writing") {
 		t.Errorf("files: %s (transient %v), exit %d: %s", res, tr, r.exit, text)
+	}
+	// Carried by default: the check says so.
+	r = runCheck(t, h, pid, svc.Addr)
+	res, _, text = r.verdict(t, "files")
+	if res != "pass" || r.exit != 0 || !strings.Contains(text, log+", which the tree keeps open for writing, will be carried after the dump") || !strings.Contains(text, log+": missing here, carried after the dump") {
+		t.Errorf("files, carried: %s, exit %d: %s", res, r.exit, text)
 	}
 }
 

@@ -28,6 +28,7 @@ type Options struct {
 	TCPEstablished bool
 	CPUCap         uint32 // CRIU's cpu_cap; 0 means fpu|cpu|ins
 	Skip           []string
+	Carry          CarryOptions
 }
 
 func (o Options) skipped(name string) bool {
@@ -115,7 +116,7 @@ func JudgeDestination(ctx context.Context, f *pb.SourceFacts, o Options, env *En
 		fn   func(context.Context, *pb.SourceFacts, Options, *Env) *pb.Verdict
 	}{
 		{"criu", judgeCRIU}, {"cpu", judgeCPU}, {"modules", judgeModules}, {"files", judgeFiles},
-		{"files", judgeHeld}, {"network", judgeNetwork}, {"cgroups", judgeCgroups},
+		{"files", judgeHeld}, {"network", judgeNetwork}, {"cgroups", judgeCgroups}, {"pids", judgePids},
 	}
 	var out []*pb.Verdict
 	for _, c := range checks {
@@ -355,6 +356,7 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 		}
 	})
 	var items, written, shared, writtenMissing []string
+	var carry []*pb.Carry
 	for i, ff := range f.Files {
 		if ctx.Err() != nil {
 			return fail("files", ctx.Err().Error())
@@ -366,61 +368,87 @@ func judgeFiles(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb
 			writtenMissing = append(writtenMissing, ff.Path)
 			continue
 		}
-		if st == nil {
-			items = append(items, missingItem(ff))
-			continue
-		}
+		problem, same := fileDiff(ff, st, sums[i], f.GetHost().GetBootId())
 		switch {
-		case uint64(st.Size()) == ff.Size:
-			if ff.Written {
-				written = append(written, ff.Path)
+		case problem != "" && st != nil && sameObject(ff.Dev, ff.Inode, ff.FsType, st, ff.Path, f.GetHost().GetBootId()) != "":
+			// Never carried onto itself.
+			items = append(items, problem+"; it is the very file the source has (a filesystem both hosts share): nothing can be carried")
+		case problem != "":
+			c, why := o.Carry.plan(ff, st)
+			if c != nil {
+				carry = append(carry, c)
+			} else {
+				items = append(items, problem+why)
 			}
-		case SameFile(ff, st, f.GetHost().GetBootId()):
+		case same:
 			// The tree wrote it since the source looked: the same file,
 			// on a filesystem both hosts share. The restore sees its
 			// size at the freeze.
 			shared = append(shared, ff.Path)
-		default:
-			why := ""
-			if ff.Written {
-				why = "; the tree writes it, and CRIU restores only if it has the dumped size: share it between the hosts (a shared filesystem) or copy it at migration time"
-			}
-			items = append(items, fmt.Sprintf("%s (%s): %d bytes here, %d on the source%s", ff.Path, ff.Use, st.Size(), ff.Size, why))
-			continue
-		}
-		if ff.Sha256 != "" {
-			sum := sums[i]
-			if sum == "" {
-				items = append(items, fmt.Sprintf("%s (%s): unreadable here", ff.Path, ff.Use))
-				continue
-			}
-			if sum != ff.Sha256 {
-				items = append(items, fmt.Sprintf("%s (%s): same size, different content (sha256 %.12s here, %.12s on the source)", ff.Path, ff.Use, sum, ff.Sha256))
-				continue
-			}
-		}
-		if uint32(st.Mode().Perm()) != ff.Mode {
-			items = append(items, fmt.Sprintf("%s (%s): mode %o here, %o on the source", ff.Path, ff.Use, st.Mode().Perm(), ff.Mode))
+		case ff.Written:
+			written = append(written, ff.Path)
 		}
 	}
-	var v *pb.Verdict
-	switch {
-	case len(items) > 0:
-		v = fail("files", filesFailed(len(items), len(f.Files)), items...)
-	case len(written) > 0 || len(shared) > 0:
-		detail := fmt.Sprintf("all %d files match", len(f.Files))
-		if len(written) > 0 {
-			detail += fmt.Sprintf("; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(written))
-		}
-		if len(shared) > 0 {
-			detail += fmt.Sprintf("; %d written by the tree are the same files here (a filesystem both hosts share): their size is the one at the freeze", len(shared))
-		}
-		v = warn("files", detail, append(written, shared...)...)
-	default:
-		v = pass("files", fmt.Sprintf("all %d files (executables, libraries, open files) are here and identical", len(f.Files)))
-	}
-	v.WrittenMissing = writtenMissing
+	v := filesVerdict(len(f.Files), items, written, shared, carry)
+	v.WrittenMissing, v.Carry = writtenMissing, carry
 	return v
+}
+
+// fileDiff says how the file at ff.Path here (st: nil if missing, sum: its
+// sha256 when the source's is to be compared) differs from the source's
+// ff, "" if it does not; same says it is the very file the source saw,
+// grown since (SameFile).
+func fileDiff(ff *pb.FileFact, st os.FileInfo, sum, sourceBoot string) (problem string, same bool) {
+	switch {
+	case st == nil:
+		return missingItem(ff), false
+	case uint64(st.Size()) != ff.Size && SameFile(ff, st, sourceBoot):
+		return "", true
+	case uint64(st.Size()) != ff.Size:
+		why := ""
+		if ff.Written {
+			why = "; the tree writes it, and CRIU restores only if it has the dumped size"
+		}
+		return fmt.Sprintf("%s (%s): %d bytes here, %d on the source%s", ff.Path, ff.Use, st.Size(), ff.Size, why), false
+	case ff.Sha256 != "" && sum == "":
+		return fmt.Sprintf("%s (%s): unreadable here", ff.Path, ff.Use), false
+	case ff.Sha256 != "" && sum != ff.Sha256:
+		return fmt.Sprintf("%s (%s): same size, different content (sha256 %.12s here, %.12s on the source)", ff.Path, ff.Use, sum, ff.Sha256), false
+	case uint32(st.Mode().Perm()) != ff.Mode:
+		return fmt.Sprintf("%s (%s): mode %o here, %o on the source", ff.Path, ff.Use, st.Mode().Perm(), ff.Mode), false
+	}
+	return "", false
+}
+
+// filesVerdict is the files check's verdict on n files: items that fail
+// it, files the tree writes (written), the same files seen from both hosts
+// (shared), files to be carried after the dump.
+func filesVerdict(n int, items, written, shared []string, carry []*pb.Carry) *pb.Verdict {
+	if len(items) > 0 {
+		return fail("files", filesFailed(len(items), n), items...)
+	}
+	detail := fmt.Sprintf("all %d files (executables, libraries, open files) are here and identical", n)
+	if len(carry) > 0 {
+		var total uint64
+		for _, c := range carry {
+			total += CarryBytes(c)
+		}
+		detail = fmt.Sprintf("%d of %d files are here and identical; %d will be carried after the dump (about %d bytes)", n-len(carry), n, len(carry), total)
+	}
+	if len(written) > 0 {
+		detail += fmt.Sprintf("; %d are written by the tree and must keep their size until the restore (nothing may write them in between)", len(written))
+	}
+	if len(shared) > 0 {
+		detail += fmt.Sprintf("; %d written by the tree are the same files here (a filesystem both hosts share): their size is the one at the freeze", len(shared))
+	}
+	var list []string
+	for _, c := range carry {
+		list = append(list, carryItem(c))
+	}
+	if len(written) > 0 || len(shared) > 0 {
+		return warn("files", detail, append(append(list, written...), shared...)...)
+	}
+	return pass("files", detail, list...)
 }
 
 func filesFailed(n, of int) string {
@@ -439,8 +467,10 @@ func missingItem(ff *pb.FileFact) string {
 // is dropped. "Keeps open" means the same file (device and inode) is open
 // at that path at two looks keptFor apart: a program that saves its state
 // through a temporary file opens a new one each time. facts are the facts
-// that were sent. When ctx ends between the looks, the first decides.
-func SettleWrittenMissing(ctx context.Context, vs []*pb.Verdict, pid int, facts *pb.SourceFacts) {
+// that were sent. When ctx ends between the looks, the first decides. With
+// c carrying files, one kept open is carried (added to the verdict's
+// carry) where the policy lets it be.
+func SettleWrittenMissing(ctx context.Context, vs []*pb.Verdict, pid int, facts *pb.SourceFacts, c CarryOptions) {
 	byPath := map[string]*pb.FileFact{}
 	for _, ff := range facts.GetFiles() {
 		byPath[ff.Path] = ff
@@ -458,8 +488,16 @@ func SettleWrittenMissing(ctx context.Context, vs []*pb.Verdict, pid int, facts 
 		}
 		var kept []string
 		for _, p := range v.WrittenMissing {
-			if ff := byPath[p]; ff != nil && first[p] != (fileID{}) && first[p] == then[p] {
-				kept = append(kept, missingItem(ff)+": the tree keeps it open for writing; share it between the hosts (a shared filesystem) or copy it at migration time")
+			ff := byPath[p]
+			if ff == nil || first[p] == (fileID{}) || first[p] != then[p] {
+				continue
+			}
+			if cf, why := c.plan(ff, nil); cf != nil {
+				v.Carry = append(v.Carry, cf)
+				v.Items = append(v.Items, carryItem(cf))
+				v.Detail += fmt.Sprintf("; %s, which the tree keeps open for writing, will be carried after the dump", ff.Path)
+			} else {
+				kept = append(kept, missingItem(ff)+": the tree keeps it open for writing; share it between the hosts (a shared filesystem), or let phaul carry it (--files=carry)"+why)
 			}
 		}
 		v.WrittenMissing = nil

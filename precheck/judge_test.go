@@ -114,15 +114,32 @@ func TestJudgeFiles(t *testing.T) {
 		{Path: filepath.Join(dir, "gone"), Size: 1, Mode: 0o644, Use: "map"},
 		{Path: log, Size: 3, Mode: 0o644, Use: "open", Written: true},
 	}}
-	v := judgeFiles(context.Background(), f, Options{}, &Env{})
+	v := judgeFiles(context.Background(), f, Options{Carry: CarryOptions{Mode: "check"}}, &Env{})
 	got := text(v)
-	for _, want := range []string{"3 of 4 files", other + " (exe): same size, different content", "gone (map): missing here", "10 bytes here, 3 on the source; the tree writes it"} {
+	for _, want := range []string{"3 of 4 files", other + " (exe): same size, different content", "gone (map): missing here; --files=carry would carry it", "10 bytes here, 3 on the source; the tree writes it"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("files verdict lacks %q: %s", want, got)
 		}
 	}
 	if strings.Contains(got, same+" ") {
 		t.Errorf("identical file reported: %s", got)
+	}
+	// Carried by default: the missing file whole; the log replaced only
+	// with --replace-files (it is longer here than on the source), the
+	// other version too.
+	v = judgeFiles(context.Background(), f, Options{}, &Env{})
+	got = text(v)
+	for _, want := range []string{"2 of 4 files", other + " (exe): same size, different content", "--replace-files would replace it"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("carrying, the files verdict lacks %q: %s", want, got)
+		}
+	}
+	if len(v.Carry) != 1 || v.Carry[0].How != CarryWhole || v.Carry[0].Path != filepath.Join(dir, "gone") {
+		t.Errorf("carrying: %v", v.Carry)
+	}
+	v = judgeFiles(context.Background(), f, Options{Carry: CarryOptions{ReplaceAll: true}}, &Env{})
+	if v.Result != pb.Verdict_PASS || len(v.Carry) != 3 || !strings.Contains(text(v), "1 of 4 files are here and identical; 3 will be carried") {
+		t.Errorf("carrying, --replace-files: %v %s", v.Carry, text(v))
 	}
 }
 
@@ -237,10 +254,12 @@ func TestWrittenMissingIsSettledBySource(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		files []*pb.FileFact
+		mode  string
 		want  pb.Verdict_Result
 	}{
-		{"a temporary file only", facts.Files[1:], pb.Verdict_PASS},
-		{"one kept open", facts.Files, pb.Verdict_FAIL},
+		{"a temporary file only", facts.Files[1:], "check", pb.Verdict_PASS},
+		{"one kept open", facts.Files, "check", pb.Verdict_FAIL},
+		{"one kept open, carried", facts.Files, "carry", pb.Verdict_PASS},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got := &pb.Verdict{}
@@ -249,9 +268,12 @@ func TestWrittenMissingIsSettledBySource(t *testing.T) {
 			for _, ff := range c.files {
 				got.WrittenMissing = append(got.WrittenMissing, ff.Path)
 			}
-			SettleWrittenMissing(context.Background(), []*pb.Verdict{got}, os.Getpid(), facts)
+			SettleWrittenMissing(context.Background(), []*pb.Verdict{got}, os.Getpid(), facts, CarryOptions{Mode: c.mode})
 			if got.Result != c.want || len(got.WrittenMissing) != 0 {
 				t.Fatalf("settled: %v %s; want %v", got.Result, text(got), c.want)
+			}
+			if carried := len(got.Carry) == 1 && got.Carry[0].Path == held && got.Carry[0].How == CarryWhole; carried != (c.mode == "carry") {
+				t.Errorf("carried: %v", got.Carry)
 			}
 			if c.want == pb.Verdict_FAIL && (!strings.Contains(text(got), held+" (open): missing here: the tree keeps it open") || strings.Contains(text(got), tmp) || !strings.Contains(got.Detail, "1 of 2 files")) {
 				t.Errorf("settled: %s", text(got))

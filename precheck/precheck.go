@@ -7,6 +7,7 @@
 //
 // The checks: cpu, modules (kernel features the tree uses), files,
 // network, cgroups, criu (versions, kernel, memory), session (shell jobs),
+// pids (the PIDs the restore needs, nested PID namespaces),
 // procfs (the /proc CRIU mounts for a PID namespace without one), terminals
 // (from outside the tree) and transient conditions.
 package precheck
@@ -22,7 +23,7 @@ import (
 )
 
 // Names of the checks, in report order.
-var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "procfs", "terminals", "transient"}
+var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "pids", "procfs", "terminals", "transient"}
 
 // ValidName reports whether name is a check (for --skip-check).
 func ValidName(name string) bool {
@@ -34,8 +35,8 @@ func ValidName(name string) bool {
 	return false
 }
 
-func pass(check, detail string) *pb.Verdict {
-	return &pb.Verdict{Check: check, Result: pb.Verdict_PASS, Detail: detail}
+func pass(check, detail string, items ...string) *pb.Verdict {
+	return &pb.Verdict{Check: check, Result: pb.Verdict_PASS, Detail: detail, Items: items}
 }
 
 func warn(check, detail string, items ...string) *pb.Verdict {

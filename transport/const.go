@@ -9,7 +9,8 @@ const (
 	// and Resolve; both sides must agree. 2: StatusRequest/StatusReport,
 	// Resolve/Resolved, Failure for malformed frames. 3: pre-copy rounds
 	// (Round, RoundDone, EndRounds, RoundsEnded; round streams). 4: SourceFacts.held
-	// (locks, FIFOs and pty masters, judged by the destination).
+	// (locks, FIFOs and pty masters, judged by the destination), restore_pids,
+	// pid_ns.
 	ProtocolVersion = 4
 
 	// MaxFrameSize bounds one control-stream message.
@@ -25,6 +26,10 @@ const (
 	KindPages   byte = 'P'
 	KindImages  byte = 'I'
 	KindRound   byte = 'R' // one pre-copy round's pages
+	KindFiles   byte = 'F' // the files carried after the dump
+
+	// MaxCarriedHeader bounds one CarriedFile header on a files stream.
+	MaxCarriedHeader = 64 << 10
 
 	// MaxImageNameLen bounds an image file name on the images stream.
 	MaxImageNameLen = 255

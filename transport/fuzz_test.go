@@ -83,3 +83,36 @@ func FuzzReceiveCompressed(f *testing.F) {
 		ReceiveCompressed(&limitWriter{n: 64 << 20}, bytes.NewReader(data), &Counts{})
 	})
 }
+
+// filesFrame is one file of a decompressed files stream.
+func filesFrame(h *pb.CarriedFile, content string) []byte {
+	data, _ := proto.Marshal(h)
+	out := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
+	return append(append(out, data...), content...)
+}
+
+// FuzzFiles feeds arbitrary bytes to the files stream's decoder: every
+// file it hands on has a valid header and exactly its length of content.
+func FuzzFiles(f *testing.F) {
+	end := filesFrame(&pb.CarriedFile{}, "")
+	f.Add(append(filesFrame(&pb.CarriedFile{Path: "/var/log/app.log", How: "tail", Offset: 10, Length: 3}, "abc"), end...))
+	f.Add(append(filesFrame(&pb.CarriedFile{Path: "/opt/x/../y", How: "whole", Length: 1}, "z"), end...))
+	f.Add(binary.BigEndian.AppendUint32(nil, MaxCarriedHeader+1))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var sum int64
+		files, total, err := ReadFiles(context.Background(), bytes.NewReader(data), func(h *pb.CarriedFile, r io.Reader) error {
+			if err := ValidCarried(h); err != nil {
+				t.Fatalf("an invalid header handed on: %v", err)
+			}
+			n, err := io.Copy(io.Discard, r)
+			if n > int64(h.Length) {
+				t.Fatalf("%d bytes of content for a length of %d", n, h.Length)
+			}
+			sum += n
+			return err
+		})
+		if err == nil && total != sum {
+			t.Fatalf("%d files, %d bytes counted, %d read", files, total, sum)
+		}
+	})
+}

@@ -131,17 +131,28 @@ func SendCompressed(dst io.Writer, src io.Reader, c *Counts) error {
 // ReceiveCompressed reads a zstd stream from src until its end and writes
 // it decompressed to dst (the page server's socket).
 func ReceiveCompressed(dst io.Writer, src io.Reader, c *Counts) error {
-	dec, err := zstd.NewReader(countReader{src, &c.Wire},
-		zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderMaxWindow(8<<20),
-		zstd.WithDecoderLowmem(true),
-		zstd.IgnoreChecksum(true))
+	dec, err := newDecoder(src, c)
 	if err != nil {
-		return fmt.Errorf("zstd: %w", err)
+		return err
 	}
 	defer dec.Close()
 	if _, err := io.Copy(countWriter{dst, &c.Raw}, dec); err != nil {
 		return fmt.Errorf("receive pages: %w", err)
 	}
 	return nil
+}
+
+// newDecoder decompresses a stream written by a CompressWriter, counting
+// the compressed bytes read from src into c.Wire; windows over 8 MiB are
+// refused (the writer uses 1 MiB).
+func newDecoder(src io.Reader, c *Counts) (*zstd.Decoder, error) {
+	dec, err := zstd.NewReader(countReader{src, &c.Wire},
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(8<<20),
+		zstd.WithDecoderLowmem(true),
+		zstd.IgnoreChecksum(true))
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return dec, nil
 }

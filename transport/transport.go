@@ -218,7 +218,7 @@ func (s *Session) Accept(ctx context.Context) (byte, net.Conn, error) {
 	}
 	st.SetReadDeadline(time.Time{})
 	switch kind[0] {
-	case KindControl, KindPages, KindImages, KindRound:
+	case KindControl, KindPages, KindImages, KindRound, KindFiles:
 		return kind[0], st, nil
 	}
 	st.Close()
@@ -246,6 +246,8 @@ func KindName(kind byte) string {
 		return "images"
 	case KindRound:
 		return "round"
+	case KindFiles:
+		return "files"
 	}
 	return fmt.Sprintf("unknown(%q)", kind)
 }

@@ -54,6 +54,8 @@ func flagWords() map[string][]string {
 		"skip-check":     precheck.Names,
 		"cpu-cap":        {"fpu", "cpu", "ins", "all", "none"},
 		"log-format":     {"auto", "text", "json"},
+		"files":          {"carry", "check"},
+		"precopy":        {"auto", "on", "off"},
 	}
 }
 

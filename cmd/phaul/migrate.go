@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -65,6 +66,33 @@ func checkFlags(fs *pflag.FlagSet) {
 	fs.String("cpu-cap", "fpu,cpu,ins", "what CRIU's CPU check compares: fpu, cpu, ins (comma separated), or none")
 	fs.Int("retry-transient", 0, "when only transient checks fail, retry this many times (5 s apart)")
 	fs.Duration("timeout", migrate.DefaultTimeout, "longest wait for the destination at each step")
+	fs.String("files", "carry", "the tree's files the destination lacks or has in another version: carry (sent after the dump, while the tree is frozen, and put back as they were if the migration fails) or check (the files check fails on them)")
+	fs.String("carry-limit", "1GiB", "carry at most this many bytes of files (B, KiB, MiB, GiB; 0 for no bound)")
+	fs.StringSlice("replace-files", nil, "replace a file the destination has in another version with the source's (bare: any but a file of the destination's system, under /usr, /lib, /etc, /bin, /sbin, /boot; =PATH,...: these files only, system files included)")
+	fs.Lookup("replace-files").NoOptDefVal = replaceAny
+}
+
+// replaceAny is the value of a bare --replace-files.
+const replaceAny = "*"
+
+// parseBytes reads a size such as 1GiB, 512MiB, 64K or 1000 (bytes).
+func parseBytes(s string) (uint64, error) {
+	units := []struct {
+		suffix string
+		mult   uint64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	mult := uint64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil || n > ^uint64(0)/mult {
+		return 0, fmt.Errorf("%q: want a size such as 1GiB, 512MiB or 1000000", s)
+	}
+	return n * mult, nil
 }
 
 // parseCPUCap turns --cpu-cap into CRIU's bits.
@@ -87,6 +115,31 @@ func parseCPUCap(s string) (uint32, error) {
 		}
 	}
 	return caps, nil
+}
+
+// fileOptions reads --files, --carry-limit and --replace-files into o.
+func fileOptions(fs *pflag.FlagSet, o *migrate.Options) error {
+	o.Files, _ = fs.GetString("files")
+	if o.Files != "carry" && o.Files != "check" {
+		return cli.Usagef("--files: %q: want carry or check", o.Files)
+	}
+	limit, _ := fs.GetString("carry-limit")
+	var err error
+	if o.CarryLimit, err = parseBytes(limit); err != nil {
+		return cli.Usagef("--carry-limit: %v", err)
+	}
+	paths, _ := fs.GetStringSlice("replace-files")
+	for _, p := range paths {
+		switch {
+		case p == replaceAny:
+			o.ReplaceFiles = true
+		case !filepath.IsAbs(p) || filepath.Clean(p) != p:
+			return cli.Usagef("--replace-files: %q: want absolute paths (or no value: any file but the destination's system files)", p)
+		default:
+			o.ReplacePaths = append(o.ReplacePaths, p)
+		}
+	}
+	return nil
 }
 
 // options builds migrate.Options from the shared flags.
@@ -127,6 +180,9 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 	capStr, _ := fs.GetString("cpu-cap")
 	if o.CPUCap, err = parseCPUCap(capStr); err != nil {
 		return o, cli.Usagef("%v", err)
+	}
+	if err := fileOptions(fs, &o); err != nil {
+		return o, err
 	}
 	if o.TLS, err = clientTLS(fs); err != nil {
 		return o, err

@@ -50,10 +50,15 @@ const barWidth = 24
 //
 //	dump      [#########...............]  38%  97.0 MiB / 256.0 MiB  412.3 MiB/s  ETA 0s  wire 11.2 MiB
 //
-// Before the page stream it shows the phase and how long it has taken.
+// Before the page stream it shows the phase and how long it has taken;
+// while files are carried after the dump, how many and how many bytes.
 // During pre-copy the phase is the round ("round 1"); the rounds after the
 // first send what changed, of no known total, and show bytes and time.
 func progressLine(s migrate.ProgressSnapshot, now time.Time) string {
+	if s.Phase == "transfer" && s.CarryFiles > 0 {
+		return fmt.Sprintf("%-9s files %d/%d  %s / %s  %s", s.Phase, s.CarrySent, s.CarryFiles,
+			migrate.FormatBytes(s.CarryCopied), migrate.FormatBytes(s.CarryBytes), now.Sub(s.PhaseStart).Round(100*time.Millisecond))
+	}
 	if s.PagesStart.IsZero() {
 		return fmt.Sprintf("%-9s %s", s.Phase, now.Sub(s.PhaseStart).Round(100*time.Millisecond))
 	}

@@ -33,6 +33,8 @@ func TestProgressLine(t *testing.T) {
 			t0.Add(time.Second), []string{"round 1", "[" + strings.Repeat("#", 6) + strings.Repeat(".", 18) + "]", " 25%", "25.0 MiB / 100.0 MiB", "ETA 3s"}},
 		{"later round", migrate.ProgressSnapshot{Phase: "precopy", Round: 3, PagesStart: t0, PageBytes: 2 << 20, WireBytes: 1 << 20, ExpectedBytes: 100 << 20},
 			t0.Add(1500 * time.Millisecond), []string{"round 3", "2.0 MiB sent", "wire 1.0 MiB", "1.5s"}},
+		{"files carried", migrate.ProgressSnapshot{Phase: "transfer", PhaseStart: t0, PagesStart: t0, PagesEnd: t0, CarryFiles: 3, CarrySent: 1, CarryBytes: 4 << 20, CarryCopied: 1 << 20},
+			t0.Add(300 * time.Millisecond), []string{"transfer", "files 1/3", "1.0 MiB / 4.0 MiB", "300ms"}},
 		{"nothing yet", migrate.ProgressSnapshot{Phase: "dump", PagesStart: t0, ExpectedBytes: 1 << 20}, t0,
 			[]string{"[" + strings.Repeat(".", 24) + "]", "  0%", "0 B/s", "ETA -"}},
 	}

@@ -73,7 +73,7 @@ func (x Verdict_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verdict_Result.Descriptor instead.
 func (Verdict_Result) EnumDescriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22, 0}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24, 0}
 }
 
 // Envelope is the one message type on the control stream: exactly one of
@@ -707,11 +707,15 @@ type Prepare struct {
 	ManageCgroups  string                 `protobuf:"bytes,8,opt,name=manage_cgroups,json=manageCgroups,proto3" json:"manage_cgroups,omitempty"` // CRIU's cgroup mode on restore; "" = the service's default
 	// tty says where the tree's terminals from outside go on the
 	// destination: "pty" (a new pty, output logged), "null", "file:PATH".
-	Tty           string         `protobuf:"bytes,9,opt,name=tty,proto3" json:"tty,omitempty"`
-	Terminals     []*Terminal    `protobuf:"bytes,10,rep,name=terminals,proto3" json:"terminals,omitempty"`                   // declared external in the dump
-	Limits        []*CgroupLimit `protobuf:"bytes,11,rep,name=limits,proto3" json:"limits,omitempty"`                         // v2 limits of the tree's cgroup, for the destination to apply
-	FileLocks     bool           `protobuf:"varint,12,opt,name=file_locks,json=fileLocks,proto3" json:"file_locks,omitempty"` // the tree holds file locks: CRIU's file_locks on both sides
-	Precopy       bool           `protobuf:"varint,13,opt,name=precopy,proto3" json:"precopy,omitempty"`                      // pre-copy rounds may come before the dump (room for them on the tmpfs)
+	Tty       string         `protobuf:"bytes,9,opt,name=tty,proto3" json:"tty,omitempty"`
+	Terminals []*Terminal    `protobuf:"bytes,10,rep,name=terminals,proto3" json:"terminals,omitempty"`                   // declared external in the dump
+	Limits    []*CgroupLimit `protobuf:"bytes,11,rep,name=limits,proto3" json:"limits,omitempty"`                         // v2 limits of the tree's cgroup, for the destination to apply
+	FileLocks bool           `protobuf:"varint,12,opt,name=file_locks,json=fileLocks,proto3" json:"file_locks,omitempty"` // the tree holds file locks: CRIU's file_locks on both sides
+	Precopy   bool           `protobuf:"varint,13,opt,name=precopy,proto3" json:"precopy,omitempty"`                      // pre-copy rounds may come before the dump (room for them on the tmpfs)
+	// The files the source will send after the dump (a files stream): a
+	// subset of those the destination offered to take in its files verdict
+	// (carry, written_missing), where a tail may have become a replace.
+	Carry         []*Carry `protobuf:"bytes,14,rep,name=carry,proto3" json:"carry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -837,6 +841,203 @@ func (x *Prepare) GetPrecopy() bool {
 	return false
 }
 
+func (x *Prepare) GetCarry() []*Carry {
+	if x != nil {
+		return x.Carry
+	}
+	return nil
+}
+
+// Carry is a file of the tree that the destination lacks or has in another
+// version, which the source sends after the dump (the tree frozen, its
+// files still) and the destination puts in place before the restore.
+type Carry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	How           string                 `protobuf:"bytes,2,opt,name=how,proto3" json:"how,omitempty"`                                 // whole (missing there), tail (its copy is a prefix: only the rest), replace (its other version put aside)
+	Size          uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`                              // the source's size, as it saw it
+	DestSize      uint64                 `protobuf:"varint,4,opt,name=dest_size,json=destSize,proto3" json:"dest_size,omitempty"`      // tail, replace: the size of the destination's copy
+	DestSha256    string                 `protobuf:"bytes,5,opt,name=dest_sha256,json=destSha256,proto3" json:"dest_sha256,omitempty"` // tail: the sha256 of the destination's copy, for the source to tell whether it is a prefix
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Carry) Reset() {
+	*x = Carry{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Carry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Carry) ProtoMessage() {}
+
+func (x *Carry) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Carry.ProtoReflect.Descriptor instead.
+func (*Carry) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Carry) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Carry) GetHow() string {
+	if x != nil {
+		return x.How
+	}
+	return ""
+}
+
+func (x *Carry) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Carry) GetDestSize() uint64 {
+	if x != nil {
+		return x.DestSize
+	}
+	return 0
+}
+
+func (x *Carry) GetDestSha256() string {
+	if x != nil {
+		return x.DestSha256
+	}
+	return ""
+}
+
+// CarriedFile heads each file on a files stream (a 4-byte big-endian
+// length, then this message; then `length` bytes of content). An empty
+// path ends the stream.
+type CarriedFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	How           string                 `protobuf:"bytes,2,opt,name=how,proto3" json:"how,omitempty"`        // as in Carry
+	Offset        uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"` // where the bytes go: 0, or the destination's size for a tail
+	Length        uint64                 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	Mode          uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits (and setuid, setgid, sticky)
+	Uid           uint32                 `protobuf:"varint,6,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,7,opt,name=gid,proto3" json:"gid,omitempty"`
+	AtimeNanos    int64                  `protobuf:"varint,8,opt,name=atime_nanos,json=atimeNanos,proto3" json:"atime_nanos,omitempty"`
+	MtimeNanos    int64                  `protobuf:"varint,9,opt,name=mtime_nanos,json=mtimeNanos,proto3" json:"mtime_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CarriedFile) Reset() {
+	*x = CarriedFile{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CarriedFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CarriedFile) ProtoMessage() {}
+
+func (x *CarriedFile) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CarriedFile.ProtoReflect.Descriptor instead.
+func (*CarriedFile) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CarriedFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CarriedFile) GetHow() string {
+	if x != nil {
+		return x.How
+	}
+	return ""
+}
+
+func (x *CarriedFile) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *CarriedFile) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *CarriedFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *CarriedFile) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *CarriedFile) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *CarriedFile) GetAtimeNanos() int64 {
+	if x != nil {
+		return x.AtimeNanos
+	}
+	return 0
+}
+
+func (x *CarriedFile) GetMtimeNanos() int64 {
+	if x != nil {
+		return x.MtimeNanos
+	}
+	return 0
+}
+
 // Terminal is a terminal the tree uses but does not own (an ssh session's
 // pty, a console): CRIU dumps it as external, keyed tty[RDEV:DEV].
 type Terminal struct {
@@ -851,7 +1052,7 @@ type Terminal struct {
 
 func (x *Terminal) Reset() {
 	*x = Terminal{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	mi := &file_internal_pb_phaul_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1064,7 @@ func (x *Terminal) String() string {
 func (*Terminal) ProtoMessage() {}
 
 func (x *Terminal) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	mi := &file_internal_pb_phaul_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1077,7 @@ func (x *Terminal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Terminal.ProtoReflect.Descriptor instead.
 func (*Terminal) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{6}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Terminal) GetKey() string {
@@ -918,7 +1119,7 @@ type CgroupLimit struct {
 
 func (x *CgroupLimit) Reset() {
 	*x = CgroupLimit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -930,7 +1131,7 @@ func (x *CgroupLimit) String() string {
 func (*CgroupLimit) ProtoMessage() {}
 
 func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -943,7 +1144,7 @@ func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupLimit.ProtoReflect.Descriptor instead.
 func (*CgroupLimit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{7}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CgroupLimit) GetFile() string {
@@ -971,7 +1172,7 @@ type CgroupRoot struct {
 
 func (x *CgroupRoot) Reset() {
 	*x = CgroupRoot{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1184,7 @@ func (x *CgroupRoot) String() string {
 func (*CgroupRoot) ProtoMessage() {}
 
 func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1197,7 @@ func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupRoot.ProtoReflect.Descriptor instead.
 func (*CgroupRoot) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{8}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CgroupRoot) GetControllers() string {
@@ -1025,7 +1226,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1238,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1251,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ready) GetCgroupRoots() []*CgroupRoot {
@@ -1081,7 +1282,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1294,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1307,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1130,7 +1331,7 @@ type RoundDone struct {
 
 func (x *RoundDone) Reset() {
 	*x = RoundDone{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1343,7 @@ func (x *RoundDone) String() string {
 func (*RoundDone) ProtoMessage() {}
 
 func (x *RoundDone) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1356,7 @@ func (x *RoundDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundDone.ProtoReflect.Descriptor instead.
 func (*RoundDone) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RoundDone) GetNumber() uint32 {
@@ -1186,7 +1387,7 @@ type EndRounds struct {
 
 func (x *EndRounds) Reset() {
 	*x = EndRounds{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1399,7 @@ func (x *EndRounds) String() string {
 func (*EndRounds) ProtoMessage() {}
 
 func (x *EndRounds) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1412,7 @@ func (x *EndRounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRounds.ProtoReflect.Descriptor instead.
 func (*EndRounds) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EndRounds) GetKeep() uint32 {
@@ -1231,7 +1432,7 @@ type RoundsEnded struct {
 
 func (x *RoundsEnded) Reset() {
 	*x = RoundsEnded{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1444,7 @@ func (x *RoundsEnded) String() string {
 func (*RoundsEnded) ProtoMessage() {}
 
 func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1457,7 @@ func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundsEnded.ProtoReflect.Descriptor instead.
 func (*RoundsEnded) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
 }
 
 // ImagesSent follows the end of the images stream (source to
@@ -1265,13 +1466,15 @@ type ImagesSent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Files         uint32                 `protobuf:"varint,1,opt,name=files,proto3" json:"files,omitempty"`
 	Bytes         uint64                 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	CarriedFiles  uint32                 `protobuf:"varint,3,opt,name=carried_files,json=carriedFiles,proto3" json:"carried_files,omitempty"` // sent on the files stream (Prepare.carry)
+	CarriedBytes  uint64                 `protobuf:"varint,4,opt,name=carried_bytes,json=carriedBytes,proto3" json:"carried_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImagesSent) Reset() {
 	*x = ImagesSent{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1486,7 @@ func (x *ImagesSent) String() string {
 func (*ImagesSent) ProtoMessage() {}
 
 func (x *ImagesSent) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1499,7 @@ func (x *ImagesSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagesSent.ProtoReflect.Descriptor instead.
 func (*ImagesSent) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ImagesSent) GetFiles() uint32 {
@@ -1309,6 +1512,20 @@ func (x *ImagesSent) GetFiles() uint32 {
 func (x *ImagesSent) GetBytes() uint64 {
 	if x != nil {
 		return x.Bytes
+	}
+	return 0
+}
+
+func (x *ImagesSent) GetCarriedFiles() uint32 {
+	if x != nil {
+		return x.CarriedFiles
+	}
+	return 0
+}
+
+func (x *ImagesSent) GetCarriedBytes() uint64 {
+	if x != nil {
+		return x.CarriedBytes
 	}
 	return 0
 }
@@ -1329,7 +1546,7 @@ type Restored struct {
 
 func (x *Restored) Reset() {
 	*x = Restored{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1558,7 @@ func (x *Restored) String() string {
 func (*Restored) ProtoMessage() {}
 
 func (x *Restored) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1571,7 @@ func (x *Restored) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restored.ProtoReflect.Descriptor instead.
 func (*Restored) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Restored) GetPid() int32 {
@@ -1408,7 +1625,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1637,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1650,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
 }
 
 // Done says the destination copy runs (destination to source).
@@ -1446,7 +1663,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1675,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1688,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Done) GetPid() int32 {
@@ -1491,7 +1708,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1720,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1733,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Abort) GetReason() string {
@@ -1538,7 +1755,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1767,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1780,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Failure) GetPhase() string {
@@ -1600,13 +1817,20 @@ type Check struct {
 	Skip           []string               `protobuf:"bytes,6,rep,name=skip,proto3" json:"skip,omitempty"`                    // checks not to run (--skip-check)
 	Only           bool                   `protobuf:"varint,7,opt,name=only,proto3" json:"only,omitempty"`
 	ManageCgroups  string                 `protobuf:"bytes,8,opt,name=manage_cgroups,json=manageCgroups,proto3" json:"manage_cgroups,omitempty"` // as in Prepare
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The files policy: "carry" (or "") or "check"; replace_files
+	// (--replace-files) lets a file the destination has in another version
+	// be replaced, not a system file; replace_paths (--replace-files=PATH,...)
+	// names the files that may be, system files included.
+	FilesMode     string   `protobuf:"bytes,9,opt,name=files_mode,json=filesMode,proto3" json:"files_mode,omitempty"`
+	ReplaceFiles  bool     `protobuf:"varint,10,opt,name=replace_files,json=replaceFiles,proto3" json:"replace_files,omitempty"`
+	ReplacePaths  []string `protobuf:"bytes,11,rep,name=replace_paths,json=replacePaths,proto3" json:"replace_paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1842,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1855,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Check) GetFacts() *SourceFacts {
@@ -1690,6 +1914,27 @@ func (x *Check) GetManageCgroups() string {
 	return ""
 }
 
+func (x *Check) GetFilesMode() string {
+	if x != nil {
+		return x.FilesMode
+	}
+	return ""
+}
+
+func (x *Check) GetReplaceFiles() bool {
+	if x != nil {
+		return x.ReplaceFiles
+	}
+	return false
+}
+
+func (x *Check) GetReplacePaths() []string {
+	if x != nil {
+		return x.ReplacePaths
+	}
+	return nil
+}
+
 // CheckReport is the destination's verdicts.
 type CheckReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1700,7 +1945,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1957,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1970,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CheckReport) GetVerdicts() []*Verdict {
@@ -1747,13 +1992,16 @@ type Verdict struct {
 	// still keeps open there fails the check; one it wrote and renamed
 	// away meanwhile (a temporary file) is no longer needed.
 	WrittenMissing []string `protobuf:"bytes,6,rep,name=written_missing,json=writtenMissing,proto3" json:"written_missing,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// files only: the files this host lacks or has in another version that
+	// it offers to take from the source after the dump (--files=carry).
+	Carry         []*Carry `protobuf:"bytes,7,rep,name=carry,proto3" json:"carry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +2013,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +2026,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Verdict) GetCheck() string {
@@ -1823,27 +2071,40 @@ func (x *Verdict) GetWrittenMissing() []string {
 	return nil
 }
 
+func (x *Verdict) GetCarry() []*Carry {
+	if x != nil {
+		return x.Carry
+	}
+	return nil
+}
+
 // SourceFacts describe the source host and the tree.
 type SourceFacts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          *HostInfo              `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
-	CpuFlags      []string               `protobuf:"bytes,2,rep,name=cpu_flags,json=cpuFlags,proto3" json:"cpu_flags,omitempty"`       // /proc/cpuinfo flags
-	CpuinfoImg    []byte                 `protobuf:"bytes,3,opt,name=cpuinfo_img,json=cpuinfoImg,proto3" json:"cpuinfo_img,omitempty"` // CRIU's cpuinfo dump
-	Files         []*FileFact            `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
-	Sockets       []*SocketFact          `protobuf:"bytes,5,rep,name=sockets,proto3" json:"sockets,omitempty"`
-	Needs         []*Need                `protobuf:"bytes,6,rep,name=needs,proto3" json:"needs,omitempty"` // kernel features the tree uses
-	Cgroups       []*CgroupSet           `protobuf:"bytes,7,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
-	MemoryBytes   uint64                 `protobuf:"varint,8,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	Tasks         []*TaskFact            `protobuf:"bytes,9,rep,name=tasks,proto3" json:"tasks,omitempty"`
-	CgroupKind    string                 `protobuf:"bytes,10,opt,name=cgroup_kind,json=cgroupKind,proto3" json:"cgroup_kind,omitempty"` // v1, v2, hybrid
-	Held          []*Held                `protobuf:"bytes,11,rep,name=held,proto3" json:"held,omitempty"`                               // what the frozen tree keeps that its restore needs too
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Host        *HostInfo              `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	CpuFlags    []string               `protobuf:"bytes,2,rep,name=cpu_flags,json=cpuFlags,proto3" json:"cpu_flags,omitempty"`       // /proc/cpuinfo flags
+	CpuinfoImg  []byte                 `protobuf:"bytes,3,opt,name=cpuinfo_img,json=cpuinfoImg,proto3" json:"cpuinfo_img,omitempty"` // CRIU's cpuinfo dump
+	Files       []*FileFact            `protobuf:"bytes,4,rep,name=files,proto3" json:"files,omitempty"`
+	Sockets     []*SocketFact          `protobuf:"bytes,5,rep,name=sockets,proto3" json:"sockets,omitempty"`
+	Needs       []*Need                `protobuf:"bytes,6,rep,name=needs,proto3" json:"needs,omitempty"` // kernel features the tree uses
+	Cgroups     []*CgroupSet           `protobuf:"bytes,7,rep,name=cgroups,proto3" json:"cgroups,omitempty"`
+	MemoryBytes uint64                 `protobuf:"varint,8,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Tasks       []*TaskFact            `protobuf:"bytes,9,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	CgroupKind  string                 `protobuf:"bytes,10,opt,name=cgroup_kind,json=cgroupKind,proto3" json:"cgroup_kind,omitempty"` // v1, v2, hybrid
+	Held        []*Held                `protobuf:"bytes,11,rep,name=held,proto3" json:"held,omitempty"`                               // what the frozen tree keeps that its restore needs too
+	// The PIDs (of tasks and threads, as the tree's PID namespace numbers
+	// them) CRIU's restore will ask for in the destination's PID namespace:
+	// none when the tree's root is the init of a PID namespace of its own
+	// (the restore makes a new one, where they are free).
+	RestorePids   []int32 `protobuf:"varint,12,rep,packed,name=restore_pids,json=restorePids,proto3" json:"restore_pids,omitempty"`
+	PidNs         string  `protobuf:"bytes,13,opt,name=pid_ns,json=pidNs,proto3" json:"pid_ns,omitempty"` // the tree's PID namespace (/proc/PID/ns/pid), for a destination on the same kernel
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SourceFacts) Reset() {
 	*x = SourceFacts{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +2116,7 @@ func (x *SourceFacts) String() string {
 func (*SourceFacts) ProtoMessage() {}
 
 func (x *SourceFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +2129,7 @@ func (x *SourceFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceFacts.ProtoReflect.Descriptor instead.
 func (*SourceFacts) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SourceFacts) GetHost() *HostInfo {
@@ -1948,6 +2209,20 @@ func (x *SourceFacts) GetHeld() []*Held {
 	return nil
 }
 
+func (x *SourceFacts) GetRestorePids() []int32 {
+	if x != nil {
+		return x.RestorePids
+	}
+	return nil
+}
+
+func (x *SourceFacts) GetPidNs() string {
+	if x != nil {
+		return x.PidNs
+	}
+	return ""
+}
+
 // Held is something the source tree holds, and keeps while frozen until
 // the commit, that CRIU's restore on the destination needs for itself: a
 // lock on a file, a FIFO with data queued, a pty master. The destination
@@ -1972,7 +2247,7 @@ type Held struct {
 
 func (x *Held) Reset() {
 	*x = Held{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2259,7 @@ func (x *Held) String() string {
 func (*Held) ProtoMessage() {}
 
 func (x *Held) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2272,7 @@ func (x *Held) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Held.ProtoReflect.Descriptor instead.
 func (*Held) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Held) GetKind() string {
@@ -2088,7 +2363,7 @@ type FileFact struct {
 
 func (x *FileFact) Reset() {
 	*x = FileFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2375,7 @@ func (x *FileFact) String() string {
 func (*FileFact) ProtoMessage() {}
 
 func (x *FileFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2388,7 @@ func (x *FileFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
 func (*FileFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FileFact) GetPath() string {
@@ -2216,7 +2491,7 @@ type SocketFact struct {
 
 func (x *SocketFact) Reset() {
 	*x = SocketFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2503,7 @@ func (x *SocketFact) String() string {
 func (*SocketFact) ProtoMessage() {}
 
 func (x *SocketFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2516,7 @@ func (x *SocketFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
 func (*SocketFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SocketFact) GetFamily() string {
@@ -2313,7 +2588,7 @@ type Need struct {
 
 func (x *Need) Reset() {
 	*x = Need{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2325,7 +2600,7 @@ func (x *Need) String() string {
 func (*Need) ProtoMessage() {}
 
 func (x *Need) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2338,7 +2613,7 @@ func (x *Need) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Need.ProtoReflect.Descriptor instead.
 func (*Need) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Need) GetKind() string {
@@ -2386,7 +2661,7 @@ type TaskFact struct {
 
 func (x *TaskFact) Reset() {
 	*x = TaskFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2673,7 @@ func (x *TaskFact) String() string {
 func (*TaskFact) ProtoMessage() {}
 
 func (x *TaskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2686,7 @@ func (x *TaskFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
 func (*TaskFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TaskFact) GetPid() int32 {
@@ -2510,7 +2785,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2522,7 +2797,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2535,7 +2810,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusRequest) GetProtocolVersion() uint32 {
@@ -2560,7 +2835,7 @@ type StatusReport struct {
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2572,7 +2847,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2585,7 +2860,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatusReport) GetProtocolVersion() uint32 {
@@ -2636,7 +2911,7 @@ type MigrationState struct {
 
 func (x *MigrationState) Reset() {
 	*x = MigrationState{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2648,7 +2923,7 @@ func (x *MigrationState) String() string {
 func (*MigrationState) ProtoMessage() {}
 
 func (x *MigrationState) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2661,7 +2936,7 @@ func (x *MigrationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationState.ProtoReflect.Descriptor instead.
 func (*MigrationState) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MigrationState) GetId() string {
@@ -2755,7 +3030,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +3042,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2780,7 +3055,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Resolve) GetProtocolVersion() uint32 {
@@ -2817,7 +3092,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[33]
+	mi := &file_internal_pb_phaul_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2829,7 +3104,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[33]
+	mi := &file_internal_pb_phaul_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2842,7 +3117,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Resolved) GetMigrationId() string {
@@ -2919,7 +3194,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\"A\n" +
 	"\tCgroupSet\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\xbb\x03\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xe2\x03\n" +
 	"\aPrepare\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x1b\n" +
@@ -2936,7 +3211,27 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x06limits\x18\v \x03(\v2\x15.phaul.v1.CgroupLimitR\x06limits\x12\x1d\n" +
 	"\n" +
 	"file_locks\x18\f \x01(\bR\tfileLocks\x12\x18\n" +
-	"\aprecopy\x18\r \x01(\bR\aprecopy\"Z\n" +
+	"\aprecopy\x18\r \x01(\bR\aprecopy\x12%\n" +
+	"\x05carry\x18\x0e \x03(\v2\x0f.phaul.v1.CarryR\x05carry\"\x7f\n" +
+	"\x05Carry\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
+	"\x03how\x18\x02 \x01(\tR\x03how\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x1b\n" +
+	"\tdest_size\x18\x04 \x01(\x04R\bdestSize\x12\x1f\n" +
+	"\vdest_sha256\x18\x05 \x01(\tR\n" +
+	"destSha256\"\xdd\x01\n" +
+	"\vCarriedFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
+	"\x03how\x18\x02 \x01(\tR\x03how\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x12\n" +
+	"\x04mode\x18\x05 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x06 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\a \x01(\rR\x03gid\x12\x1f\n" +
+	"\vatime_nanos\x18\b \x01(\x03R\n" +
+	"atimeNanos\x12\x1f\n" +
+	"\vmtime_nanos\x18\t \x01(\x03R\n" +
+	"mtimeNanos\"Z\n" +
 	"\bTerminal\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -2960,11 +3255,13 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"held_bytes\x18\x02 \x01(\x04R\theldBytes\"\x1f\n" +
 	"\tEndRounds\x12\x12\n" +
 	"\x04keep\x18\x01 \x01(\rR\x04keep\"\r\n" +
-	"\vRoundsEnded\"8\n" +
+	"\vRoundsEnded\"\x82\x01\n" +
 	"\n" +
 	"ImagesSent\x12\x14\n" +
 	"\x05files\x18\x01 \x01(\rR\x05files\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"\xb1\x01\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12#\n" +
+	"\rcarried_files\x18\x03 \x01(\rR\fcarriedFiles\x12#\n" +
+	"\rcarried_bytes\x18\x04 \x01(\x04R\fcarriedBytes\"\xb1\x01\n" +
 	"\bRestored\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12#\n" +
 	"\rrestore_nanos\x18\x02 \x01(\x03R\frestoreNanos\x12\x19\n" +
@@ -2981,7 +3278,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\x83\x02\n" +
+	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\xec\x02\n" +
 	"\x05Check\x12+\n" +
 	"\x05facts\x18\x01 \x01(\v2\x15.phaul.v1.SourceFactsR\x05facts\x12\x1b\n" +
 	"\tshell_job\x18\x02 \x01(\bR\bshellJob\x12'\n" +
@@ -2991,21 +3288,27 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\acpu_cap\x18\x05 \x01(\rR\x06cpuCap\x12\x12\n" +
 	"\x04skip\x18\x06 \x03(\tR\x04skip\x12\x12\n" +
 	"\x04only\x18\a \x01(\bR\x04only\x12%\n" +
-	"\x0emanage_cgroups\x18\b \x01(\tR\rmanageCgroups\"<\n" +
+	"\x0emanage_cgroups\x18\b \x01(\tR\rmanageCgroups\x12\x1d\n" +
+	"\n" +
+	"files_mode\x18\t \x01(\tR\tfilesMode\x12#\n" +
+	"\rreplace_files\x18\n" +
+	" \x01(\bR\freplaceFiles\x12#\n" +
+	"\rreplace_paths\x18\v \x03(\tR\freplacePaths\"<\n" +
 	"\vCheckReport\x12-\n" +
-	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xfb\x01\n" +
+	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xa2\x02\n" +
 	"\aVerdict\x12\x14\n" +
 	"\x05check\x18\x01 \x01(\tR\x05check\x120\n" +
 	"\x06result\x18\x02 \x01(\x0e2\x18.phaul.v1.Verdict.ResultR\x06result\x12\x1c\n" +
 	"\ttransient\x18\x03 \x01(\bR\ttransient\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x14\n" +
 	"\x05items\x18\x05 \x03(\tR\x05items\x12'\n" +
-	"\x0fwritten_missing\x18\x06 \x03(\tR\x0ewrittenMissing\"3\n" +
+	"\x0fwritten_missing\x18\x06 \x03(\tR\x0ewrittenMissing\x12%\n" +
+	"\x05carry\x18\a \x03(\v2\x0f.phaul.v1.CarryR\x05carry\"3\n" +
 	"\x06Result\x12\b\n" +
 	"\x04PASS\x10\x00\x12\b\n" +
 	"\x04WARN\x10\x01\x12\b\n" +
 	"\x04FAIL\x10\x02\x12\v\n" +
-	"\aSKIPPED\x10\x03\"\xb4\x03\n" +
+	"\aSKIPPED\x10\x03\"\xee\x03\n" +
 	"\vSourceFacts\x12&\n" +
 	"\x04host\x18\x01 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\x12\x1b\n" +
 	"\tcpu_flags\x18\x02 \x03(\tR\bcpuFlags\x12\x1f\n" +
@@ -3020,7 +3323,9 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\vcgroup_kind\x18\n" +
 	" \x01(\tR\n" +
 	"cgroupKind\x12\"\n" +
-	"\x04held\x18\v \x03(\v2\x0e.phaul.v1.HeldR\x04held\"\xbf\x01\n" +
+	"\x04held\x18\v \x03(\v2\x0e.phaul.v1.HeldR\x04held\x12!\n" +
+	"\frestore_pids\x18\f \x03(\x05R\vrestorePids\x12\x15\n" +
+	"\x06pid_ns\x18\r \x01(\tR\x05pidNs\"\xbf\x01\n" +
 	"\x04Held\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x10\n" +
@@ -3125,7 +3430,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),       // 1: phaul.v1.Envelope
@@ -3134,79 +3439,83 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*Welcome)(nil),        // 4: phaul.v1.Welcome
 	(*CgroupSet)(nil),      // 5: phaul.v1.CgroupSet
 	(*Prepare)(nil),        // 6: phaul.v1.Prepare
-	(*Terminal)(nil),       // 7: phaul.v1.Terminal
-	(*CgroupLimit)(nil),    // 8: phaul.v1.CgroupLimit
-	(*CgroupRoot)(nil),     // 9: phaul.v1.CgroupRoot
-	(*Ready)(nil),          // 10: phaul.v1.Ready
-	(*Round)(nil),          // 11: phaul.v1.Round
-	(*RoundDone)(nil),      // 12: phaul.v1.RoundDone
-	(*EndRounds)(nil),      // 13: phaul.v1.EndRounds
-	(*RoundsEnded)(nil),    // 14: phaul.v1.RoundsEnded
-	(*ImagesSent)(nil),     // 15: phaul.v1.ImagesSent
-	(*Restored)(nil),       // 16: phaul.v1.Restored
-	(*Commit)(nil),         // 17: phaul.v1.Commit
-	(*Done)(nil),           // 18: phaul.v1.Done
-	(*Abort)(nil),          // 19: phaul.v1.Abort
-	(*Failure)(nil),        // 20: phaul.v1.Failure
-	(*Check)(nil),          // 21: phaul.v1.Check
-	(*CheckReport)(nil),    // 22: phaul.v1.CheckReport
-	(*Verdict)(nil),        // 23: phaul.v1.Verdict
-	(*SourceFacts)(nil),    // 24: phaul.v1.SourceFacts
-	(*Held)(nil),           // 25: phaul.v1.Held
-	(*FileFact)(nil),       // 26: phaul.v1.FileFact
-	(*SocketFact)(nil),     // 27: phaul.v1.SocketFact
-	(*Need)(nil),           // 28: phaul.v1.Need
-	(*TaskFact)(nil),       // 29: phaul.v1.TaskFact
-	(*StatusRequest)(nil),  // 30: phaul.v1.StatusRequest
-	(*StatusReport)(nil),   // 31: phaul.v1.StatusReport
-	(*MigrationState)(nil), // 32: phaul.v1.MigrationState
-	(*Resolve)(nil),        // 33: phaul.v1.Resolve
-	(*Resolved)(nil),       // 34: phaul.v1.Resolved
+	(*Carry)(nil),          // 7: phaul.v1.Carry
+	(*CarriedFile)(nil),    // 8: phaul.v1.CarriedFile
+	(*Terminal)(nil),       // 9: phaul.v1.Terminal
+	(*CgroupLimit)(nil),    // 10: phaul.v1.CgroupLimit
+	(*CgroupRoot)(nil),     // 11: phaul.v1.CgroupRoot
+	(*Ready)(nil),          // 12: phaul.v1.Ready
+	(*Round)(nil),          // 13: phaul.v1.Round
+	(*RoundDone)(nil),      // 14: phaul.v1.RoundDone
+	(*EndRounds)(nil),      // 15: phaul.v1.EndRounds
+	(*RoundsEnded)(nil),    // 16: phaul.v1.RoundsEnded
+	(*ImagesSent)(nil),     // 17: phaul.v1.ImagesSent
+	(*Restored)(nil),       // 18: phaul.v1.Restored
+	(*Commit)(nil),         // 19: phaul.v1.Commit
+	(*Done)(nil),           // 20: phaul.v1.Done
+	(*Abort)(nil),          // 21: phaul.v1.Abort
+	(*Failure)(nil),        // 22: phaul.v1.Failure
+	(*Check)(nil),          // 23: phaul.v1.Check
+	(*CheckReport)(nil),    // 24: phaul.v1.CheckReport
+	(*Verdict)(nil),        // 25: phaul.v1.Verdict
+	(*SourceFacts)(nil),    // 26: phaul.v1.SourceFacts
+	(*Held)(nil),           // 27: phaul.v1.Held
+	(*FileFact)(nil),       // 28: phaul.v1.FileFact
+	(*SocketFact)(nil),     // 29: phaul.v1.SocketFact
+	(*Need)(nil),           // 30: phaul.v1.Need
+	(*TaskFact)(nil),       // 31: phaul.v1.TaskFact
+	(*StatusRequest)(nil),  // 32: phaul.v1.StatusRequest
+	(*StatusReport)(nil),   // 33: phaul.v1.StatusReport
+	(*MigrationState)(nil), // 34: phaul.v1.MigrationState
+	(*Resolve)(nil),        // 35: phaul.v1.Resolve
+	(*Resolved)(nil),       // 36: phaul.v1.Resolved
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
 	4,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
 	6,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
-	10, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
-	15, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
-	16, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
-	17, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
-	18, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
-	19, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
-	20, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
-	21, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
-	22, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
-	30, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
-	31, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
-	33, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
-	34, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
-	11, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
-	12, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
-	13, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
-	14, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
+	12, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
+	17, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
+	18, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
+	19, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
+	20, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
+	21, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
+	22, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
+	23, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
+	24, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
+	32, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
+	33, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
+	35, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
+	36, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
+	13, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
+	14, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
+	15, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
+	16, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
 	2,  // 20: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
 	2,  // 21: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
 	5,  // 22: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	7,  // 23: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
-	8,  // 24: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
-	9,  // 25: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	24, // 26: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	23, // 27: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 28: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	2,  // 29: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	26, // 30: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	27, // 31: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	28, // 32: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 33: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	29, // 34: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	25, // 35: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
-	2,  // 36: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
-	32, // 37: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
-	38, // [38:38] is the sub-list for method output_type
-	38, // [38:38] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	9,  // 23: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	10, // 24: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	7,  // 25: phaul.v1.Prepare.carry:type_name -> phaul.v1.Carry
+	11, // 26: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	26, // 27: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	25, // 28: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 29: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	7,  // 30: phaul.v1.Verdict.carry:type_name -> phaul.v1.Carry
+	2,  // 31: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	28, // 32: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	29, // 33: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	30, // 34: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 35: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	31, // 36: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	27, // 37: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
+	2,  // 38: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	34, // 39: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -3242,7 +3551,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -277,6 +277,19 @@ func (h *Hosts) StartServiceInPidns(t testing.TB, extra ...string) *Service {
 	return h.startService(t, []string{"unshare", "-p", "-f", "-m", "--mount-proc", "--propagation", "private"}, extra)
 }
 
+// Pid is the host PID of phaul-service itself (in a PID namespace of its
+// own, unshare's child), for nsenter; 0 if it is not running.
+func (s *Service) Pid() int {
+	if !s.pidns {
+		return s.Cmd.Process.Pid
+	}
+	kids, _ := proc.Children(s.Cmd.Process.Pid)
+	if len(kids) == 0 {
+		return 0
+	}
+	return kids[0]
+}
+
 // HostPid is the PID, in this test's PID namespace, of the task that has
 // pid in the service's PID namespace (0 if none). For a service in no PID
 // namespace of its own, pid itself.
@@ -284,11 +297,11 @@ func (s *Service) HostPid(pid int) int {
 	if !s.pidns {
 		return pid
 	}
-	kids, _ := proc.Children(s.Cmd.Process.Pid)
-	if len(kids) == 0 {
+	init := s.Pid()
+	if init == 0 {
 		return 0
 	}
-	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", kids[0]))
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", init))
 	if err != nil {
 		return 0
 	}
@@ -348,6 +361,10 @@ type WorkloadOptions struct {
 	// needs a service in a PID namespace of its own:
 	// StartServiceInPidns).
 	FromShell bool
+	// HostPidns starts it leading a session of its own (setsid) but in
+	// this host's PID namespace, as a daemon started at boot is: its
+	// restore needs its PIDs free on the destination.
+	HostPidns bool
 	// Terminal, if set, is its stdin, stdout and stderr; with FromShell
 	// also the session's controlling terminal.
 	Terminal *os.File
@@ -374,6 +391,10 @@ func (h *Hosts) StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 		argv = []string{"sh", "-c", `"$@" & wait`, "sh"}
 	case o.ShellJob:
 		argv = []string{"unshare", "-p", "-f"}
+	case o.HostPidns:
+		// sh leads the session; its child is no group leader, so
+		// setsid makes it one of its own without forking.
+		argv = []string{"sh", "-c", `setsid "$@" & wait`, "sh"}
 	default:
 		argv = []string{"unshare", "-p", "-f", "setsid"}
 	}
