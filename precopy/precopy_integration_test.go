@@ -28,7 +28,7 @@ import (
 // pageServer starts a CRIU page server writing into dir, whose parent
 // images (if parent is not "") are in the sibling directory parent. It
 // returns the socket to write the page stream to.
-func pageServer(t *testing.T, c *criu.Client, dir, parent string) (*os.File, *criu.PageServer) {
+func pageServer(t testing.TB, c *criu.Client, dir, parent string) (*os.File, *criu.PageServer) {
 	t.Helper()
 	imagesDir(t, dir, parent)
 	mine, theirs := testutil.Socketpair(t)
@@ -45,7 +45,7 @@ func pageServer(t *testing.T, c *criu.Client, dir, parent string) (*os.File, *cr
 }
 
 // round runs one pre-copy round of the tree into dir.
-func round(t *testing.T, c *criu.Client, h *Hasher, tab *Table, root int, dir, parent string) RoundStats {
+func round(t testing.TB, c *criu.Client, h *Hasher, tab *Table, root int, dir, parent string) RoundStats {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -71,16 +71,54 @@ func round(t *testing.T, c *criu.Client, h *Hasher, tab *Table, root int, dir, p
 	return st
 }
 
+// dumpOpts choose how finalDump's page stream reaches the page server.
+type dumpOpts struct {
+	// corrupt is a test hook: the references it accepts go wrong.
+	corrupt func(dst, vaddr uint64) bool
+	// expand, if set, is design (a) (expand_test.go): the references
+	// are expanded from the images of this round into a page server
+	// without parent, and the restore reads those flat images.
+	expand string
+}
+
+// frozen are the two steps of a final dump and restore that a migration
+// spends with the tree frozen, on the destination's side of the network.
+type frozen struct{ dump, restore time.Duration }
+
 // finalDump dumps the tree with CRIU through Forward into dir (parent: the
 // last round), copies the other images there, and restores.
-func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.Workload, dir, parent string, corrupt func(dst, vaddr uint64) bool) (Stats, testutil.State, int) {
+func finalDump(t testing.TB, c *criu.Client, h *Hasher, tab *Table, w *testutil.Workload, dir, parent string, o dumpOpts) (Stats, testutil.State, int, frozen) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	sock, ps := pageServer(t, c, dir, parent)
+	psParent := parent
+	if o.expand != "" {
+		psParent = ""
+	}
+	sock, ps := pageServer(t, c, dir, psParent)
+	expanded := make(chan error, 1)
+	if o.expand != "" {
+		x, err := newExpander(o.expand)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer x.close()
+		mine, theirs := testutil.Socketpair(t)
+		go func(out *os.File) {
+			err := x.run(theirs, out)
+			if err != nil {
+				// Unblock the encoder, hence CRIU's dump.
+				theirs.Close()
+			}
+			expanded <- err
+		}(sock)
+		sock = mine
+	} else {
+		expanded <- nil
+	}
 	dumpEnd, pumpEnd := testutil.Socketpair(t)
 	e := NewEncoder(bufio.NewWriterSize(sock, 1<<20), h, tab, false)
-	e.corrupt = corrupt
+	e.corrupt = o.corrupt
 	fwd, replies := make(chan error, 1), make(chan error, 1)
 	go func() {
 		err := e.Forward(pumpEnd)
@@ -93,21 +131,30 @@ func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.
 
 	src := t.TempDir()
 	pid := w.Cmd.Process.Pid
+	t0 := time.Now()
 	if _, err := c.Dump(ctx, criu.Request{ImagesDir: src, PageServer: dumpEnd, Opts: &rpc.CriuOpts{Pid: proto.Int32(int32(pid))}}); err != nil {
+		select {
+		case xerr := <-expanded:
+			t.Fatalf("dump: %v (expanding: %v)", err, xerr)
+		default:
+		}
 		t.Fatalf("dump: %v", err)
 	}
 	dumpEnd.Close()
-	if err := <-fwd; err != nil {
-		t.Fatalf("forward: %v", err)
-	}
-	if err := <-replies; err != nil {
-		t.Fatalf("replies: %v", err)
+	for _, ch := range []chan error{fwd, replies, expanded} {
+		if err := <-ch; err != nil {
+			t.Fatalf("forward: %v", err)
+		}
 	}
 	if err := ps.Wait(ctx); err != nil {
 		t.Fatalf("page server: %v", err)
 	}
-	checkPruned(t, dir, e.Stats().Pages)
-	if corrupt != nil && e.corrupted != 1 {
+	var times frozen
+	times.dump = time.Since(t0)
+	if o.expand == "" {
+		checkPruned(t, dir, e.Stats().Pages)
+	}
+	if o.corrupt != nil && e.corrupted != 1 {
 		t.Fatalf("the hook corrupted %d references, want 1 (no page of the area changed after the last round?); %+v", e.corrupted, e.Stats())
 	}
 	dumped, err := testutil.ReadState(w.State)
@@ -120,19 +167,24 @@ func finalDump(t *testing.T, c *criu.Client, h *Hasher, tab *Table, w *testutil.
 		}
 	}
 	copyImages(t, src, dir)
+	t0 = time.Now()
 	res, err := c.Restore(ctx, criu.Request{ImagesDir: dir})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	return e.Stats(), dumped, res.Pid
+	times.restore = time.Since(t0)
+	return e.Stats(), dumped, res.Pid, times
 }
 
 // tmpfs mounts a tmpfs for a test's images, as the destination keeps
 // them: its blocks are the pages it holds, no more.
-func tmpfs(t *testing.T) string {
+func tmpfs(t testing.TB) string { return tmpfsOf(t, 512<<20) }
+
+// tmpfsOf is tmpfs of size bytes.
+func tmpfsOf(t testing.TB, size int64) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := unix.Mount("phaul-test", dir, "tmpfs", 0, "size=512m,mode=0700"); err != nil {
+	if err := unix.Mount("phaul-test", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
 		t.Fatalf("mount a tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
@@ -186,7 +238,7 @@ func unite(a, b []extent) []extent {
 
 // checkPruned prunes the chain below the dump's images and checks that it
 // then holds exactly the pages the dump covers, each once.
-func checkPruned(t *testing.T, top string, pages int64) {
+func checkPruned(t testing.TB, top string, pages int64) {
 	t.Helper()
 	p, err := Prune(top)
 	if err != nil {
@@ -198,7 +250,7 @@ func checkPruned(t *testing.T, top string, pages int64) {
 	}
 }
 
-func copyImages(t *testing.T, src, dst string) {
+func copyImages(t testing.TB, src, dst string) {
 	t.Helper()
 	entries, err := os.ReadDir(src)
 	if err != nil {
@@ -219,7 +271,7 @@ func copyImages(t *testing.T, src, dst string) {
 }
 
 // memorySum asks the restored workload to check its memory.
-func memorySum(t *testing.T, w *testutil.Workload, pid int) string {
+func memorySum(t testing.TB, w *testutil.Workload, pid int) string {
 	t.Helper()
 	os.Remove(w.State + ".sum")
 	if err := unix.Kill(pid, unix.SIGUSR1); err != nil {
@@ -266,11 +318,11 @@ func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Sta
 	if _, err := testutil.WaitCount(w.State, st.Count+10, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	var hook func(dst, vaddr uint64) bool
+	var o dumpOpts
 	if corrupt {
-		hook = inArea(t, w, pid)
+		o.corrupt = inArea(t, w, pid)
 	}
-	final, dumped, restored := finalDump(t, c, h, tab, w, filepath.Join(root, "final"), "2", hook)
+	final, dumped, restored, _ := finalDump(t, c, h, tab, w, filepath.Join(root, "final"), "2", o)
 	if restored != dumped.Pid {
 		t.Errorf("restored pid %d, dumped %d", restored, dumped.Pid)
 	}
@@ -279,7 +331,7 @@ func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Sta
 
 // inArea accepts the addresses of the workload's checked memory area in
 // its root task.
-func inArea(t *testing.T, w *testutil.Workload, pid int) func(dst, vaddr uint64) bool {
+func inArea(t testing.TB, w *testutil.Workload, pid int) func(dst, vaddr uint64) bool {
 	t.Helper()
 	data, err := os.ReadFile(w.State + ".mem")
 	if err != nil {

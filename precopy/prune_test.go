@@ -53,7 +53,7 @@ func writeLevel(t *testing.T, dir, parentDir string, lvl byte, images map[int][]
 
 // imagesDir makes an images directory whose parent images (if parent is
 // not "") are in the sibling directory parent.
-func imagesDir(t *testing.T, dir, parent string) {
+func imagesDir(t testing.TB, dir, parent string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
