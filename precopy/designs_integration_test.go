@@ -29,13 +29,7 @@ func designRun(t testing.TB, c *criu.Client, mib int, expand bool) (string, Stat
 	pid := w.Cmd.Process.Pid
 	round(t, c, h, tab, pid, filepath.Join(root, "1"), "")
 	// What the tree rewrites between the last round and the freeze.
-	st, err := testutil.ReadState(w.State)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := testutil.WaitCount(w.State, st.Count+10, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	letItWrite(t, w)
 	var o dumpOpts
 	if expand {
 		o.expand = filepath.Join(root, "1")

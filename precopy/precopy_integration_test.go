@@ -311,13 +311,7 @@ func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Sta
 	// Let the workload rewrite some pages after the last round, so the
 	// final dump has changed pages to send (and, with corrupt, one to
 	// refer to wrongly).
-	st, err := testutil.ReadState(w.State)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := testutil.WaitCount(w.State, st.Count+10, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	letItWrite(t, w)
 	var o dumpOpts
 	if corrupt {
 		o.corrupt = inArea(t, w, pid)
@@ -378,5 +372,18 @@ func TestPrecopyWrongReferenceIsCaught(t *testing.T) {
 	_, _, _, sum := precopyRun(t, true)
 	if !strings.HasPrefix(sum, "sum=BAD") {
 		t.Fatalf("memory check after a corrupted reference: %q, want BAD", sum)
+	}
+}
+
+// letItWrite waits until the workload has gone on writing for ten counts:
+// the final dump then has changed pages to send.
+func letItWrite(t testing.TB, w *testutil.Workload) {
+	t.Helper()
+	st, err := testutil.ReadState(w.State)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.WaitCount(w.State, st.Count+10, 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
 }
