@@ -4,7 +4,8 @@
 //
 // It needs no dirty tracking from the kernel (no soft-dirty): it compares
 // content. A round reads every page CRIU's dump would send (/proc/PID/maps,
-// /proc/PID/pagemap, process_vm_readv), hashes each with a keyed 128-bit
+// /proc/PID/pagemap, process_vm_readv; the tasks' own memory, and shared
+// memory by object and offset as CRIU dumps it), hashes each with a keyed 128-bit
 // hash (HighwayHash, with a random key per migration), and writes CRIU's
 // own page-server protocol to a CRIU page server on the destination: a
 // page whose hash equals the one of the last bytes sent for that task and

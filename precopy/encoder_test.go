@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -77,14 +79,23 @@ func answers(parents []bool, status int32) io.Reader {
 	return bytes.NewReader(binary.NativeEndian.AppendUint32(b, uint32(status)))
 }
 
-// stream writes one image set: for each image, pages at 0x10000.
+// Images of the tests' streams: two tasks' and a shared memory object's.
+var (
+	task1 = criu.PageDst(criu.PSTypePid, 1)
+	task2 = criu.PageDst(criu.PSTypePid, 2)
+	shm7  = criu.PageDst(criu.PSTypeShmem, 7)
+)
+
+// stream writes one image set: for each image (by dst_id, in order),
+// pages at 0x10000.
 func stream(t *testing.T, e *Encoder, parents []bool, status int32, images map[uint64][]byte) error {
 	t.Helper()
 	ctx := context.Background()
 	replies := make(chan error, 1)
 	go func() { replies <- e.Replies(ctx, answers(parents, status), nil) }()
-	for dst := uint64(1); dst <= uint64(len(images)); dst++ {
-		done, err := e.Open(criu.PageDst(criu.PSTypePid, dst))
+	dsts := slices.Sorted(maps.Keys(images))
+	for _, dst := range dsts {
+		done, err := e.Open(dst)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +128,7 @@ func TestEncoderRounds(t *testing.T) {
 	// Round 1: no parent, everything sent.
 	var w1 buf
 	e := NewEncoder(&w1, h, tab, true)
-	if err := stream(t, e, []bool{false}, 0, map[uint64][]byte{1: pages('a', 'b', 'c', 'd')}); err != nil {
+	if err := stream(t, e, []bool{false}, 0, map[uint64][]byte{task1: pages('a', 'b', 'c', 'd')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
@@ -133,7 +144,7 @@ func TestEncoderRounds(t *testing.T) {
 	// further on; the old page 3 goes by reference even after the change.
 	var w2 buf
 	e = NewEncoder(&w2, h, tab, true)
-	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{1: pages('a', 'b', 'X', 'd', 'e')}); err != nil {
+	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{task1: pages('a', 'b', 'X', 'd', 'e')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
@@ -168,7 +179,7 @@ func TestEncoderRounds(t *testing.T) {
 	// for the image, so nothing may go by reference.
 	var w3 buf
 	e = NewEncoder(&w3, h, tab, false)
-	if err := stream(t, e, []bool{false}, 0, map[uint64][]byte{1: pages('a', 'b', 'X')}); err != nil {
+	if err := stream(t, e, []bool{false}, 0, map[uint64][]byte{task1: pages('a', 'b', 'X')}); err != nil {
 		t.Fatal(err)
 	}
 	if s := e.Stats(); s.Referenced != 0 || s.Sent != 3 {
@@ -185,7 +196,7 @@ func TestEncoderBudget(t *testing.T) {
 	h, _ := NewHasher()
 	tab := NewTable()
 	var w buf
-	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{false}, 0, map[uint64][]byte{1: pages('a', 'b', 'c', 'd')}); err != nil {
+	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{false}, 0, map[uint64][]byte{task1: pages('a', 'b', 'c', 'd')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
@@ -195,7 +206,7 @@ func TestEncoderBudget(t *testing.T) {
 	// replace their older copy and go whatever the budget.
 	e := NewEncoder(&w, h, tab, true)
 	e.SetBudget(1)
-	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{1: pages('X', 'b', 'Y', 'Z', 'e', 'f')}); err != nil {
+	if err := stream(t, e, []bool{true}, 0, map[uint64][]byte{task1: pages('X', 'b', 'Y', 'Z', 'e', 'f')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
@@ -225,13 +236,13 @@ func TestTableSweepForgetsWhatARoundLeftOut(t *testing.T) {
 	tab := NewTable()
 	var w buf
 	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{false, false}, 0,
-		map[uint64][]byte{1: pages('a', 'b'), 2: pages('c')}); err != nil {
+		map[uint64][]byte{task1: pages('a', 'b'), task2: pages('c')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
 	w.Reset()
 	// The second round has image 1 only, and only its first page.
-	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{true}, 0, map[uint64][]byte{1: pages('a')}); err != nil {
+	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{true}, 0, map[uint64][]byte{task1: pages('a')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
@@ -256,13 +267,13 @@ func TestRepliesStatus(t *testing.T) {
 // criuStream is a dump as CRIU writes it: OPEN2, pages marked lazy and
 // present, shared memory, CLOSE.
 func criuStream(task []byte, shmem []byte) []byte {
-	pid, shm := criu.PageDst(criu.PSTypePid, 1), criu.PageDst(criu.PSTypeShmem, 7)
+	pid, shm := task1, shm7
 	var b []byte
 	b = criu.PageIov{Cmd: criu.PSIovOpen2, DstID: pid}.Append(b)
 	b = criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent | criu.PELazy, NrPages: uint64(len(task) / criu.PageSize), Vaddr: 0x10000, DstID: pid}.Append(b)
 	b = append(b, task...)
 	b = criu.PageIov{Cmd: criu.PSIovOpen2, DstID: shm}.Append(b)
-	b = criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(len(shmem) / criu.PageSize), DstID: shm}.Append(b)
+	b = criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(len(shmem) / criu.PageSize), Vaddr: 0x10000, DstID: shm}.Append(b)
 	b = append(b, shmem...)
 	return criu.PageIov{Cmd: criu.PSIovClose}.Append(b)
 }
@@ -305,16 +316,17 @@ func TestForward(t *testing.T) {
 	h, _ := NewHasher()
 	tab := NewTable()
 	var w buf
-	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{false}, 0, map[uint64][]byte{1: pages('a', 'b', 'c')}); err != nil {
+	if err := stream(t, NewEncoder(&w, h, tab, true), []bool{false, false}, 0,
+		map[uint64][]byte{task1: pages('a', 'b', 'c'), shm7: pages('s', 't')}); err != nil {
 		t.Fatal(err)
 	}
 	tab.Sweep()
 
 	w.Reset()
 	e := NewEncoder(&w, h, tab, false)
-	src, ans, toCRIU := fakeCRIU(t, criuStream(pages('a', 'Z', 'c'), pages('s')))
+	src, ans, toCRIU := fakeCRIU(t, criuStream(pages('a', 'Z', 'c'), pages('s', 'T')))
 	replies := make(chan error, 1)
-	go func() { replies <- e.Replies(context.Background(), answers([]bool{true, false}, 0), ans) }()
+	go func() { replies <- e.Replies(context.Background(), answers([]bool{true, true}, 0), ans) }()
 	if err := e.Forward(src); err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +344,8 @@ func TestForward(t *testing.T) {
 			flags = append(flags, g.h.Flags)
 		}
 	}
-	wantFlags := []uint16{criu.PEParent, criu.PEPresent | criu.PELazy, criu.PEParent, criu.PEPresent}
+	// The shared memory's unchanged page goes by reference too.
+	wantFlags := []uint16{criu.PEParent, criu.PEPresent | criu.PELazy, criu.PEParent, criu.PEParent, criu.PEPresent}
 	if len(flags) != len(wantFlags) {
 		t.Fatalf("entries %v", headers(got))
 	}
@@ -341,7 +354,7 @@ func TestForward(t *testing.T) {
 			t.Errorf("entry %d flags %#x, want %#x", i, flags[i], wantFlags[i])
 		}
 	}
-	if s := e.Stats(); s.Pages != 4 || s.Referenced != 2 || s.Sent != 2 || s.Images != 2 {
+	if s := e.Stats(); s.Pages != 5 || s.Referenced != 3 || s.Sent != 2 || s.Images != 2 {
 		t.Errorf("stats %+v", s)
 	}
 }

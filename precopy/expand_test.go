@@ -34,10 +34,13 @@ func newExpander(store string) (*expander, error) {
 	x := &expander{store: store, maps: map[uint64]*pagemapImg{}, pages: map[uint32]*os.File{}}
 	for name, pm := range lvl.maps {
 		var id uint64
-		if _, err := fmt.Sscanf(name, "pagemap-%d.img", &id); err != nil {
-			continue // shared memory: never referred to
+		if _, err := fmt.Sscanf(name, "pagemap-shmem-%d.img", &id); err == nil {
+			x.maps[criu.PageDst(criu.PSTypeShmem, id)] = pm
+		} else if _, err := fmt.Sscanf(name, "pagemap-%d.img", &id); err == nil {
+			x.maps[criu.PageDst(criu.PSTypePid, id)] = pm
+		} else {
+			continue
 		}
-		x.maps[criu.PageDst(criu.PSTypePid, id)] = pm
 		f, err := os.Open(filepath.Join(store, fmt.Sprintf("pages-%d.img", pm.pagesID)))
 		if err != nil {
 			return nil, err

@@ -61,11 +61,11 @@ func (e *Encoder) Forward(src io.Reader) error {
 	}
 }
 
-// forwardPages passes on one ADD_F: a task's present pages through Pages
-// (CRIU marks most of them lazy too, which the pages sent keep), anything
-// else (shared memory, entries without bytes) as it came.
+// forwardPages passes on one ADD_F: present pages (a task's or shared
+// memory's) through Pages (CRIU marks most of a task's lazy too, which
+// the pages sent keep), entries without bytes as they came.
 func (e *Encoder) forwardPages(h criu.PageIov, src io.Reader, buf []byte) error {
-	if h.Flags&^criu.PELazy != criu.PEPresent || h.Type() != criu.PSTypePid {
+	if h.Flags&^criu.PELazy != criu.PEPresent {
 		if err := e.flushRun(); err != nil {
 			return err
 		}

@@ -45,62 +45,82 @@ func Tasks(root int) ([]Task, error) {
 	return out, nil
 }
 
-// region is a mapping whose pages CRIU's dump sends: private, anonymous
-// or file-backed (of those, only the pages the task wrote).
+// region is a mapping whose pages CRIU's dump sends as a task's own:
+// private, anonymous or file-backed (of those, only the pages the task
+// wrote).
 type region struct {
 	start, end uint64
 	file       bool
 }
 
-// privateRegions parses /proc/PID/maps and keeps what CRIU dumps as a
-// task's private memory (vma_entry_is_private): private mappings below the
-// task size, but not [vvar] and the like, which are not memory. Unreadable
-// mappings are left out: their pages, if any, are sent at the freeze.
-func privateRegions(pid int) ([]region, error) {
+// mapping is one line of /proc/PID/maps.
+type mapping struct {
+	start, end uint64
+	perms      string
+	off        uint64 // offset in the mapped object
+	dev        string // "major:minor", as maps prints it
+	inode      uint64
+	path       string
+}
+
+// regions parses /proc/PID/maps: the task's private memory, and its
+// mappings of shared memory objects CRIU dumps as shmem images.
+func regions(pid int) ([]region, []sharedMap, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
-	var out []region
+	var private []region
+	var shared []sharedMap
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		r, ok := parseMapsLine(sc.Text())
-		if ok {
-			out = append(out, r)
+		m, ok := parseMapsLine(sc.Text())
+		if !ok {
+			continue
+		}
+		if r, ok := m.private(); ok {
+			private = append(private, r)
+		} else if s, ok := m.shared(shmemDev()); ok && (!s.sysv || ownIPC(pid)) {
+			shared = append(shared, s)
 		}
 	}
-	return out, sc.Err()
+	return private, shared, sc.Err()
 }
 
 // parseMapsLine parses "start-end perms offset dev inode [path]".
-func parseMapsLine(line string) (region, bool) {
+func parseMapsLine(line string) (mapping, bool) {
 	f := strings.Fields(line)
 	if len(f) < 5 || len(f[1]) != 4 {
-		return region{}, false
+		return mapping{}, false
 	}
 	lo, hi, ok := strings.Cut(f[0], "-")
 	if !ok {
-		return region{}, false
+		return mapping{}, false
 	}
 	start, err1 := strconv.ParseUint(lo, 16, 64)
 	end, err2 := strconv.ParseUint(hi, 16, 64)
-	if err1 != nil || err2 != nil || end <= start || start%criu.PageSize != 0 || end%criu.PageSize != 0 {
+	off, err3 := strconv.ParseUint(f[2], 16, 64)
+	inode, err4 := strconv.ParseUint(f[4], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil || end <= start || start%criu.PageSize != 0 || end%criu.PageSize != 0 {
+		return mapping{}, false
+	}
+	return mapping{start: start, end: end, perms: f[1], off: off, dev: f[3], inode: inode, path: strings.Join(f[5:], " ")}, true
+}
+
+// private returns the region of a mapping CRIU dumps as a task's private
+// memory (vma_entry_is_private): readable private mappings, but not
+// [vvar] and the like, which are not memory. Unreadable mappings are left
+// out: their pages, if any, are sent at the freeze.
+func (m mapping) private() (region, bool) {
+	if m.perms[0] != 'r' || m.perms[3] != 'p' {
 		return region{}, false
 	}
-	perms := f[1]
-	if perms[0] != 'r' || perms[3] != 'p' {
-		return region{}, false
-	}
-	path := ""
-	if len(f) > 5 {
-		path = f[5]
-	}
-	switch path {
+	switch m.path {
 	case "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]":
 		return region{}, false
 	}
-	return region{start: start, end: end, file: f[4] != "0"}, true
+	return region{start: m.start, end: m.end, file: m.inode != 0}, true
 }
 
 // Pagemap bits (Documentation/admin-guide/mm/pagemap.rst; criu/include/mem.h).
@@ -241,12 +261,26 @@ func (m *memReader) read(spans []span) (int, error) {
 	}
 	m.local = append(m.local[:0], unix.Iovec{Base: &m.buf[0]})
 	m.local[0].SetLen(total)
-	got, err := unix.ProcessVMReadv(m.pid, m.local, m.remote, 0)
+	return vmRead(m.pid, m.local, m.remote)
+}
+
+// readMem reads len(buf) bytes of task pid's memory at va: how many
+// whole pages arrived.
+func readMem(pid int, va uint64, buf []byte) (int, error) {
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(len(buf))
+	return vmRead(pid, local, []unix.RemoteIovec{{Base: uintptr(va), Len: len(buf)}})
+}
+
+// vmRead is process_vm_readv, counting whole pages: errGone if the task
+// exited, nothing read if the first page was unmapped meanwhile.
+func vmRead(pid int, local []unix.Iovec, remote []unix.RemoteIovec) (int, error) {
+	got, err := unix.ProcessVMReadv(pid, local, remote, 0)
 	switch {
 	case errors.Is(err, unix.ESRCH):
 		return 0, errGone
 	case err != nil:
-		return 0, nil // unmapped meanwhile: nothing read
+		return 0, nil
 	}
 	return got - got%criu.PageSize, nil
 }

@@ -289,12 +289,16 @@ func memorySum(t testing.TB, w *testutil.Workload, pid int) string {
 	}
 }
 
-// precopyRun pre-copies a workload dirtying its memory in two rounds,
-// dumps it through Forward and restores it from the chain.
-func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Stats, sum string) {
+// precopyRun pre-copies a workload dirtying its memory (of this kind, as
+// the workload's --mem-kind) in two rounds, dumps it through Forward and
+// restores it from the chain.
+func precopyRun(t *testing.T, kind string, corrupt bool) (first, second RoundStats, final Stats, sum string) {
 	t.Helper()
 	c, _ := testutil.CRIU(t)
-	w := testutil.StartWorkload(t, testutil.WorkloadOptions{Child: true, ExtraArgs: []string{"--mem", "32", "--dirty", "1000"}})
+	w := testutil.StartWorkload(t, testutil.WorkloadOptions{
+		Child: true, IPCNS: kind == "sysv",
+		ExtraArgs: []string{"--mem", "32", "--dirty", "1000", "--mem-kind", kind},
+	})
 	h, err := NewHasher()
 	if err != nil {
 		t.Fatal(err)
@@ -323,8 +327,8 @@ func precopyRun(t *testing.T, corrupt bool) (first, second RoundStats, final Sta
 	return first, second, final, memorySum(t, w, restored)
 }
 
-// inArea accepts the addresses of the workload's checked memory area in
-// its root task.
+// inArea accepts the image addresses of the workload's checked memory
+// area: in its root task's image, or in its shared memory object's.
 func inArea(t testing.TB, w *testutil.Workload, pid int) func(dst, vaddr uint64) bool {
 	t.Helper()
 	data, err := os.ReadFile(w.State + ".mem")
@@ -334,6 +338,16 @@ func inArea(t testing.TB, w *testutil.Workload, pid int) func(dst, vaddr uint64)
 	var start, size uint64
 	if _, err := fmt.Sscanf(string(data), "%x %d", &start, &size); err != nil {
 		t.Fatalf("%s: %v", w.State+".mem", err)
+	}
+	_, shared, err := regions(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range shared {
+		if s.start == start {
+			dst := criu.PageDst(criu.PSTypeShmem, s.id)
+			return func(d, off uint64) bool { return d == dst && off >= s.off && off < s.off+size }
+		}
 	}
 	tasks, err := Tasks(pid)
 	if err != nil {
@@ -348,30 +362,48 @@ func inArea(t testing.TB, w *testutil.Workload, pid int) func(dst, vaddr uint64)
 	return func(dst, vaddr uint64) bool { return dst == root && vaddr >= start && vaddr < start+size }
 }
 
+// The area's memory kinds: CRIU dumps the last three as shmem images,
+// which the rounds pre-copy too.
+var memKinds = []string{"private", "shared", "memfd", "sysv"}
+
 func TestPrecopyChainRestores(t *testing.T) {
-	first, second, final, sum := precopyRun(t, false)
-	t.Logf("round 1 %+v; round 2 %+v; final %+v; %s", first, second, final, sum)
-	if !strings.HasPrefix(sum, "sum=ok pages=8192") {
-		t.Fatalf("memory check after restore: %q", sum)
-	}
-	// 32 MiB are 8192 pages, plus the Go runtime's and two tasks' own.
-	if first.Pages < 8192 || first.Referenced != 0 || first.Images != 2 {
-		t.Errorf("round 1: %+v: want every page sent, two tasks", first)
-	}
-	if second.Referenced < first.Pages*8/10 {
-		t.Errorf("round 2 referred to %d of %d pages: want most unchanged", second.Referenced, second.Pages)
-	}
-	if final.Referenced < final.Pages*8/10 || final.Sent == 0 {
-		t.Errorf("final dump: %+v: want most pages by reference, the rewritten ones sent", final)
+	for _, kind := range memKinds {
+		t.Run(kind, func(t *testing.T) {
+			first, second, final, sum := precopyRun(t, kind, false)
+			t.Logf("round 1 %+v; round 2 %+v; final %+v; %s", first, second, final, sum)
+			if !strings.HasPrefix(sum, "sum=ok pages=8192") {
+				t.Fatalf("memory check after restore: %q", sum)
+			}
+			// 32 MiB are 8192 pages, plus the Go runtime's and two
+			// tasks' own; shared memory is one image more.
+			images := 2
+			if kind != "private" {
+				images = 3
+			}
+			if first.Pages < 8192 || first.Referenced != 0 || first.Images != images {
+				t.Errorf("round 1: %+v: want every page sent, %d images", first, images)
+			}
+			if second.Referenced < first.Pages*8/10 {
+				t.Errorf("round 2 referred to %d of %d pages: want most unchanged", second.Referenced, second.Pages)
+			}
+			if final.Referenced < final.Pages*8/10 || final.Sent == 0 {
+				t.Errorf("final dump: %+v: want most pages by reference, the rewritten ones sent", final)
+			}
+		})
 	}
 }
 
 // The workload's memory check catches a wrong reference: the test hook
-// makes the final dump refer to the parent for one page that changed.
+// makes the final dump refer to the parent for one page that changed, in
+// the task's memory or in shared memory.
 func TestPrecopyWrongReferenceIsCaught(t *testing.T) {
-	_, _, _, sum := precopyRun(t, true)
-	if !strings.HasPrefix(sum, "sum=BAD") {
-		t.Fatalf("memory check after a corrupted reference: %q, want BAD", sum)
+	for _, kind := range []string{"private", "shared"} {
+		t.Run(kind, func(t *testing.T) {
+			_, _, _, sum := precopyRun(t, kind, true)
+			if !strings.HasPrefix(sum, "sum=BAD") {
+				t.Fatalf("memory check after a corrupted reference: %q, want BAD", sum)
+			}
+		})
 	}
 }
 

@@ -26,13 +26,17 @@ type RoundStats struct {
 // stored the round.
 func Round(ctx context.Context, e *Encoder, tasks []Task) (RoundStats, error) {
 	start := time.Now()
+	shared := sharedPages{}
 	for _, t := range tasks {
 		if err := ctx.Err(); err != nil {
 			return RoundStats{}, err
 		}
-		if err := roundTask(ctx, e, t); err != nil {
+		if err := roundTask(ctx, e, t, shared); err != nil {
 			return RoundStats{}, fmt.Errorf("round: task %d: %w", t.Pid, err)
 		}
+	}
+	if err := sendShared(ctx, e, shared); err != nil {
+		return RoundStats{}, fmt.Errorf("round: %w", err)
 	}
 	done, err := e.Close()
 	if err != nil {
@@ -44,8 +48,10 @@ func Round(ctx context.Context, e *Encoder, tasks []Task) (RoundStats, error) {
 	return RoundStats{Stats: e.Stats(), Duration: time.Since(start)}, nil
 }
 
-func roundTask(ctx context.Context, e *Encoder, t Task) error {
-	regions, err := privateRegions(t.Pid)
+// roundTask sends a task's private memory, and adds the pages of shared
+// memory present in its mappings to shared.
+func roundTask(ctx context.Context, e *Encoder, t Task, shared sharedPages) error {
+	private, mapped, err := regions(t.Pid)
 	if err != nil {
 		return nil // exited since the tree was listed
 	}
@@ -54,6 +60,11 @@ func roundTask(ctx context.Context, e *Encoder, t Task) error {
 		return nil
 	}
 	defer m.close()
+	for _, s := range mapped {
+		if err := m.present(s, shared); errors.Is(err, errGone) {
+			return nil
+		}
+	}
 	done, err := e.Open(criu.PageDst(criu.PSTypePid, t.ID))
 	if err != nil {
 		return err
@@ -64,7 +75,7 @@ func roundTask(ctx context.Context, e *Encoder, t Task) error {
 		return err
 	}
 	var spans []span
-	for _, r := range regions {
+	for _, r := range private {
 		for va := r.start; va < r.end; {
 			var err error
 			spans, va, err = m.batch(r, va, spans)

@@ -122,6 +122,7 @@ type WorkloadOptions struct {
 	Listen    string   // TCP address to serve on
 	NoSetsid  bool     // do not make it a session leader
 	PidNS     bool     // in a PID namespace of its own (without its own /proc)
+	IPCNS     bool     // in an IPC namespace of its own
 	Dir       string   // its working directory; "" means the test's
 	ExtraArgs []string // more workload flags
 }
@@ -143,7 +144,10 @@ func StartWorkload(t testing.TB, o WorkloadOptions) *Workload {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: !o.NoSetsid}
 	if o.PidNS {
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWPID
+	}
+	if o.IPCNS {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWIPC
 	}
 	cmd.Dir = o.Dir
 	if err := cmd.Start(); err != nil {

@@ -18,7 +18,9 @@
 //     derived from its index and its rewrite generation, so the whole area
 //     can be re-verified at any time (SUM, or SIGUSR1, which writes the
 //     verdict to STATE.sum); the area's address and length are written to
-//     STATE.mem;
+//     STATE.mem; --mem-kind puts the area in private memory (the
+//     default), anonymous shared memory, a memfd or a SysV shm segment
+//     (best in an IPC namespace of its own, which CRIU then dumps);
 //   - optionally (--echo) the counter as a line "count N" on stdout at
 //     every tick, for the tests of terminals: a write error is ignored,
 //     so a terminal that went away does not stop the count.
@@ -45,6 +47,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 const pageSize = 4096
@@ -56,6 +60,7 @@ func main() {
 	listen := flag.String("listen", "", "serve GET/SUM on this TCP address")
 	memMiB := flag.Int("mem", 0, "MiB of verifiable memory to hold")
 	dirty := flag.Int("dirty", 0, "pages of --mem rewritten per second")
+	memKind := flag.String("mem-kind", "private", "where --mem lives: private, shared, memfd or sysv")
 	echo := flag.Bool("echo", false, "also print the counter on stdout at every tick")
 	connect := flag.String("connect", "", "keep trying to open a TCP connection to this address (for a socket in SYN_SENT)")
 	flag.Parse()
@@ -66,7 +71,10 @@ func main() {
 	w := &workload{state: *state}
 	w.tokenInit()
 	if *memMiB > 0 {
-		w.memInit(*memMiB)
+		if err := w.memInit(*memMiB, *memKind); err != nil {
+			fmt.Fprintln(os.Stderr, "workload:", err)
+			os.Exit(1)
+		}
 		// Where the area is, for tests that look at it from outside (Go's
 		// heap does not move objects).
 		writeFile(*state+".mem", fmt.Sprintf("%x %d\n", uintptr(unsafe.Pointer(&w.mem[0])), len(w.mem)))
@@ -199,14 +207,47 @@ func (w *workload) fillPage(dst []byte, i int, g uint32) {
 	}
 }
 
-func (w *workload) memInit(mib int) {
+func (w *workload) memInit(mib int, kind string) error {
 	n := mib * (1 << 20) / pageSize
 	rand.Read(w.seed[:])
-	w.mem = make([]byte, n*pageSize)
+	mem, err := allocate(n*pageSize, kind)
+	if err != nil {
+		return fmt.Errorf("--mem-kind %s: %w", kind, err)
+	}
+	w.mem = mem
 	w.gen = make([]uint32, n)
 	for i := 0; i < n; i++ {
 		w.fillPage(w.mem[i*pageSize:(i+1)*pageSize], i, 0)
 	}
+	return nil
+}
+
+// allocate returns size bytes of memory of the kind asked.
+func allocate(size int, kind string) ([]byte, error) {
+	const rw = unix.PROT_READ | unix.PROT_WRITE
+	switch kind {
+	case "private":
+		return make([]byte, size), nil
+	case "shared":
+		return unix.Mmap(-1, 0, size, rw, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	case "memfd":
+		fd, err := unix.MemfdCreate("workload-mem", 0)
+		if err != nil {
+			return nil, err
+		}
+		defer unix.Close(fd) // the mapping keeps it
+		if err := unix.Ftruncate(fd, int64(size)); err != nil {
+			return nil, err
+		}
+		return unix.Mmap(fd, 0, size, rw, unix.MAP_SHARED)
+	case "sysv":
+		id, err := unix.SysvShmGet(unix.IPC_PRIVATE, size, unix.IPC_CREAT|0o600)
+		if err != nil {
+			return nil, err
+		}
+		return unix.SysvShmAttach(id, 0, 0)
+	}
+	return nil, fmt.Errorf("unknown kind (private, shared, memfd or sysv)")
 }
 
 func (w *workload) dirtyLoop(perSecond int) {
