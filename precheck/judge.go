@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +30,9 @@ type Options struct {
 	CPUCap         uint32 // CRIU's cpu_cap; 0 means fpu|cpu|ins
 	Skip           []string
 	Carry          CarryOptions
+	// MoveAddresses are the addresses that leave the source with the
+	// tree (IP/PREFIX, as the source holds them).
+	MoveAddresses []string
 }
 
 func (o Options) skipped(name string) bool {
@@ -97,6 +101,9 @@ type Env struct {
 	Kernel       string // this host's kernel release
 	TempDir      string
 	DevPts       string // where this host's ptys are, normally /dev/pts
+	// AddressInterface is the interface moved addresses go to ("": the
+	// one on their subnet).
+	AddressInterface string
 }
 
 func (e *Env) devPts() string { return cmp.Or(e.DevPts, "/dev/pts") }
@@ -116,7 +123,7 @@ func JudgeDestination(ctx context.Context, f *pb.SourceFacts, o Options, env *En
 		fn   func(context.Context, *pb.SourceFacts, Options, *Env) *pb.Verdict
 	}{
 		{"criu", judgeCRIU}, {"cpu", judgeCPU}, {"modules", judgeModules}, {"files", judgeFiles},
-		{"files", judgeHeld}, {"network", judgeNetwork}, {"cgroups", judgeCgroups}, {"pids", judgePids},
+		{"files", judgeHeld}, {"network", judgeNetwork}, {"address", judgeAddresses}, {"cgroups", judgeCgroups}, {"pids", judgePids},
 	}
 	var out []*pb.Verdict
 	for _, c := range checks {
@@ -540,6 +547,12 @@ func judgeNetwork(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	for _, a := range env.Addrs {
 		have[a.String()] = true
 	}
+	moved := map[string]bool{}
+	for _, m := range o.MoveAddresses {
+		if p, err := netip.ParsePrefix(m); err == nil {
+			moved[p.Addr().String()], have[p.Addr().String()] = true, true
+		}
+	}
 	listening := map[string]bool{}
 	for _, t := range []struct{ file, family, proto string }{{"tcp", "inet", "tcp"}, {"tcp6", "inet6", "tcp"}, {"udp", "inet", "udp"}, {"udp6", "inet6", "udp"}} {
 		data, _ := os.ReadFile(filepath.Join(env.Proc, "net", t.file))
@@ -549,7 +562,7 @@ func judgeNetwork(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 			}
 		}
 	}
-	var items []string
+	var items, explain []string
 	for _, s := range f.Sockets {
 		// CRIU restores a listener, a bound UDP socket and (with
 		// --tcp-established) a connection on its address; the other
@@ -557,6 +570,12 @@ func judgeNetwork(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 		restored := s.State == "LISTEN" || s.State == "BOUND" || (s.State == "ESTABLISHED" && o.TCPEstablished)
 		if s.Proto == "" || !restored {
 			continue
+		}
+		switch {
+		case s.State == "ESTABLISHED":
+			explain = append(explain, fmt.Sprintf("carried: %s %s:%d <-> %s:%d", s.Proto, s.LocalAddr, s.LocalPort, s.RemoteAddr, s.RemotePort))
+		case moved[s.LocalAddr]:
+			explain = append(explain, fmt.Sprintf("rebound on the moved address: %s %s %s:%d", s.Proto, s.State, s.LocalAddr, s.LocalPort))
 		}
 		if !isWildcard(s.LocalAddr) && !have[s.LocalAddr] {
 			items = append(items, fmt.Sprintf("%s %s socket bound to %s:%d, an address this host does not have (CRIU fails with \"Cannot assign requested address\"): bind it to 0.0.0.0, or give this host the address", s.Proto, s.State, s.LocalAddr, s.LocalPort))
@@ -568,7 +587,7 @@ func judgeNetwork(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *
 	if len(items) > 0 {
 		return fail("network", "the tree's sockets cannot be restored here", items...)
 	}
-	return pass("network", fmt.Sprintf("%d sockets; their addresses and ports are available here", len(f.Sockets)))
+	return pass("network", fmt.Sprintf("%d sockets; their addresses and ports are available here", len(f.Sockets)), explain...)
 }
 
 func judgeCgroups(ctx context.Context, f *pb.SourceFacts, o Options, env *Env) *pb.Verdict {

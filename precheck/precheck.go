@@ -6,7 +6,8 @@
 // whether waiting could help (transient).
 //
 // The checks: cpu, modules (kernel features the tree uses), files,
-// network, cgroups, criu (versions, kernel, memory), session (shell jobs),
+// network, address (the addresses moved with the tree), cgroups, criu
+// (versions, kernel, memory), session (shell jobs),
 // pids (the PIDs the restore needs, nested PID namespaces),
 // procfs (the /proc CRIU mounts for a PID namespace without one), terminals
 // (from outside the tree) and transient conditions.
@@ -23,7 +24,7 @@ import (
 )
 
 // Names of the checks, in report order.
-var Names = []string{"criu", "cpu", "modules", "files", "network", "cgroups", "session", "pids", "procfs", "terminals", "transient"}
+var Names = []string{"criu", "cpu", "modules", "files", "network", "address", "cgroups", "session", "pids", "procfs", "terminals", "transient"}
 
 // ValidName reports whether name is a check (for --skip-check).
 func ValidName(name string) bool {

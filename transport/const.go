@@ -11,7 +11,7 @@ const (
 	// (Round, RoundDone, EndRounds, RoundsEnded; round streams). 4: SourceFacts.held
 	// (locks, FIFOs and pty masters, judged by the destination), restore_pids,
 	// pid_ns.
-	ProtocolVersion = 4
+	ProtocolVersion = 5
 
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20

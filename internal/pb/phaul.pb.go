@@ -715,7 +715,10 @@ type Prepare struct {
 	// The files the source will send after the dump (a files stream): a
 	// subset of those the destination offered to take in its files verdict
 	// (carry, written_missing), where a tail may have become a replace.
-	Carry         []*Carry `protobuf:"bytes,14,rep,name=carry,proto3" json:"carry,omitempty"`
+	Carry []*Carry `protobuf:"bytes,14,rep,name=carry,proto3" json:"carry,omitempty"`
+	// Addresses that leave the source with the tree (IP/PREFIX): the
+	// destination guards, adds and announces them before the restore.
+	MoveAddresses []string `protobuf:"bytes,15,rep,name=move_addresses,json=moveAddresses,proto3" json:"move_addresses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -844,6 +847,13 @@ func (x *Prepare) GetPrecopy() bool {
 func (x *Prepare) GetCarry() []*Carry {
 	if x != nil {
 		return x.Carry
+	}
+	return nil
+}
+
+func (x *Prepare) GetMoveAddresses() []string {
+	if x != nil {
+		return x.MoveAddresses
 	}
 	return nil
 }
@@ -1540,6 +1550,7 @@ type Restored struct {
 	LimitsApplied []string               `protobuf:"bytes,4,rep,name=limits_applied,json=limitsApplied,proto3" json:"limits_applied,omitempty"` // v2 limits phaul set: "memory.max=104857600"
 	Cgroups       []string               `protobuf:"bytes,5,rep,name=cgroups,proto3" json:"cgroups,omitempty"`                                  // the restored root's cgroups: "memory:/phaul/phaul-ID"
 	Hold          string                 `protobuf:"bytes,6,opt,name=hold,proto3" json:"hold,omitempty"`                                        // how the tree waits for the commit: "frozen" (a freezer cgroup) or "stopped" (SIGSTOP)
+	Addresses     []string               `protobuf:"bytes,7,rep,name=addresses,proto3" json:"addresses,omitempty"`                              // the moved addresses as placed here: "10.0.0.5/24 on eth1"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1614,6 +1625,13 @@ func (x *Restored) GetHold() string {
 		return x.Hold
 	}
 	return ""
+}
+
+func (x *Restored) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
 }
 
 // Commit says the source copy is gone: resume the destination copy.
@@ -1824,6 +1842,7 @@ type Check struct {
 	FilesMode     string   `protobuf:"bytes,9,opt,name=files_mode,json=filesMode,proto3" json:"files_mode,omitempty"`
 	ReplaceFiles  bool     `protobuf:"varint,10,opt,name=replace_files,json=replaceFiles,proto3" json:"replace_files,omitempty"`
 	ReplacePaths  []string `protobuf:"bytes,11,rep,name=replace_paths,json=replacePaths,proto3" json:"replace_paths,omitempty"`
+	MoveAddresses []string `protobuf:"bytes,12,rep,name=move_addresses,json=moveAddresses,proto3" json:"move_addresses,omitempty"` // IP/PREFIX the source would give up with the tree
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1931,6 +1950,13 @@ func (x *Check) GetReplaceFiles() bool {
 func (x *Check) GetReplacePaths() []string {
 	if x != nil {
 		return x.ReplacePaths
+	}
+	return nil
+}
+
+func (x *Check) GetMoveAddresses() []string {
+	if x != nil {
+		return x.MoveAddresses
 	}
 	return nil
 }
@@ -3194,7 +3220,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\"A\n" +
 	"\tCgroupSet\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\xe2\x03\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\x89\x04\n" +
 	"\aPrepare\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x1b\n" +
@@ -3212,7 +3238,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
 	"file_locks\x18\f \x01(\bR\tfileLocks\x12\x18\n" +
 	"\aprecopy\x18\r \x01(\bR\aprecopy\x12%\n" +
-	"\x05carry\x18\x0e \x03(\v2\x0f.phaul.v1.CarryR\x05carry\"\x7f\n" +
+	"\x05carry\x18\x0e \x03(\v2\x0f.phaul.v1.CarryR\x05carry\x12%\n" +
+	"\x0emove_addresses\x18\x0f \x03(\tR\rmoveAddresses\"\x7f\n" +
 	"\x05Carry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
 	"\x03how\x18\x02 \x01(\tR\x03how\x12\x12\n" +
@@ -3261,14 +3288,15 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05files\x18\x01 \x01(\rR\x05files\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12#\n" +
 	"\rcarried_files\x18\x03 \x01(\rR\fcarriedFiles\x12#\n" +
-	"\rcarried_bytes\x18\x04 \x01(\x04R\fcarriedBytes\"\xb1\x01\n" +
+	"\rcarried_bytes\x18\x04 \x01(\x04R\fcarriedBytes\"\xcf\x01\n" +
 	"\bRestored\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12#\n" +
 	"\rrestore_nanos\x18\x02 \x01(\x03R\frestoreNanos\x12\x19\n" +
 	"\btty_logs\x18\x03 \x03(\tR\attyLogs\x12%\n" +
 	"\x0elimits_applied\x18\x04 \x03(\tR\rlimitsApplied\x12\x18\n" +
 	"\acgroups\x18\x05 \x03(\tR\acgroups\x12\x12\n" +
-	"\x04hold\x18\x06 \x01(\tR\x04hold\"\b\n" +
+	"\x04hold\x18\x06 \x01(\tR\x04hold\x12\x1c\n" +
+	"\taddresses\x18\a \x03(\tR\taddresses\"\b\n" +
 	"\x06Commit\"\x18\n" +
 	"\x04Done\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x1f\n" +
@@ -3278,7 +3306,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\xec\x02\n" +
+	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\x93\x03\n" +
 	"\x05Check\x12+\n" +
 	"\x05facts\x18\x01 \x01(\v2\x15.phaul.v1.SourceFactsR\x05facts\x12\x1b\n" +
 	"\tshell_job\x18\x02 \x01(\bR\bshellJob\x12'\n" +
@@ -3293,7 +3321,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"files_mode\x18\t \x01(\tR\tfilesMode\x12#\n" +
 	"\rreplace_files\x18\n" +
 	" \x01(\bR\freplaceFiles\x12#\n" +
-	"\rreplace_paths\x18\v \x03(\tR\freplacePaths\"<\n" +
+	"\rreplace_paths\x18\v \x03(\tR\freplacePaths\x12%\n" +
+	"\x0emove_addresses\x18\f \x03(\tR\rmoveAddresses\"<\n" +
 	"\vCheckReport\x12-\n" +
 	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xa2\x02\n" +
 	"\aVerdict\x12\x14\n" +
