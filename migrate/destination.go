@@ -43,6 +43,9 @@ type DestOptions struct {
 	// MaxMigrations bounds the migrations restoring at once; beyond it
 	// the checks answer a transient "busy". 0 means no bound.
 	MaxMigrations int
+	// AddressInterface is the interface addresses moved here go to; ""
+	// is the one on each address's subnet.
+	AddressInterface string
 	// ImagesOnDisk keeps the images in the work dir instead of a tmpfs
 	// per migration; for tests that cannot mount.
 	ImagesOnDisk bool
@@ -165,6 +168,10 @@ type incoming struct {
 	// freezer is the freezer cgroup directory the tree is held frozen
 	// in; "" when it is held stopped (hold.go).
 	freezer string
+	// addrs are the addresses that came with the tree, as placed here;
+	// guarded, whether the guard for them is up (addresses.go).
+	addrs   []placedAddress
+	guarded bool
 	// stopped lists the tasks that were stopped at the dump (their PIDs
 	// in the tree's namespace): the resume leaves them so.
 	stopped []int
@@ -419,6 +426,9 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 
 	in.setPhase("restore")
+	if err := in.takeAddresses(); err != nil {
+		return in.fail("restore", err)
+	}
 	restored, err := in.restoreTree(ctx)
 	if err != nil {
 		return in.fail("restore", err)
@@ -435,6 +445,14 @@ func (in *incoming) run(ctx context.Context) error {
 		return in.fail("commit", unexpected(msg, "Commit"))
 	}
 	in.setPhase("resume")
+	if in.guarded {
+		// The guard comes down before the tree runs: its first answers
+		// go out at once.
+		if err := openAddresses(in.id, in.addrs, in.log); err != nil {
+			return in.fail("resume", err)
+		}
+		in.guarded = false
+	}
 	if err := releaseTree(in.log, in.restored, in.freezer, in.stopped); err != nil {
 		return in.fail("resume", err)
 	}
@@ -520,6 +538,9 @@ func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
 	}
 	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
 	restored := &pb.Restored{Pid: int32(res.Pid), Hold: holdStopped}
+	for _, a := range in.addrs {
+		restored.Addresses = append(restored.Addresses, a.Prefix+" on "+a.Link)
+	}
 	if in.freezer != "" {
 		restored.Hold = holdFrozen
 	}
@@ -596,6 +617,10 @@ func (in *incoming) finish(err error) {
 		commitCarried(in.dir, in.log)
 	case in.inDoubt(err):
 		unmount() // the restored tree holds its memory; the images are not needed
+		// The source may take its addresses back: fenced until resolved.
+		if err := dropAddresses(in.id, in.addrs, true, in.log); err != nil {
+			in.log.Error("the moved addresses could not all be taken off this host", "err", err)
+		}
 		if err := in.record("in-doubt"); err != nil {
 			in.log.Error("cannot record the doubt: the state on disk says restored, which a restart also treats as in doubt", "err", err)
 		}
@@ -610,6 +635,12 @@ func (in *incoming) finish(err error) {
 				in.log.Info("killed the restored tree", "pid", in.restored)
 			}
 			reap(in.restored)
+		}
+		if in.guarded {
+			// The tree died behind the guard: no reset left this host.
+			if err := dropAddresses(in.id, in.addrs, false, in.log); err != nil {
+				in.log.Error("the moved addresses could not all be taken off this host", "err", err)
+			}
 		}
 		in.terms.close()
 		if uerr := undoCarried(in.dir, in.log); uerr != nil {
@@ -649,7 +680,7 @@ func endState(in *incoming, err error) string {
 // finished ones after one.
 func (in *incoming) record(state string) error {
 	f := stateFile{ID: in.id, State: state, Pid: in.restored, PidStart: in.restoredStart, Freezer: in.freezer, Stopped: in.stopped, SourceHost: in.sourceHost,
-		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC()}
+		Peer: in.sess.RemoteAddr().String(), Started: in.started.UTC(), Addresses: in.addrs, Guarded: in.guarded}
 	if in.prep != nil {
 		f.Comm, f.SourcePid = in.prep.Comm, int(in.prep.Pid)
 	}
@@ -968,8 +999,10 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 			}
 		}
 	}
+	env.AddressInterface = in.d.o.AddressInterface
 	opts := precheck.Options{ShellJob: chk.ShellJob, TCPEstablished: chk.TcpEstablished, CPUCap: chk.CpuCap, Skip: chk.Skip,
-		Carry: precheck.CarryOptions{Mode: chk.FilesMode, ReplaceAll: chk.ReplaceFiles, ReplacePaths: chk.ReplacePaths}}
+		Carry:         precheck.CarryOptions{Mode: chk.FilesMode, ReplaceAll: chk.ReplaceFiles, ReplacePaths: chk.ReplacePaths},
+		MoveAddresses: chk.MoveAddresses}
 	t0 := time.Now()
 	vs := precheck.JudgeDestination(ctx, chk.GetFacts(), opts, env)
 	if opts.Carry.Carrying() {

@@ -77,6 +77,12 @@ type Report struct {
 	// Carried are the files of the tree sent after the dump, which the
 	// destination lacked or had in another version (--files=carry).
 	Carried CarriedReport `json:"carried"`
+	// Addresses are the addresses that moved with the tree
+	// (--move-address): "10.0.0.5/24: eth0 -> eth1".
+	Addresses []string `json:"addresses,omitempty"`
+	// Connections are the established TCP connections the tree had when
+	// its addresses moved: CRIU carried them (tcp_established).
+	Connections int `json:"connections,omitempty"`
 }
 
 // CarriedReport counts the files carried.
@@ -154,6 +160,12 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  pages      %s raw, %s on the wire (%.2f)\n  images     %d files, %s\n",
 		FormatBytes(r.PageBytes), FormatBytes(r.WireBytes), ratio, r.ImageFiles, FormatBytes(r.ImageBytes))
+	for _, a := range r.Addresses {
+		fmt.Fprintf(w, "  address    %s\n", a)
+	}
+	if r.Connections > 0 {
+		fmt.Fprintf(w, "  connections %d carried\n", r.Connections)
+	}
 	if c := r.Carried; c.Files > 0 {
 		fmt.Fprintf(w, "  carried    %d files, %s (%d tails, %d replaced): %s\n", c.Files, FormatBytes(c.Bytes), len(c.Tails), len(c.Replaced), strings.Join(c.Paths, " "))
 	}

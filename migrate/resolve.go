@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -49,6 +50,9 @@ type Decision struct {
 	// the source tree runs).
 	State string    `json:"state"`
 	Time  time.Time `json:"time"`
+	// Released are the addresses taken off this host for the
+	// destination: a source tree that runs again gets them back.
+	Released []placedAddress `json:"released,omitempty"`
 }
 
 func decisionsDir(workDir string) string { return filepath.Join(workDir, "decisions") }
@@ -212,6 +216,12 @@ func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (
 	if err != nil {
 		return nil, err
 	}
+	if !commit && len(d.Released) > 0 {
+		// The source tree runs: its addresses come back first.
+		if err := reclaim(d.Released, slog.Default()); err != nil {
+			return nil, fmt.Errorf("migration %s: the source's addresses: %w", d.ID, err)
+		}
+	}
 	r, err := ResolveAt(ctx, d.Addr, conf, d.ID, commit)
 	if err != nil {
 		return nil, err
@@ -335,6 +345,15 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	case commit && !alive:
 		return nil, fmt.Errorf("migration %s: the stopped copy here (pid %d) is gone; nothing to resume", id, f.Pid)
 	case commit:
+		if f.Guarded {
+			if err := reclaim(f.Addresses, d.o.Logger); err != nil {
+				return nil, fmt.Errorf("migration %s: its addresses: %w", id, err)
+			}
+			if err := openAddresses(id, f.Addresses, d.o.Logger); err != nil {
+				return nil, fmt.Errorf("migration %s: %w", id, err)
+			}
+			f.Guarded = false
+		}
 		if err := releaseTree(d.o.Logger, f.Pid, f.Freezer, f.Stopped); err != nil {
 			return nil, fmt.Errorf("resume pid %d: %w", f.Pid, err)
 		}
@@ -351,6 +370,11 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 		if alive {
 			if err := killTree(f.Pid, f.PidStart, f.Freezer); err != nil {
 				return nil, fmt.Errorf("migration %s: the stopped copy: %w", id, err)
+			}
+		}
+		if f.Guarded {
+			if err := dropAddresses(id, f.Addresses, false, d.o.Logger); err != nil {
+				return nil, fmt.Errorf("migration %s: %w", id, err)
 			}
 		}
 		if err := undoCarried(dir, d.o.Logger); err != nil {
@@ -409,6 +433,11 @@ func (d *Destination) recover() {
 			// died, too late for its PID to be recorded: whatever runs
 			// in the migration's own cgroups is that tree.
 			d.killInCgroups(f.ID, f.Freezer)
+			if f.Guarded {
+				if err := dropAddresses(f.ID, f.Addresses, false, d.o.Logger); err != nil {
+					d.o.Logger.Error("the addresses of a migration the service was receiving could not all be taken off", "migration", f.ID, "err", err)
+				}
+			}
 			if err := undoCarried(dir, d.o.Logger); err != nil {
 				d.o.Logger.Error("the files carried by a migration the service was receiving could not all be put back", "migration", f.ID, "err", err)
 			}
@@ -416,6 +445,11 @@ func (d *Destination) recover() {
 			d.reg.settled(f.ID, StateInterrupted)
 			d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)
 		case "restored":
+			if f.Guarded {
+				if err := dropAddresses(f.ID, f.Addresses, true, d.o.Logger); err != nil {
+					d.o.Logger.Error("the addresses of a migration in doubt could not all be taken off", "migration", f.ID, "err", err)
+				}
+			}
 			f.State = "in-doubt"
 			if err := writeState(dir, f); err != nil {
 				d.o.Logger.Warn("cannot record the doubt (restored, on disk, means the same)", "migration", f.ID, "err", err)

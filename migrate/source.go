@@ -21,6 +21,7 @@ import (
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/tty"
+	"github.com/phaul/phaul/netmove"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
@@ -72,6 +73,10 @@ type Options struct {
 	ReplaceFiles bool
 	ReplacePaths []string
 	CarryLimit   uint64
+	// MoveAddresses are addresses that leave with the tree (IP[/PREFIX],
+	// or "auto": those its sockets are bound to): its TCP connections are
+	// then carried too (tcp_established).
+	MoveAddresses []string
 
 	Skip           []string      // checks not to run (precheck.Names)
 	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
@@ -207,6 +212,9 @@ type source struct {
 	// decided is the state of the Decision last recorded (decide).
 	decided string
 	carry   []*pb.Carry // the files to send after the dump (precheck.SettleCarry)
+	// moves are the addresses that leave with the tree; released, those
+	// taken off this host at post-dump (addresses.go).
+	moves, released []netmove.Assigned
 	// referenced counts the pages the dump sent as references (set by
 	// the page pump).
 	referenced atomic.Int64
@@ -300,7 +308,7 @@ func (m *source) run(ctx context.Context) error {
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: m.o.TCPEstablished, FileLocks: m.o.FileLocks,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss, Precopy: o.Precopy != "off",
 		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
-		Carry: m.carry,
+		Carry: m.carry, MoveAddresses: prefixes(m.moves),
 	}}}); err != nil {
 		return m.refuse(err)
 	}
@@ -385,9 +393,13 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	fds := precheck.TreeFds(o.Pid)
 	facts.Held = precheck.HeldBy(fds)
 	m.chooseOptions(facts, fds)
+	moving := m.resolveMoves(facts)
 	o = m.o
 	popts := precheck.Options{ShellJob: o.ShellJob, TCPEstablished: o.TCPEstablished, CPUCap: o.CPUCap, Skip: o.Skip}
 	local := append(precheck.JudgeSource(facts, popts), precheck.JudgeSession(o.Pid, popts)...)
+	if moving != nil {
+		local = append(local, moving)
+	}
 	local = append(local, precheck.JudgeProcfs(o.Pid, popts)...)
 	local = append(local, precheck.JudgeNestedPidns(o.Pid, popts)...)
 	local = append(local, precheck.JudgeUnfaithful(fds, popts)...)
@@ -395,7 +407,7 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Check{Check: &pb.Check{
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
 		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly, ManageCgroups: o.ManageCgroups,
-		FilesMode: o.Files, ReplaceFiles: o.ReplaceFiles, ReplacePaths: o.ReplacePaths,
+		FilesMode: o.Files, ReplaceFiles: o.ReplaceFiles, ReplacePaths: o.ReplacePaths, MoveAddresses: prefixes(m.moves),
 	}}}); err != nil {
 		return nil, err
 	}
@@ -484,16 +496,21 @@ func (m *source) dump(ctx context.Context, plan *precopyPlan) error {
 		case criu.NotifyPostDump:
 			dumped = time.Now()
 			m.r.Dump = Duration(dumped.Sub(frozen))
-			var err error
-			restored, err = m.transfer(ctx, dir, pumpDone, &counts)
-			if err != nil {
-				cause = err
-				return err
+			// The addresses leave first: the destination adds them
+			// before it restores.
+			err := m.releaseAddresses()
+			if err == nil {
+				restored, err = m.transfer(ctx, dir, pumpDone, &counts)
 			}
 			// The point of no return: the decision to commit is on disk
 			// before CRIU may kill the source tree, so that whatever
 			// happens next it can be settled (resolve.go).
-			if err := m.decide("commit"); err != nil {
+			if err == nil {
+				err = m.decide("commit")
+			}
+			if err != nil {
+				// The tree runs here again once this returns.
+				m.reclaimAddresses()
 				cause = err
 				return err
 			}
@@ -567,6 +584,9 @@ func (m *source) dump(ctx context.Context, plan *precopyPlan) error {
 		}
 		return &Error{Phase: m.phase, SourceRunning: running, Err: reason}
 	}
+	if o.TCPEstablished {
+		m.dropCRIULocks(dir)
+	}
 	keepDir = false
 	m.r.Committed = true
 	if err := m.decide("committed"); err != nil {
@@ -597,7 +617,7 @@ func (m *source) dump(ctx context.Context, plan *precopyPlan) error {
 // (resolve.go: state is one of Decision's states) and remembers it.
 func (m *source) decide(state string) error {
 	o := m.o
-	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: state}); err != nil {
+	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: state, Released: placed(m.released)}); err != nil {
 		return err
 	}
 	m.decided = state
@@ -696,6 +716,7 @@ func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error
 	}
 	m.r.Restore = Duration(time.Duration(restored.RestoreNanos))
 	m.r.TTYLogs, m.r.LimitsApplied, m.r.Cgroups, m.r.Hold = restored.TtyLogs, restored.LimitsApplied, restored.Cgroups, restored.Hold
+	m.r.Addresses = movedReport(m.moves, restored.Addresses)
 	m.log.Info("restored on the destination, committing", "dest_pid", restored.Pid)
 	m.setPhase("commit")
 	return restored, nil

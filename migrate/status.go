@@ -243,6 +243,10 @@ type stateFile struct {
 	// Stopped lists the tasks that were stopped at the dump (PIDs in the
 	// tree's namespace): resuming the copy leaves them stopped.
 	Stopped []int `json:"stopped,omitempty"`
+	// Addresses came with the tree; Guarded says the guard for them
+	// (netmove.GuardName(ID)) may be up.
+	Addresses []placedAddress `json:"addresses,omitempty"`
+	Guarded   bool            `json:"guarded,omitempty"`
 }
 
 // writeState writes dir/state.json atomically (and durably: a copy in

@@ -98,3 +98,21 @@ func DropTable(name string) error {
 	}
 	return nil
 }
+
+// Tables lists this host's inet nftables tables (guards are "phaul-ID",
+// CRIU's connection locks "CRIU-RUNID").
+func Tables() ([]string, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	var out []string
+	for _, t := range ts {
+		out = append(out, t.Name)
+	}
+	return out, nil
+}

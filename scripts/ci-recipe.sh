@@ -17,6 +17,9 @@
 #   TARBALL       phaul's tarball (default: made by `make dist`)
 #   CGROUP_ROOT   the service's --cgroup-root (default /phaul)
 #   WORKLOAD_MEM  MiB of memory the workload holds (default 64)
+#   SERVICE_ADDR  an address (IP/PREFIX) on the subnet both hosts share, for
+#                 the workload to serve on: put on A first, it moves with the
+#                 workload (--move-address) and answers from B afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${HOST_A:?HOST_A: the source host}" "${HOST_B:?HOST_B: the destination host}" "${ADDR_B:?ADDR_B: the address A reaches B at}"
@@ -25,6 +28,8 @@ SSH_OPTS=${SSH_OPTS:--o BatchMode=yes -o StrictHostKeyChecking=accept-new}
 CGROUP_ROOT=${CGROUP_ROOT:-/phaul}
 WORKLOAD_MEM=${WORKLOAD_MEM:-64}
 ROOT_A=${ROOT_A:-}
+SERVICE_ADDR=${SERVICE_ADDR:-}
+svc=${SERVICE_ADDR%/*}
 ROOT_B=${ROOT_B:-}
 work=$(mktemp -d /tmp/phaul-ci.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -103,25 +108,33 @@ done
 # and memory it can check. In its own session (setsid), as a service would
 # be; with netns hosts also in a PID namespace of its own, so that its PIDs
 # are free for the restore on this same machine.
+# With SERVICE_ADDR it serves on that address only, which A holds on the
+# interface of its subnet.
 say "workload on a"
+listen=0.0.0.0 here=127.0.0.1
+if [ -n "$SERVICE_ADDR" ]; then
+	on a "ip addr add $SERVICE_ADDR dev \$(ip route get $svc | sed -n 's/.* dev \([^ ]*\).*/\1/p')"
+	listen=$svc here=$svc
+fi
 wrap=; [ "$PHAUL_HOSTS" = netns ] && wrap="unshare -p -f setsid"
 pid=$(on a "cd /; setsid $wrap '$ROOT_A/usr/local/lib/phaul/phaul-workload' --state '$ROOT_A/tmp/phaul-ci-workload' \
-	--listen 0.0.0.0:9000 --mem $WORKLOAD_MEM </dev/null >/dev/null 2>&1 & echo \$!")
+	--listen $listen:9000 --mem $WORKLOAD_MEM </dev/null >/dev/null 2>&1 & echo \$!")
 [ -n "$wrap" ] && { sleep 0.3; pid=$(on a "pgrep -P $pid"); }
 ask() { on a "exec 3<>/dev/tcp/$1/9000 && echo $2 >&3 && timeout 10 head -n1 <&3"; }
 for i in $(seq 100); do
-	before=$(ask 127.0.0.1 GET 2>/dev/null) && break
+	before=$(ask $here GET 2>/dev/null) && break
 	[ "$i" = 100 ] && die "the workload on a does not answer"
 	sleep 0.1
 done
 say "pid $pid on a answers: $before"
 
 # 5. Migrate, then check the result.
-say "phaul migrate $pid $ADDR_B:7070"
+move=; [ -n "$SERVICE_ADDR" ] && move="--move-address $svc"
+say "phaul migrate $move $pid $ADDR_B:7070"
 code=0
 # --retry-transient: a task caught in uninterruptible sleep (D) at the
 # checks is a transient failure (exit 5); phaul waits and checks again.
-on a "'$BIN_A/phaul' migrate --json --retry-transient 3 --tls-dir '$ROOT_A/etc/phaul/tls' $pid $ADDR_B:7070" >"$work/result.json" || code=$?
+on a "'$BIN_A/phaul' migrate --json --retry-transient 3 --tls-dir '$ROOT_A/etc/phaul/tls' $move $pid $ADDR_B:7070" >"$work/result.json" || code=$?
 jq -c '{outcome, id, dest_pid, downtime, page_bytes, wire_bytes}' "$work/result.json" >&2 || die "phaul migrate printed no JSON (exit $code)"
 [ "$code" = 0 ] || die "phaul migrate exited $code: $(jq -r .error "$work/result.json"); failed checks: $(jq -c '[.verdicts[] | select(.result == "fail")]' "$work/result.json")"
 [ "$(jq -r '.outcome, .committed, .running' "$work/result.json" | tr '\n' ' ')" = "ok true true " ] || die "not migrated"
@@ -129,9 +142,17 @@ id=$(jq -r .id "$work/result.json")
 dest_pid=$(jq -r .dest_pid "$work/result.json")
 on a "! kill -0 $pid 2>/dev/null" || die "pid $pid still runs on a"
 on b "kill -0 $dest_pid" || die "pid $dest_pid does not run on b"
-after=$(ask "$ADDR_B" GET) || die "the workload does not answer on b"
+there=$ADDR_B
+if [ -n "$SERVICE_ADDR" ]; then
+	# The address answers from b now, and a holds it no more.
+	on b "ip -o addr show | grep -q ' $SERVICE_ADDR '" || die "b does not hold $SERVICE_ADDR"
+	on a "! ip -o addr show | grep -q ' $SERVICE_ADDR '" || die "a still holds $SERVICE_ADDR"
+	say "$SERVICE_ADDR moved: $(jq -c .addresses "$work/result.json")"
+	there=$svc
+fi
+after=$(ask "$there" GET) || die "the workload does not answer on b"
 [ "$(echo "$after" | cut -d' ' -f2)" = "$(echo "$before" | cut -d' ' -f2)" ] || die "another token on b: $after (before: $before)"
-sum=$(ask "$ADDR_B" SUM)
+sum=$(ask "$there" SUM)
 case $sum in sum=ok*) ;; *) die "memory check on b: $sum" ;; esac
 state=$(status | jq -r --arg id "$id" '.migrations[] | select(.id == $id) | .state')
 [ "$state" = done ] || die "phaul status on b says $id is '$state', not done"

@@ -14,7 +14,9 @@
 #                                    (scripts/ci-recipe.sh): install phaul on
 #                                    both (under /tmp/phaul-two-hosts-NAME/a
 #                                    and /b), start phaul-service on b and a
-#                                    workload on a, migrate it, check it
+#                                    workload on a serving on 10.77.0.10
+#                                    (SERVICE_ADDR), migrate it with that
+#                                    address, check it
 #
 # NAME defaults to phaul. Must run as root.
 set -euo pipefail
@@ -62,13 +64,13 @@ migrate)
 	[ -e "/run/netns/$A" ] || "$0" up "$name"
 	mkdir -p "$STATE/a" "$STATE/b"
 	PHAUL_HOSTS=netns HOST_A=$A HOST_B=$B ADDR_B=$ADDR_B ROOT_A=$STATE/a ROOT_B=$STATE/b \
-		CGROUP_ROOT=/$name exec "$(dirname "$0")/ci-recipe.sh"
+		CGROUP_ROOT=/$name SERVICE_ADDR=${SERVICE_ADDR-10.77.0.10/24} exec "$(dirname "$0")/ci-recipe.sh"
 	;;
 a) exec nsenter --net="/run/netns/$A" "$@" ;;
 b) exec nsenter --net="/run/netns/$B" "$@" ;;
 c) exec nsenter --net="/run/netns/$C" "$@" ;;
 *)
-	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

@@ -176,6 +176,9 @@ func NewServerSession(ctx context.Context, conn net.Conn) (*Session, error) {
 // Control returns the session's control stream.
 func (s *Session) Control() *Control { return s.control }
 
+// LocalAddr is this end's address.
+func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
 // RemoteAddr is the peer's address.
 func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 

@@ -45,7 +45,7 @@ const defaultConfig = "/etc/phaul/phaul-service.conf"
 type options struct {
 	config                                             string
 	listen, tlsDir, workDir, cgroupRoot, manageCgroups string
-	logDir, logFormat                                  string
+	logDir, logFormat, addressInterface                string
 	timeout, shutdownTimeout                           time.Duration
 	maxMigrations                                      int
 	verbose, version                                   bool
@@ -65,6 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "/phaul", "cgroup root for restored trees: each goes to ROOT/phaul-ID in every controller it uses")
 	fs.StringVar(&o.manageCgroups, "manage-cgroups", "soft", "CRIU's cgroup mode on restore: ignore, none, props, soft, full, strict")
 	fs.DurationVar(&o.timeout, "timeout", migrate.DefaultTimeout, "longest wait for the source at each step")
+	fs.StringVar(&o.addressInterface, "address-interface", "", "interface that addresses moved here (phaul migrate --move-address) go to (default: the one on each address's subnet)")
 	fs.IntVar(&o.maxMigrations, "max-migrations", 4, "migrations restoring at once; beyond, the checks answer a transient \"busy\" (0: no limit)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 60*time.Second, "on SIGTERM, how long migrations in flight may take to finish before they are aborted")
 	fs.BoolVarP(&o.verbose, "verbose", "v", false, "log debug messages")
@@ -148,7 +149,8 @@ func serve(ctx context.Context, o options, log *slog.Logger) error {
 	dest, err := migrate.NewDestination(migrate.DestOptions{
 		Breakpoints: bp,
 		WorkDir:     o.workDir, LogDir: o.logDir, CgroupRoot: o.cgroupRoot, ManageCgroups: mode, Timeout: o.timeout, MaxMigrations: o.maxMigrations,
-		CRIU: migrate.CRIU{Client: c}, CRIUVersion: host.Version.String(), Logger: log,
+		AddressInterface: o.addressInterface,
+		CRIU:             migrate.CRIU{Client: c}, CRIUVersion: host.Version.String(), Logger: log,
 	})
 	if err != nil {
 		return err

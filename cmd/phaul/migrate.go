@@ -17,6 +17,7 @@ import (
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/tty"
 	"github.com/phaul/phaul/migrate"
+	"github.com/phaul/phaul/netmove"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/precopy"
 	"github.com/phaul/phaul/transport"
@@ -59,6 +60,7 @@ func checkFlags(fs *pflag.FlagSet) {
 	fs.Bool("json", false, "print the report as one JSON object")
 	fs.Bool("shell-job", false, "force CRIU's shell-job mode (phaul turns it on by itself when a task's session or process group leader is outside the tree)")
 	fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
+	fs.StringSlice("move-address", nil, "an address that leaves with the tree (IP[/PREFIX], repeatable; auto: every address its sockets are bound to but the one phaul connects from): taken off this host after the dump, put on the destination's interface on its subnet and announced there before the restore; its TCP connections are carried (tcp_established)")
 	fs.String("cgroup-root", "", "restore in exactly this cgroup on the destination (default: a cgroup of its own below the service's --cgroup-root)")
 	fs.String("manage-cgroups", "", "CRIU's cgroup mode on the destination: ignore, none, props, soft, full, strict (default: the service's --manage-cgroups)")
 	fs.String("tty", "pty", "where the tree's terminals from outside it (an ssh session's pty, a console) lead on the destination: pty (a new pty whose output the service logs in the migration's directory), null, or file:PATH (a file on the destination)")
@@ -158,6 +160,12 @@ func options(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []string
 	o := migrate.Options{Pid: pid, Addr: args[1], Logger: env.Logger}
 	o.ShellJob, _ = fs.GetBool("shell-job")
 	o.TCPEstablished, _ = fs.GetBool("tcp-established")
+	o.MoveAddresses, _ = fs.GetStringSlice("move-address")
+	for _, a := range o.MoveAddresses {
+		if _, err := netmove.ParsePrefix(a); err != nil && a != "auto" {
+			return o, cli.Usagef("--move-address: %v (or auto)", err)
+		}
+	}
 	o.CgroupRoot, _ = fs.GetString("cgroup-root")
 	o.ManageCgroups, _ = fs.GetString("manage-cgroups")
 	if o.ManageCgroups != "" {

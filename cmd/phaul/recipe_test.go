@@ -42,7 +42,8 @@ func TestCIRecipeEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("two-hosts.sh migrate: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "== migrated: pid ") || !strings.Contains(string(out), "same token, memory ok") {
+	if !strings.Contains(string(out), "== migrated: pid ") || !strings.Contains(string(out), "same token, memory ok") ||
+		!strings.Contains(string(out), "== 10.77.0.10/24 moved: ") {
 		t.Fatalf("the recipe did not say it migrated:\n%s", out)
 	}
 }

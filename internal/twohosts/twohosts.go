@@ -106,6 +106,12 @@ func (h *Hosts) removeCgroups(t testing.TB) {
 	}
 }
 
+// Link is host a's or b's interface (on the switch).
+func (h *Hosts) Link(host string) string { return h.Name[:min(8, len(h.Name))] + "-v" + host }
+
+// Switch is the client's interface: the bridge the hosts plug into.
+func (h *Hosts) Switch() string { return h.Name[:min(8, len(h.Name))] + "-sw" }
+
 // NetnsPath is the network namespace file of host "a" or "b".
 func (h *Hosts) NetnsPath(host string) string { return "/run/netns/" + h.Name + "-" + host }
 
@@ -128,7 +134,7 @@ func (h *Hosts) LinkUp(t testing.TB) { h.setLink(t, "up") }
 
 func (h *Hosts) setLink(t testing.TB, state string) {
 	t.Helper()
-	if out, err := h.Command("a", "ip", "link", "set", "dev", h.Name[:min(8, len(h.Name))]+"-va", state).CombinedOutput(); err != nil {
+	if out, err := h.Command("a", "ip", "link", "set", "dev", h.Link("a"), state).CombinedOutput(); err != nil {
 		t.Fatalf("link %s: %v\n%s", state, err, out)
 	}
 }
@@ -654,42 +660,49 @@ func Find(st *migrate.ServiceStatus, id string) *migrate.MigrationStatus {
 	return nil
 }
 
-// DialFrom opens a TCP connection to addr from host's network namespace:
-// one thread of this process enters it to make the socket, then goes back
-// (a thread left there would make `two-hosts.sh down` kill this process).
+// DialFrom opens a TCP connection to addr from host's network namespace
+// (Do: the socket is made there and stays there).
 func (h *Hosts) DialFrom(host, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := h.Do(host, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// Do runs f in host's network namespace ("a", "b" or "c"): one thread of
+// this process enters it, then goes back (a thread left there would make
+// `two-hosts.sh down` kill this process). Sockets f makes stay in host's
+// namespace.
+func (h *Hosts) Do(host string, f func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer home.Close()
-		f, err := os.Open(h.NetnsPath(host))
+		ns, err := os.Open(h.NetnsPath(host))
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("setns %s: %w", host, err)}
+			ch <- fmt.Errorf("setns %s: %w", host, err)
 			return
 		}
-		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		err = f()
 		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread() // home again: the thread may serve others
 		} // else: stays locked, and the thread ends with this goroutine
-		ch <- result{c, err}
+		ch <- err
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }

@@ -9,7 +9,7 @@
 //     STATE.child;
 //   - optionally a TCP server (--listen; plain TCP: Go enables MPTCP by
 //     default since 1.24 and CRIU cannot dump MPTCP sockets) answering one line per request:
-//     "GET" gives "count=N token=T pid=P", where T is a random token made at
+//     "GET [ID]" gives "count=N token=T pid=P [req=ID]", where T is a random token made at
 //     start (the same token after a migration proves it is the same
 //     process with the same memory), "SUM" gives "sum=ok" or "sum=BAD ..."
 //     after re-verifying the --mem area;
@@ -166,9 +166,13 @@ func (w *workload) serve(ln net.Listener) {
 			defer c.Close()
 			sc := bufio.NewScanner(c)
 			for sc.Scan() {
-				switch strings.TrimSpace(sc.Text()) {
+				cmd, arg, _ := strings.Cut(strings.TrimSpace(sc.Text()), " ")
+				switch cmd {
 				case "GET":
-					fmt.Fprintf(c, "count=%d token=%s pid=%d\n", w.count.Load(), w.token, os.Getpid())
+					if arg != "" {
+						arg = " req=" + arg
+					}
+					fmt.Fprintf(c, "count=%d token=%s pid=%d%s\n", w.count.Load(), w.token, os.Getpid(), arg)
 				case "SUM":
 					fmt.Fprintln(c, w.verify())
 				default:
