@@ -32,6 +32,7 @@ const (
 	addrB       = "10.77.0.2"
 	servicePort = "7070"
 	copyPort    = "7071"
+	clientPort  = "7072" // the workload's server, for the client of phaul's runs
 	cgroupRoot  = "/" + hostsName
 )
 
@@ -234,13 +235,19 @@ type workload struct {
 
 // startWorkload starts a workload of mib MiB rewriting dirty pages a
 // second on host a and waits until it counts.
-func (b *bench) startWorkload(ctx context.Context, mib, dirty int) (*workload, error) {
+// startWorkload starts a workload of mib MiB dirtying dirty pages a
+// second on host a; with listen, it serves there too.
+func (b *bench) startWorkload(ctx context.Context, mib, dirty int, listen string) (*workload, error) {
 	b.mu.Lock()
 	b.seq++
 	w := &workload{state: filepath.Join(b.dir, fmt.Sprintf("w%03d", b.seq))}
 	b.mu.Unlock()
-	w.cmd = b.on("a", "unshare", "-p", "-f", "setsid", filepath.Join(b.bin, "phaul-workload"),
-		"--state", w.state, "--interval", "20ms", "--mem", strconv.Itoa(mib), "--dirty", strconv.Itoa(dirty))
+	argv := []string{"unshare", "-p", "-f", "setsid", filepath.Join(b.bin, "phaul-workload"),
+		"--state", w.state, "--interval", "20ms", "--mem", strconv.Itoa(mib), "--dirty", strconv.Itoa(dirty)}
+	if listen != "" {
+		argv = append(argv, "--listen", listen)
+	}
+	w.cmd = b.on("a", argv...)
 	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := w.cmd.Start(); err != nil {
 		return nil, err
@@ -264,6 +271,23 @@ func (b *bench) startWorkload(ctx context.Context, mib, dirty int) (*workload, e
 		return nil, err
 	}
 	return w, nil
+}
+
+// addServiceAddr puts the address phaul's runs move on host a (taken
+// off b first, should a run have left it there).
+func (b *bench) addServiceAddr(ctx context.Context) error {
+	b.removeServiceAddr()
+	if _, err := b.runOn(ctx, "a", "ip", "addr", "add", serviceAddr+serviceMask, "dev", hostsName+"-va"); err != nil {
+		return fmt.Errorf("the service address on a: %w", err)
+	}
+	return nil
+}
+
+// removeServiceAddr takes it off both hosts.
+func (b *bench) removeServiceAddr() {
+	for _, h := range []string{"a", "b"} {
+		b.on(h, "ip", "addr", "del", serviceAddr+serviceMask, "dev", hostsName+"-v"+h).Run()
+	}
 }
 
 func (b *bench) track(pid int) {

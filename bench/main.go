@@ -62,6 +62,15 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == clientCommand {
+		// A client of the migrated workload, run inside the client's
+		// namespace.
+		if err := clientMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "phaul-bench client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:])
 	stop()

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/phaul/phaul/internal/testutil"
@@ -42,17 +43,28 @@ type sample struct {
 	RoundWire  int64   `json:"round_wire_bytes,omitempty"`
 	FrozenPart float64 `json:"frozen_part,omitempty"`
 	StopRule   string  `json:"stop_rule,omitempty"`
+	// phaul with pre-copy moves the workload's address with it: the
+	// longest wait between two answers its client saw, asking every 5 ms
+	// on one connection through the migration.
+	ClientPause float64 `json:"client_pause,omitempty"`
 }
 
 func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sample, error) {
-	w, err := b.startWorkload(ctx, mib, dirty)
+	listen := ""
+	if method == methodPhaul {
+		if err := b.addServiceAddr(ctx); err != nil {
+			return sample{}, err
+		}
+		listen = serviceAddr + ":" + clientPort
+	}
+	w, err := b.startWorkload(ctx, mib, dirty, listen)
 	if err != nil {
 		return sample{}, err
 	}
 	defer b.kill(w.pid)
 	switch method {
 	case methodPhaul:
-		return b.phaul(ctx, w, "auto")
+		return b.phaulWithClient(ctx, w)
 	case methodPhaulOff:
 		return b.phaul(ctx, w, "off")
 	case methodCRIU:
@@ -82,10 +94,44 @@ type phaulReport struct {
 	Referenced int64  `json:"referenced_pages"`
 }
 
-func (b *bench) phaul(ctx context.Context, w *workload, precopy string) (sample, error) {
+// phaulWithClient is phaul with pre-copy, moving the workload's address
+// with it while a client asks through the migration.
+func (b *bench) phaulWithClient(ctx context.Context, w *workload) (sample, error) {
+	defer b.removeServiceAddr()
+	client := b.on("c", b.self, clientCommand, serviceAddr+":"+clientPort)
+	var out, errOut bytes.Buffer
+	client.Stdout, client.Stderr = &out, &errOut
+	if err := client.Start(); err != nil {
+		return sample{}, err
+	}
+	defer client.Process.Kill()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(errOut.String(), "ready"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return sample{}, fmt.Errorf("the client got no answer: %s", errOut.String())
+		}
+	}
+	s, err := b.phaul(ctx, w, "auto", "--move-address", serviceAddr)
+	client.Process.Signal(syscall.SIGTERM)
+	client.Wait()
+	if err != nil {
+		return s, err
+	}
+	var res clientResult
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return s, fmt.Errorf("the client printed %q (%v): %s", out.String(), err, errOut.String())
+	}
+	if res.Error != "" {
+		return s, fmt.Errorf("the client's connection: %s", res.Error)
+	}
+	s.ClientPause = res.MaxGap
+	return s, nil
+}
+
+func (b *bench) phaul(ctx context.Context, w *workload, precopy string, flags ...string) (sample, error) {
 	cpu0 := cpuOf(b.svc.Process.Pid)
-	cmd := b.on("a", filepath.Join(b.bin, "phaul"), "migrate", "--json", "--tls-dir", b.tls, "--precopy", precopy,
-		"--work-dir", filepath.Join(b.dir, "source"), strconv.Itoa(w.pid), addrB+":"+servicePort)
+	args := append([]string{filepath.Join(b.bin, "phaul"), "migrate", "--json", "--tls-dir", b.tls, "--precopy", precopy,
+		"--work-dir", filepath.Join(b.dir, "source")}, flags...)
+	cmd := b.on("a", append(args, strconv.Itoa(w.pid), addrB+":"+servicePort)...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {

@@ -199,20 +199,21 @@ func medianOf(runs []sample) sample {
 		return median(v)
 	}
 	return sample{
-		Downtime:   f(func(s sample) float64 { return s.Downtime }),
-		Total:      f(func(s sample) float64 { return s.Total }),
-		Dump:       f(func(s sample) float64 { return s.Dump }),
-		Transfer:   f(func(s sample) float64 { return s.Transfer }),
-		Restore:    f(func(s sample) float64 { return s.Restore }),
-		PageBytes:  int64(f(func(s sample) float64 { return float64(s.PageBytes) })),
-		WireBytes:  int64(f(func(s sample) float64 { return float64(s.WireBytes) })),
-		CPUSource:  f(func(s sample) float64 { return s.CPUSource }),
-		CPUDest:    f(func(s sample) float64 { return s.CPUDest }),
-		Overhead:   f(func(s sample) float64 { return s.Overhead }),
-		Rounds:     f(func(s sample) float64 { return s.Rounds }),
-		RoundWire:  int64(f(func(s sample) float64 { return float64(s.RoundWire) })),
-		FrozenPart: f(func(s sample) float64 { return s.FrozenPart }),
-		StopRule:   stopRule(runs),
+		Downtime:    f(func(s sample) float64 { return s.Downtime }),
+		Total:       f(func(s sample) float64 { return s.Total }),
+		Dump:        f(func(s sample) float64 { return s.Dump }),
+		Transfer:    f(func(s sample) float64 { return s.Transfer }),
+		Restore:     f(func(s sample) float64 { return s.Restore }),
+		PageBytes:   int64(f(func(s sample) float64 { return float64(s.PageBytes) })),
+		WireBytes:   int64(f(func(s sample) float64 { return float64(s.WireBytes) })),
+		CPUSource:   f(func(s sample) float64 { return s.CPUSource }),
+		CPUDest:     f(func(s sample) float64 { return s.CPUDest }),
+		Overhead:    f(func(s sample) float64 { return s.Overhead }),
+		Rounds:      f(func(s sample) float64 { return s.Rounds }),
+		RoundWire:   int64(f(func(s sample) float64 { return float64(s.RoundWire) })),
+		FrozenPart:  f(func(s sample) float64 { return s.FrozenPart }),
+		StopRule:    stopRule(runs),
+		ClientPause: f(func(s sample) float64 { return s.ClientPause }),
 	}
 }
 
@@ -250,7 +251,7 @@ func (r *results) writeTable(w io.Writer) {
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "\nlink %s (one TCP stream: %.2f Gbit/s)\n", lr.Link, lr.Throughput/1e9)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\trounds\tround wire MiB\tfrozen part\tstopped by\t")
+		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\tclient pause s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\trounds\tround wire MiB\tfrozen part\tstopped by\t")
 		for _, sr := range lr.sizesAndHot() {
 			for _, mr := range sr.Methods {
 				fmt.Fprintln(tw, strings.Join(row(sr.MiB, mr), "\t")+"\t")
@@ -275,7 +276,11 @@ func row(size int, mr *methodResult) []string {
 	if mr.Method == methodPhaul || mr.Method == methodPhaul+" hot" {
 		pre = []string{fmt.Sprintf("%.0f", s.Rounds), mib(s.RoundWire), f(s.FrozenPart), s.StopRule}
 	}
-	return append([]string{fmt.Sprint(size), mr.Method, f(s.Downtime), f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore),
+	pause := "-"
+	if s.ClientPause > 0 {
+		pause = f(s.ClientPause)
+	}
+	return append([]string{fmt.Sprint(size), mr.Method, f(s.Downtime), pause, f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore),
 		mib(s.PageBytes), mib(s.WireBytes),
 		phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead)}, pre...)
 }
@@ -339,7 +344,7 @@ func (r *results) writeMarkdown(w io.Writer) {
 		r.Runs, r.Dirty, r.Hot, r.Elapsed)
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "## Link: %s (one TCP stream: %.2f Gbit/s)\n\n", lr.Link, lr.Throughput/1e9)
-		fmt.Fprintln(w, "| MiB | method | downtime s | total s | dump s | copy s | restore s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s | rounds | round wire MiB | frozen part | stopped by |")
+		fmt.Fprintln(w, "| MiB | method | downtime s | client pause s | total s | dump s | copy s | restore s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s | rounds | round wire MiB | frozen part | stopped by |")
 		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 		for _, sr := range lr.sizesAndHot() {
 			for _, mr := range sr.Methods {

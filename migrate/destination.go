@@ -444,6 +444,12 @@ func (in *incoming) run(ctx context.Context) error {
 	if msg.GetCommit() == nil {
 		return in.fail("commit", unexpected(msg, "Commit"))
 	}
+	return in.resume(ctx)
+}
+
+// resume lets the restored tree run once the source committed (its
+// moved addresses open first), and confirms it with Done.
+func (in *incoming) resume(ctx context.Context) error {
 	in.setPhase("resume")
 	if in.guarded {
 		// The guard comes down before the tree runs: its first answers
@@ -628,7 +634,8 @@ func (in *incoming) finish(err error) {
 	default:
 		if in.restored > 0 {
 			// Gone before the migration is over: a resolve that ended
-			// it answers only then.
+			// it answers only then. Its connections are the source's.
+			silenceConnections(in.restored, in.log)
 			if err := killTree(in.restored, in.restoredStart, in.freezer); err != nil {
 				in.log.Error("the restored tree does not die", "err", err)
 			} else {

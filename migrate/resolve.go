@@ -121,6 +121,16 @@ func PendingDecisions(workDir string) []Decision {
 // is the one to keep.
 var ErrUndecided = errors.New("undecided")
 
+// ReclaimAddresses adds back to this host the addresses the source gave
+// up for the destination (Released), announced: for a source tree that
+// runs here again (an abort).
+func (d *Decision) ReclaimAddresses(log *slog.Logger) error {
+	if len(d.Released) == 0 {
+		return nil
+	}
+	return reclaim(d.Released, log)
+}
+
 // Commit says what the decision means for the destination's copy: commit
 // when the source tree is gone (CRIU killed it), abort when it still runs
 // (CRIU resumed it: the source never let it commit after all). An
@@ -216,13 +226,14 @@ func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (
 	if err != nil {
 		return nil, err
 	}
-	if !commit && len(d.Released) > 0 {
-		// The source tree runs: its addresses come back first.
-		if err := reclaim(d.Released, slog.Default()); err != nil {
-			return nil, fmt.Errorf("migration %s: the source's addresses: %w", d.ID, err)
+	r, err := ResolveAt(ctx, d.Addr, conf, d.ID, commit)
+	if !commit {
+		// The source tree runs: its addresses come back, once the
+		// destination has given them up if it answers.
+		if rerr := d.ReclaimAddresses(slog.Default()); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("migration %s: the source's addresses: %w", d.ID, rerr))
 		}
 	}
-	r, err := ResolveAt(ctx, d.Addr, conf, d.ID, commit)
 	if err != nil {
 		return nil, err
 	}
@@ -368,6 +379,7 @@ func (d *Destination) resolve(ctx context.Context, id string, commit bool) (*pb.
 	default:
 		// Say "aborted" only once the copy is gone.
 		if alive {
+			silenceConnections(f.Pid, d.o.Logger)
 			if err := killTree(f.Pid, f.PidStart, f.Freezer); err != nil {
 				return nil, fmt.Errorf("migration %s: the stopped copy: %w", id, err)
 			}
@@ -427,6 +439,7 @@ func (d *Destination) recover() {
 			commitCarried(dir, d.o.Logger)
 		case "receiving":
 			if f.Pid > 0 && proc.Same(f.Pid, f.PidStart) {
+				silenceConnections(f.Pid, d.o.Logger)
 				proc.SignalTree(f.Pid, unix.SIGKILL)
 			}
 			// CRIU may have restored the tree just before the service

@@ -550,39 +550,14 @@ func (m *source) dump(ctx context.Context, plan *precopyPlan) error {
 	if err := m.decide(StateUndecided); err != nil {
 		return m.refuse(err)
 	}
+	var locks []string
+	if o.TCPEstablished {
+		locks = criuTables()
+	}
 	_, err = o.CRIU.Dump(ctx, criu.Request{Opts: opts, ImagesDir: dir, PageServer: theirs, Notify: notify})
 	m.r.PageBytes, m.r.WireBytes, m.r.Referenced = counts.Raw.Load(), counts.Wire.Load(), m.referenced.Load()
 	if err != nil {
-		running := proc.ValidateTarget(o.Pid) == nil
-		reason := err
-		if cause != nil {
-			reason = cause
-		}
-		select {
-		case <-m.sess.Done():
-			reason = fmt.Errorf("connection to the destination lost: %w", reason)
-		default:
-		}
-		m.abort(reason)
-		var re *RemoteError
-		if running && m.phase != "dump" && m.phase != "transfer" && !errors.As(reason, &re) {
-			// The destination may hold a restored copy and may not have
-			// heard the Abort: the decision stays on disk until it
-			// has (settlePending, phaul resolve).
-			if err := m.decide("abort"); err != nil {
-				m.log.Warn("cannot record the decision to abort", "err", err)
-			}
-		} else if m.decided == StateUndecided {
-			// Nothing to settle: the destination restored nothing, or
-			// failed itself and said so.
-			removeDecision(o.WorkDir, o.ID)
-		}
-		if !running && restored != nil {
-			// CRIU failed after we let it commit: the source is gone
-			// and the destination holds the stopped copy.
-			return &Error{Phase: "commit", InDoubt: true, Err: err}
-		}
-		return &Error{Phase: m.phase, SourceRunning: running, Err: reason}
+		return m.dumpFailed(err, cause, restored != nil, locks)
 	}
 	if o.TCPEstablished {
 		m.dropCRIULocks(dir)
@@ -611,6 +586,53 @@ func (m *source) dump(ctx context.Context, plan *precopyPlan) error {
 	m.r.Running = true
 	m.r.Downtime = Duration(time.Since(frozen))
 	return nil
+}
+
+// dumpFailed settles a dump that failed (err; cause: why the source
+// refused post-dump, if it did; restored: the destination had restored
+// its copy): the tree runs here again with what it gave up (addresses,
+// connections CRIU left locked if it died), the destination is told, and
+// the decision is recorded where it may still matter.
+func (m *source) dumpFailed(err, cause error, restored bool, locks []string) error {
+	o := m.o
+	running := proc.ValidateTarget(o.Pid) == nil
+	if running {
+		// CRIU may have died after post-dump: the tree runs here,
+		// with what it gave up back.
+		m.reclaimAddresses()
+		if o.TCPEstablished {
+			m.releaseConnections(o.Pid, locks)
+		}
+	}
+	reason := err
+	if cause != nil {
+		reason = cause
+	}
+	select {
+	case <-m.sess.Done():
+		reason = fmt.Errorf("connection to the destination lost: %w", reason)
+	default:
+	}
+	m.abort(reason)
+	var re *RemoteError
+	if running && m.phase != "dump" && m.phase != "transfer" && !errors.As(reason, &re) {
+		// The destination may hold a restored copy and may not have
+		// heard the Abort: the decision stays on disk until it
+		// has (settlePending, phaul resolve).
+		if err := m.decide("abort"); err != nil {
+			m.log.Warn("cannot record the decision to abort", "err", err)
+		}
+	} else if m.decided == StateUndecided {
+		// Nothing to settle: the destination restored nothing, or
+		// failed itself and said so.
+		removeDecision(o.WorkDir, o.ID)
+	}
+	if !running && restored {
+		// CRIU failed after we let it commit: the source is gone
+		// and the destination holds the stopped copy.
+		return &Error{Phase: "commit", InDoubt: true, Err: err}
+	}
+	return &Error{Phase: m.phase, SourceRunning: running, Err: reason}
 }
 
 // decide records the source's decision on this migration on disk

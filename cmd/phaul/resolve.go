@@ -99,6 +99,13 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	defer cancel()
 	env.Logger.Info("resolving", "migration", id, "dest", dest, "commit", commit, "why", why)
 	r, err := migrate.ResolveAt(ctx, dest, conf, id, commit)
+	if !commit && rec != nil {
+		// The source tree runs here: the addresses it gave up come back
+		// (after the destination's answer, whatever it was).
+		if aerr := rec.ReclaimAddresses(env.Logger); aerr != nil {
+			env.Logger.Error("the addresses moved for the migration could not all be put back", "migration", id, "err", aerr)
+		}
+	}
 	if errors.Is(err, migrate.ErrInFlight) {
 		return fmt.Errorf("resolve %s on %s: %w; still so after --timeout %v: run phaul resolve again later, or with a longer --timeout", id, dest, err, timeout)
 	}
