@@ -280,6 +280,10 @@ func (b *bench) addServiceAddr(ctx context.Context) error {
 	if _, err := b.runOn(ctx, "a", "ip", "addr", "add", serviceAddr+serviceMask, "dev", hostsName+"-va"); err != nil {
 		return fmt.Errorf("the service address on a: %w", err)
 	}
+	// A new client: it knows nothing of where the address was before.
+	if _, err := b.runOn(ctx, "c", "ip", "neigh", "flush", "all"); err != nil {
+		return fmt.Errorf("the client's neighbours: %w", err)
+	}
 	return nil
 }
 
