@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -66,7 +67,7 @@ func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sam
 	case methodPhaul:
 		return b.phaulWithClient(ctx, w)
 	case methodPhaulOff:
-		return b.phaul(ctx, w, "off")
+		return b.phaul(ctx, w, "off", nil)
 	case methodCRIU:
 		return b.criuAlone(ctx, w)
 	default:
@@ -99,35 +100,60 @@ type phaulReport struct {
 func (b *bench) phaulWithClient(ctx context.Context, w *workload) (sample, error) {
 	defer b.removeServiceAddr()
 	client := b.on("c", b.self, clientCommand, serviceAddr+":"+clientPort)
-	var out, errOut bytes.Buffer
-	client.Stdout, client.Stderr = &out, &errOut
+	var out bytes.Buffer
+	client.Stdout = &out
+	stderr, err := client.StderrPipe()
+	if err != nil {
+		return sample{}, err
+	}
 	if err := client.Start(); err != nil {
 		return sample{}, err
 	}
 	defer client.Process.Kill()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(errOut.String(), "ready"); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return sample{}, fmt.Errorf("the client got no answer: %s", errOut.String())
+	ready, said := make(chan struct{}), make(chan string, 1)
+	go func() {
+		var other []string
+		for sc := bufio.NewScanner(stderr); sc.Scan(); {
+			if sc.Text() == "ready" {
+				close(ready)
+			} else {
+				other = append(other, sc.Text())
+			}
 		}
+		said <- strings.Join(other, "\n")
+	}()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		client.Process.Kill()
+		return sample{}, fmt.Errorf("the client got no answer: %s", <-said)
 	}
-	s, err := b.phaul(ctx, w, "auto", "--move-address", serviceAddr)
-	client.Process.Signal(syscall.SIGTERM)
-	client.Wait()
-	if err != nil {
-		return s, err
+	// The client stops while the moved workload still runs (phaul's
+	// runs kill it once measured).
+	var pause float64
+	stopClient := func() error {
+		client.Process.Signal(syscall.SIGTERM)
+		stderrText := <-said
+		client.Wait()
+		var res clientResult
+		if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+			return fmt.Errorf("the client printed %q (%v): %s", out.String(), err, stderrText)
+		}
+		if res.Error != "" {
+			return fmt.Errorf("the client's connection: %s", res.Error)
+		}
+		pause = res.MaxGap
+		return nil
 	}
-	var res clientResult
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		return s, fmt.Errorf("the client printed %q (%v): %s", out.String(), err, errOut.String())
-	}
-	if res.Error != "" {
-		return s, fmt.Errorf("the client's connection: %s", res.Error)
-	}
-	s.ClientPause = res.MaxGap
-	return s, nil
+	s, err := b.phaul(ctx, w, "auto", stopClient, "--move-address", serviceAddr)
+	s.ClientPause = pause
+	return s, err
 }
 
-func (b *bench) phaul(ctx context.Context, w *workload, precopy string, flags ...string) (sample, error) {
+// phaul moves w with phaul migrate (--precopy=precopy and flags); moved,
+// if not nil, runs once the moved workload is verified, before it is
+// killed.
+func (b *bench) phaul(ctx context.Context, w *workload, precopy string, moved func() error, flags ...string) (sample, error) {
 	cpu0 := cpuOf(b.svc.Process.Pid)
 	args := append([]string{filepath.Join(b.bin, "phaul"), "migrate", "--json", "--tls-dir", b.tls, "--precopy", precopy,
 		"--work-dir", filepath.Join(b.dir, "source")}, flags...)
@@ -152,6 +178,11 @@ func (b *bench) phaul(ctx context.Context, w *workload, precopy string, flags ..
 	cpuDest := cpuOf(b.svc.Process.Pid) - cpu0
 	if err := verify(ctx, w, r.DestPid); err != nil {
 		return sample{}, err
+	}
+	if moved != nil {
+		if err := moved(); err != nil {
+			return sample{}, err
+		}
 	}
 	s := sample{
 		Downtime: r.Downtime, Total: r.Total, Dump: r.Dump, Transfer: r.Transfer, Restore: r.Restore,

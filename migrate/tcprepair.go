@@ -61,7 +61,7 @@ func (m *source) releaseConnections(root int, before []string) {
 // put in repair mode; they have no peer to tell.
 func silenceConnections(root int, log *slog.Logger) {
 	forEachSocket(root, func(pid, fd int) {
-		if err := setRepair(pid, fd, true); err != nil {
+		if err := repairOn(pid, fd); err != nil {
 			log.Warn("a connection of the copy may say goodbye when it is killed", "pid", pid, "fd", fd, "err", err)
 		}
 	})
@@ -99,20 +99,18 @@ func tcpSocket(pid, fd int) int {
 	return s
 }
 
-// setRepair puts a TCP socket in repair mode (on) or takes it out.
-func setRepair(pid, fd int, on bool) error {
+// repairOn puts fd of pid in repair mode if it is a TCP socket (not a
+// listener: the kernel refuses one with EPERM, and it has no peer).
+func repairOn(pid, fd int) error {
 	s := tcpSocket(pid, fd)
 	if s < 0 {
 		return nil
 	}
 	defer unix.Close(s)
-	if on {
-		if err := unix.SetsockoptInt(s, unix.SOL_TCP, unix.TCP_REPAIR, 1); err != nil && !errors.Is(err, unix.EPERM) {
-			return err // EPERM: a listener
-		}
-		return nil
+	if err := unix.SetsockoptInt(s, unix.SOL_TCP, unix.TCP_REPAIR, 1); err != nil && !errors.Is(err, unix.EPERM) {
+		return err
 	}
-	return unix.SetsockoptInt(s, unix.SOL_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_OFF)
+	return nil
 }
 
 // repairOff turns TCP repair mode off on fd of pid if it is a TCP socket
