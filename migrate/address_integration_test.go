@@ -64,20 +64,29 @@ func tables(t *testing.T, h *twohosts.Hosts, host string) []string {
 // goOn waits until each client has read n more answers.
 func goOn(t *testing.T, clients []*twohosts.Client, n int) {
 	t.Helper()
+	if err := answering(clients, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// answering waits until each client has read n more answers, or says
+// why one did not.
+func answering(clients []*twohosts.Client, n int) error {
 	for i, c := range clients {
 		want := c.Count() + n
 		deadline := time.Now().Add(30 * time.Second)
 		for c.Count() < want {
 			if _, err := c.Result(); err != nil {
-				t.Fatalf("client %d: %v", i, err)
+				return fmt.Errorf("client %d: %w", i, err)
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("client %d: %d answers, no more for 30 s", i, c.Count())
+				return fmt.Errorf("client %d: %d answers, no more for 30 s", i, c.Count())
 			}
 			c.Poke()
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	return nil
 }
 
 // checkAnswers: one connection, each request answered once and in
@@ -88,6 +97,13 @@ func checkAnswers(t *testing.T, c *twohosts.Client) time.Duration {
 	if err != nil {
 		t.Fatalf("the client's connection: %v", err)
 	}
+	return answersInOrder(t, answers)
+}
+
+// answersInOrder checks answers: each to its request, in order, from one
+// process; it returns the longest wait between two.
+func answersInOrder(t *testing.T, answers []twohosts.Answer) time.Duration {
+	t.Helper()
 	var gap time.Duration
 	for i, a := range answers {
 		if a.Req != i+1 {
