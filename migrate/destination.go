@@ -271,7 +271,6 @@ func (in *incoming) setPhase(p string) {
 }
 
 func (in *incoming) run(ctx context.Context) error {
-	o := in.d.o
 	in.phase = "connect" // logged once the migration's ID is known
 	msg, err := in.recv(ctx)
 	if err != nil {
@@ -284,6 +283,58 @@ func (in *incoming) run(ctx context.Context) error {
 	if req := msg.GetResolve(); req != nil {
 		return in.serveResolve(ctx, req)
 	}
+	if err := in.hello(ctx, msg); err != nil {
+		return err
+	}
+	in.setPhase("checks")
+	if msg, err = in.checks(ctx); err != nil || msg == nil {
+		return err // nil and nil: the checks were all it asked for
+	}
+	if err := in.accept(msg); err != nil {
+		return in.fail("checks", err)
+	}
+	if err := in.d.admit(); err != nil {
+		return in.fail("checks", err)
+	}
+	defer in.d.release()
+	size, err := in.prepare()
+	if err != nil {
+		return in.fail("checks", err)
+	}
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{CgroupRoots: in.roots, PageRoom: size - imagesMargin}}}); err != nil {
+		return err
+	}
+	if err := in.rounds(ctx); err != nil {
+		return err
+	}
+	in.setPhase("transfer")
+	if err := in.receive(ctx); err != nil {
+		return err
+	}
+	in.setPhase("restore")
+	if err := in.takeAddresses(); err != nil {
+		return in.fail("restore", err)
+	}
+	restored, err := in.restoreTree(ctx)
+	if err != nil {
+		return in.fail("restore", err)
+	}
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
+		return err
+	}
+	in.setPhase("commit")
+	if msg, err = in.recv(ctx); err != nil {
+		return err
+	}
+	if msg.GetCommit() == nil {
+		return in.fail("commit", unexpected(msg, "Commit"))
+	}
+	return in.resume(ctx)
+}
+
+// hello takes the source's Hello: the protocol, the migration's ID (its
+// place in the registry), and answers Welcome.
+func (in *incoming) hello(ctx context.Context, msg *pb.Envelope) error {
 	hello := msg.GetHello()
 	if hello == nil {
 		return in.fail("connect", unexpected(msg, "Hello"))
@@ -303,60 +354,70 @@ func (in *incoming) run(ctx context.Context) error {
 	}
 	in.setPhase("connect")
 	in.log.Info("migration offered", "source_host", hello.GetHost().GetHostname())
-	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Welcome{Welcome: &pb.Welcome{
-		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(o.CRIUVersion),
-	}}}); err != nil {
-		return err
-	}
+	return in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Welcome{Welcome: &pb.Welcome{
+		ProtocolVersion: transport.ProtocolVersion, Host: hostInfo(in.d.o.CRIUVersion),
+	}}})
+}
 
-	in.setPhase("checks")
-	if msg, err = in.recv(ctx); err != nil {
-		return err
+// checks answers the source's Check, if it sends one, and returns the
+// message after it (Prepare); nil, nil when the checks were all it asked
+// for (phaul check).
+func (in *incoming) checks(ctx context.Context) (*pb.Envelope, error) {
+	msg, err := in.recv(ctx)
+	if err != nil {
+		return nil, err
 	}
-	if chk := msg.GetCheck(); chk != nil {
-		in.checkOnly = chk.Only
-		in.facts = chk.Facts
-		if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_CheckReport{CheckReport: &pb.CheckReport{Verdicts: in.judge(ctx, chk)}}}); err != nil {
-			if chk.Only {
-				// yamux may report a frame it did write as failed when
-				// the peer hangs up at once, as `phaul check` does
-				// after reading it; nothing to clean up either way.
-				in.log.Debug("checks answered; the source hung up", "err", err)
-				return nil
-			}
-			return err
-		}
+	chk := msg.GetCheck()
+	if chk == nil {
+		return msg, nil
+	}
+	in.checkOnly = chk.Only
+	in.facts = chk.Facts
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_CheckReport{CheckReport: &pb.CheckReport{Verdicts: in.judge(ctx, chk)}}}); err != nil {
 		if chk.Only {
-			in.log.Info("checks answered", "only", true)
-			return nil
+			// yamux may report a frame it did write as failed when
+			// the peer hangs up at once, as `phaul check` does
+			// after reading it; nothing to clean up either way.
+			in.log.Debug("checks answered; the source hung up", "err", err)
+			return nil, nil
 		}
-		if msg, err = in.recv(ctx); err != nil {
-			return err
-		}
+		return nil, err
 	}
+	if chk.Only {
+		in.log.Info("checks answered", "only", true)
+		return nil, nil
+	}
+	return in.recv(ctx)
+}
+
+// accept takes Prepare and the files it says will be carried.
+func (in *incoming) accept(msg *pb.Envelope) error {
 	in.prep = msg.GetPrepare()
 	if in.prep == nil {
-		return in.fail("checks", unexpected(msg, "Prepare"))
+		return unexpected(msg, "Prepare")
 	}
 	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Comm, st.SourcePid = in.prep.Comm, in.prep.Pid })
-	if err := in.carry.accept(in.prep.Carry); err != nil {
-		return in.fail("checks", err)
-	}
-	if err := in.d.admit(); err != nil {
-		return in.fail("checks", err)
-	}
-	defer in.d.release()
+	return in.carry.accept(in.prep.Carry)
+}
+
+// prepare readies this host for an admitted migration: the cgroup mode
+// and roots, the terminals' mode, the work directory, the log directory
+// and the tmpfs the images go to; then it records the migration as
+// receiving. It returns the tmpfs's size.
+func (in *incoming) prepare() (uint64, error) {
+	o := in.d.o
+	var err error
 	if in.mode, err = in.d.cgroupMode(in.prep.ManageCgroups); err != nil {
-		return in.fail("checks", err)
+		return 0, err
 	}
 	if in.ttyMode, err = tty.ParseMode(in.prep.Tty); err != nil {
-		return in.fail("checks", err)
+		return 0, err
 	}
 	if in.roots, err = in.cgroupRoots(in.prep.Cgroups, in.prep.CgroupRoot, in.mode); err != nil {
-		return in.fail("checks", err)
+		return 0, err
 	}
 	if err := prepareCpuset(in.d.layout, in.roots); err != nil {
-		return in.fail("checks", err)
+		return 0, err
 	}
 	// in.dir is set only once it is ours: finish removes it on failure,
 	// and a second migration with the ID of an earlier one must not
@@ -366,7 +427,7 @@ func (in *incoming) run(ctx context.Context) error {
 		if errors.Is(err, fs.ErrExist) {
 			err = fmt.Errorf("migration %s was already received here (%s exists): a migration ID is used once", in.id, dir)
 		}
-		return in.fail("checks", fmt.Errorf("work dir: %w", err))
+		return 0, fmt.Errorf("work dir: %w", err)
 	}
 	in.dir = dir
 	in.carry.dir, in.carry.id, in.carry.log = dir, in.id, in.log
@@ -375,11 +436,11 @@ func (in *incoming) run(ctx context.Context) error {
 	if o.LogDir != "" {
 		in.logs = filepath.Join(o.LogDir, in.id)
 		if err := os.MkdirAll(in.logs, 0o700); err != nil {
-			return in.fail("checks", fmt.Errorf("log dir: %w", err))
+			return 0, fmt.Errorf("log dir: %w", err)
 		}
 	}
 	if err := os.Mkdir(in.imgs, 0o700); err != nil {
-		return in.fail("checks", fmt.Errorf("work dir: %w", err))
+		return 0, fmt.Errorf("work dir: %w", err)
 	}
 	// The pages never touch a disk: they go to a tmpfs of this
 	// migration, sized from the memory the source announced, which also
@@ -389,22 +450,15 @@ func (in *incoming) run(ctx context.Context) error {
 		// only for tests without the privilege to mount
 	} else if err := unix.Mount("phaul-"+in.id, in.imgs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
 		fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		return in.fail("checks", fmt.Errorf("mount a tmpfs of %d bytes for the images: %w", size, err))
+		return 0, fmt.Errorf("mount a tmpfs of %d bytes for the images: %w", size, err)
 	}
 	in.mounted = true
-	if err := in.record("receiving"); err != nil {
-		return in.fail("checks", err)
-	}
-	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Ready{Ready: &pb.Ready{CgroupRoots: in.roots, PageRoom: size - imagesMargin}}}); err != nil {
-		return err
-	}
-	if err := in.rounds(ctx); err != nil {
-		return err
-	}
+	return size, in.record("receiving")
+}
 
-	in.setPhase("transfer")
-	// The dump takes as long as the tree's size and the link make it
-	// take: wait for the pages as long as they keep coming.
+// receive takes the dump: the page stream (as long as it keeps coming),
+// then ImagesSent, and the streams it counts.
+func (in *incoming) receive(ctx context.Context) error {
 	if err := in.waitPages(ctx); err != nil {
 		// The source may have said why; prefer its Abort.
 		if msg, rerr := in.recvWithin(ctx, time.Second); rerr != nil && errors.Is(rerr, errAborted) {
@@ -414,7 +468,8 @@ func (in *incoming) run(ctx context.Context) error {
 		}
 		return in.fail("transfer", fmt.Errorf("page stream: %w", err))
 	}
-	if msg, err = in.recv(ctx); err != nil {
+	msg, err := in.recv(ctx)
+	if err != nil {
 		return err
 	}
 	sent := msg.GetImagesSent()
@@ -424,27 +479,7 @@ func (in *incoming) run(ctx context.Context) error {
 	if err := in.waitStreams(ctx, sent); err != nil {
 		return in.fail("transfer", err)
 	}
-
-	in.setPhase("restore")
-	if err := in.takeAddresses(); err != nil {
-		return in.fail("restore", err)
-	}
-	restored, err := in.restoreTree(ctx)
-	if err != nil {
-		return in.fail("restore", err)
-	}
-	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
-		return err
-	}
-
-	in.setPhase("commit")
-	if msg, err = in.recv(ctx); err != nil {
-		return err
-	}
-	if msg.GetCommit() == nil {
-		return in.fail("commit", unexpected(msg, "Commit"))
-	}
-	return in.resume(ctx)
+	return nil
 }
 
 // resume lets the restored tree run once the source committed (its
