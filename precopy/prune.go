@@ -1,20 +1,17 @@
 package precopy
 
 import (
-	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/pagemap"
 )
 
 // The destination's side of the page pipeline: its images are a chain of
@@ -168,158 +165,17 @@ type pmEntry struct {
 // extent is a range of pages, addresses [start, end).
 type extent struct{ start, end uint64 }
 
-// CRIU's image magics (IMG_COMMON, then PAGEMAP) and a bound.
-const (
-	imgCommonMagic = 0x54564319
-	pagemapMagic   = 0x56084025
-	// maxEntrySize bounds one pagemap entry's encoding (a few varints).
-	maxEntrySize = 64
-)
-
 // readPagemap reads a pagemap image written by a CRIU page server.
 func readPagemap(path string) (*pagemapImg, error) {
-	f, err := os.Open(path)
+	img, err := pagemap.Read(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	r := bufio.NewReader(f)
-	var magic [8]byte
-	if _, err := io.ReadFull(r, magic[:]); err != nil {
-		return nil, fmt.Errorf("%s: magic: %w", path, err)
-	}
-	if binary.LittleEndian.Uint32(magic[:]) != imgCommonMagic || binary.LittleEndian.Uint32(magic[4:]) != pagemapMagic {
-		return nil, fmt.Errorf("%s: not a pagemap image (magic %x)", path, magic)
-	}
-	head, err := readEntry(r)
-	if err != nil {
-		return nil, fmt.Errorf("%s: head: %w", path, err)
-	}
-	pm := &pagemapImg{pagesID: uint32(head.fields[1])}
-	var off uint64
-	for {
-		e, err := readEntry(r)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err == nil {
-			err = e.check()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: entry %d: %w", path, len(pm.entries), err)
-		}
-		pe := e.entry(off)
-		if pe.flags&criu.PEPresent != 0 {
-			off += (pe.end - pe.start) / criu.PageSize
-		}
-		pm.entries = append(pm.entries, pe)
-	}
-	slices.SortFunc(pm.entries, func(a, b pmEntry) int { return cmpU64(a.start, b.start) })
-	for i := 1; i < len(pm.entries); i++ {
-		if pm.entries[i].start < pm.entries[i-1].end {
-			return nil, fmt.Errorf("%s: entries overlap at %#x", path, pm.entries[i].start)
-		}
+	pm := &pagemapImg{pagesID: img.PagesID, entries: make([]pmEntry, len(img.Entries))}
+	for i, e := range img.Entries {
+		pm.entries[i] = pmEntry{extent{e.Start, e.End}, e.Flags, e.Off}
 	}
 	return pm, nil
-}
-
-// message is one entry of an image, decoded by hand: CRIU's pagemap
-// entries have a field go-criu's copy of pagemap.proto lacks (nr_pages,
-// 5, which replaced compat_nr_pages, 2). Every field of pagemap_head and
-// pagemap_entry is a varint: fields holds them by number, has says which
-// were present.
-type message struct {
-	fields [6]uint64
-	has    [6]bool
-}
-
-// readEntry reads one entry of an image: a 4-byte little-endian size,
-// then the message. io.EOF: the image ends cleanly before it.
-func readEntry(r *bufio.Reader) (message, error) {
-	var m message
-	var size [4]byte
-	if _, err := io.ReadFull(r, size[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return m, errors.New("truncated entry size")
-		}
-		return m, err
-	}
-	n := binary.LittleEndian.Uint32(size[:])
-	if n > maxEntrySize {
-		return m, fmt.Errorf("entry of %d bytes", n)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return m, fmt.Errorf("truncated entry: %w", err)
-	}
-	for len(b) > 0 {
-		num, typ, k := protowire.ConsumeTag(b)
-		if k < 0 {
-			return m, protowire.ParseError(k)
-		}
-		if typ != protowire.VarintType || num < 1 || int(num) >= len(m.fields) {
-			return m, fmt.Errorf("unknown field %d (type %d)", num, typ)
-		}
-		v, l := protowire.ConsumeVarint(b[k:])
-		if l < 0 {
-			return m, protowire.ParseError(l)
-		}
-		m.fields[num], m.has[num] = v, true
-		b = b[k+l:]
-	}
-	return m, nil
-}
-
-// Fields of pagemap_entry.
-const (
-	pmVaddr        = 1
-	pmCompatPages  = 2
-	pmInParent     = 3
-	pmFlags        = 4
-	pmNrPages      = 5
-	pmKnownFlags   = criu.PEParent | criu.PELazy | criu.PEPresent
-	pmMaxPageCount = criu.MaxIovPages
-)
-
-// pages is the entry's page count: nr_pages, or in older images
-// compat_nr_pages.
-func (m message) pages() uint64 {
-	if m.has[pmNrPages] {
-		return m.fields[pmNrPages]
-	}
-	return m.fields[pmCompatPages]
-}
-
-// flags are the entry's PE_* flags, as CRIU reads them from older images
-// too (criu/pagemap.c, init_compat_pagemap_entry).
-func (m message) flags() uint64 {
-	switch {
-	case m.has[pmInParent] && m.fields[pmInParent] != 0:
-		return m.fields[pmFlags] | criu.PEParent
-	case !m.has[pmFlags]:
-		return criu.PEPresent
-	}
-	return m.fields[pmFlags]
-}
-
-func (m message) check() error {
-	va, n, fl := m.fields[pmVaddr], m.pages(), m.flags()
-	switch {
-	case !m.has[pmVaddr]:
-		return errors.New("no address")
-	case n == 0 || n > pmMaxPageCount || va%criu.PageSize != 0 || va+n*criu.PageSize < va:
-		return fmt.Errorf("pages %#x+%d", va, n)
-	case fl&^pmKnownFlags != 0 || fl&criu.PEParent != 0 && fl&criu.PEPresent != 0:
-		return fmt.Errorf("flags %#x", fl)
-	}
-	return nil
-}
-
-// entry is the checked message as an entry whose bytes (if present) are
-// at page off of the pages image.
-func (m message) entry(off uint64) pmEntry {
-	va := m.fields[pmVaddr]
-	return pmEntry{extent: extent{va, va + m.pages()*criu.PageSize}, flags: uint32(m.flags()), off: off}
 }
 
 func cmpU64(a, b uint64) int {

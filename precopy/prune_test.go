@@ -8,9 +8,8 @@ import (
 	"slices"
 	"testing"
 
-	"google.golang.org/protobuf/encoding/protowire"
-
-	"github.com/phaul/phaul/criu"
+		"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/pagemap"
 )
 
 // pm is one pagemap entry of a test image: n pages at page number page.
@@ -33,12 +32,12 @@ func writeLevel(t *testing.T, dir, parentDir string, lvl byte, images map[int][]
 	pagesID := uint32(1)
 	for id, entries := range images {
 		var img, pages []byte
-		img = binary.LittleEndian.AppendUint32(img, imgCommonMagic)
-		img = binary.LittleEndian.AppendUint32(img, pagemapMagic)
-		img = appendEntry(img, 1, uint64(pagesID))
+		img = binary.LittleEndian.AppendUint32(img, pagemap.ImgCommonMagic)
+		img = binary.LittleEndian.AppendUint32(img, pagemap.Magic)
+		img = pagemap.AppendMessage(img, 1, uint64(pagesID))
 		for _, e := range entries {
 			// As CRIU writes them: compat_nr_pages 0, nr_pages.
-			img = appendEntry(img, pmVaddr, e.page*criu.PageSize, pmCompatPages, 0, pmFlags, uint64(e.flags), pmNrPages, e.n)
+			img = pagemap.AppendMessage(img, pagemap.FieldVaddr, e.page*criu.PageSize, pagemap.FieldCompatPages, 0, pagemap.FieldFlags, uint64(e.flags), pagemap.FieldNrPages, e.n)
 			if e.flags&criu.PEPresent != 0 {
 				for p := e.page; p < e.page+e.n; p++ {
 					pages = append(pages, bytes.Repeat([]byte{fill(lvl, id, p)}, criu.PageSize)...)
@@ -69,15 +68,6 @@ func fill(lvl byte, id int, page uint64) byte { return lvl<<6 | byte(id)<<4 | by
 
 func itoa(n int) string { return string(rune('0' + n)) }
 
-// appendEntry appends an image entry of varint fields: number, value, ...
-func appendEntry(b []byte, fields ...uint64) []byte {
-	var m []byte
-	for i := 0; i < len(fields); i += 2 {
-		m = protowire.AppendTag(m, protowire.Number(fields[i]), protowire.VarintType)
-		m = protowire.AppendVarint(m, fields[i+1])
-	}
-	return append(binary.LittleEndian.AppendUint32(b, uint32(len(m))), m...)
-}
 
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
@@ -167,7 +157,7 @@ func TestPruneRefusesABadImage(t *testing.T) {
 	writeLevel(t, top, "pre-1", 2, map[int][]pm{1: {{0, 1, present}}, 2: {{0, 1, present}}})
 	for name, data := range map[string][]byte{
 		"pagemap-2.img": []byte("not an image"),
-		"pagemap-3.img": binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, imgCommonMagic), pagemapMagic), 1<<20),
+		"pagemap-3.img": binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, pagemap.ImgCommonMagic), pagemap.Magic), 1<<20),
 	} {
 		t.Run(name, func(t *testing.T) {
 			write(t, filepath.Join(top, name), data)
@@ -205,56 +195,3 @@ func TestExtents(t *testing.T) {
 	}
 }
 
-// Older images: compat_nr_pages, and in_parent or no flags at all.
-func TestReadPagemapCompat(t *testing.T) {
-	var img []byte
-	img = binary.LittleEndian.AppendUint32(img, imgCommonMagic)
-	img = binary.LittleEndian.AppendUint32(img, pagemapMagic)
-	img = appendEntry(img, 1, 7)
-	img = appendEntry(img, pmVaddr, 0x1000, pmCompatPages, 2)
-	img = appendEntry(img, pmVaddr, 0x3000, pmCompatPages, 1, pmInParent, 1)
-	img = appendEntry(img, pmVaddr, 0x4000, pmCompatPages, 3, pmFlags, present)
-	path := filepath.Join(t.TempDir(), "pagemap-1.img")
-	write(t, path, img)
-	pm, err := readPagemap(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []pmEntry{
-		{extent{0x1000, 0x3000}, criu.PEPresent, 0},
-		{extent{0x3000, 0x4000}, criu.PEParent, 2},
-		{extent{0x4000, 0x7000}, present, 2},
-	}
-	if pm.pagesID != 7 || !slices.Equal(pm.entries, want) {
-		t.Errorf("read %d %+v, want 7 %+v", pm.pagesID, pm.entries, want)
-	}
-}
-
-// FuzzPagemap: the pagemaps Prune reads are CRIU's, but what they say
-// comes from the source's page stream.
-func FuzzPagemap(f *testing.F) {
-	var img []byte
-	img = binary.LittleEndian.AppendUint32(img, imgCommonMagic)
-	img = binary.LittleEndian.AppendUint32(img, pagemapMagic)
-	img = appendEntry(img, 1, 1)
-	f.Add(appendEntry(img, pmVaddr, 0x1000, pmCompatPages, 0, pmFlags, present, pmNrPages, 2))
-	f.Add(appendEntry(appendEntry(img, pmVaddr, 0x1000, pmNrPages, 4), pmVaddr, 0x2000, pmNrPages, 1))
-	path := filepath.Join(f.TempDir(), "pagemap-1.img")
-	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		pm, err := readPagemap(path)
-		if err != nil {
-			return
-		}
-		for i, e := range pm.entries {
-			if e.start >= e.end || e.start%criu.PageSize != 0 || i > 0 && e.start < pm.entries[i-1].end {
-				t.Fatalf("entry %d: %+v", i, e)
-			}
-			if e.flags&criu.PEPresent != 0 && e.flags&criu.PEParent != 0 {
-				t.Fatalf("entry %d: flags %#x", i, e.flags)
-			}
-		}
-	})
-}
