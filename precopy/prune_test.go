@@ -8,7 +8,7 @@ import (
 	"slices"
 	"testing"
 
-		"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/criu"
 	"github.com/phaul/phaul/internal/pagemap"
 )
 
@@ -67,7 +67,6 @@ func imagesDir(t testing.TB, dir, parent string) {
 func fill(lvl byte, id int, page uint64) byte { return lvl<<6 | byte(id)<<4 | byte(page) }
 
 func itoa(n int) string { return string(rune('0' + n)) }
-
 
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
@@ -194,4 +193,3 @@ func TestExtents(t *testing.T) {
 		t.Errorf("intersect = %v, want %v", got, want)
 	}
 }
-
