@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 // CRIU's page-server protocol (criu/page-xfer.c, criu/include/pagemap.h):
@@ -26,7 +27,7 @@ const (
 	PSIovOpen2      = 4      // open an image; answered by one byte: has the server a parent for it
 	PSIovParent     = 5      // has the server a parent for this image; answered by an int32
 	PSIovAddF       = 6      // pagemap entry with flags (high 16 bits of cmd); data follows with PE_PRESENT
-	PSIovGet        = 7      // lazy pages: a request from the restoring side
+	PSIovGet        = 7      // lazy pages: a request from the restoring side (dst_id is a bare PID)
 	PSIovClose      = 0x1023 // end of the dump; answered by an int32 status
 	PSIovForceClose = 0x1024 // end of a failed dump; answered the same way
 
@@ -147,6 +148,15 @@ func (h PageIov) check() error {
 	if h.Vaddr%PageSize != 0 || h.Vaddr+h.NrPages*PageSize < h.Vaddr {
 		return fmt.Errorf("%w: pages %#x+%d", ErrPageWire, h.Vaddr, h.NrPages)
 	}
+	if h.Cmd == PSIovGet {
+		// CRIU's lazy-pages daemon names the image by the task's PID
+		// alone (criu/pagemap.c: a page read's img_id), and so does the
+		// answer: no type bits.
+		if h.DstID == 0 || h.DstID > math.MaxInt32 {
+			return fmt.Errorf("%w: request for pid %d", ErrPageWire, h.DstID)
+		}
+		return nil
+	}
 	return h.checkType()
 }
 
@@ -167,4 +177,36 @@ func ReadPageIov(r io.Reader, buf *[PageIovSize]byte) (PageIov, error) {
 		return PageIov{}, err
 	}
 	return ParsePageIov(buf[:])
+}
+
+// ParseLazyAnswer decodes and checks a page server's answer to a
+// PS_IOV_GET: PS_IOV_ADD_F with PE_PRESENT, the request's bare PID as
+// dst_id (like the request's), and at least one page.
+func ParseLazyAnswer(b []byte) (PageIov, error) {
+	if len(b) < PageIovSize {
+		return PageIov{}, fmt.Errorf("%w: %d bytes, want %d", ErrPageWire, len(b), PageIovSize)
+	}
+	cmd := binary.NativeEndian.Uint32(b)
+	if cmd != uint32(PEPresent)<<psCmdBits|PSIovAddF {
+		return PageIov{}, fmt.Errorf("%w: answer %#x to a page request", ErrPageWire, cmd)
+	}
+	// Checked as the request it answers.
+	h, err := ParsePageIov(PageIov{Cmd: PSIovGet, NrPages: binary.NativeEndian.Uint64(b[8:]), Vaddr: binary.NativeEndian.Uint64(b[16:]), DstID: binary.NativeEndian.Uint64(b[24:])}.Append(nil))
+	if err != nil {
+		return PageIov{}, err
+	}
+	h.Cmd, h.Flags = PSIovAddF, PEPresent
+	return h, nil
+}
+
+// ReadLazyAnswer reads and checks one answer to a PS_IOV_GET from r (the
+// header only; DataLen bytes of pages follow it).
+func ReadLazyAnswer(r io.Reader, buf *[PageIovSize]byte) (PageIov, error) {
+	if _, err := io.ReadFull(r, buf[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return PageIov{}, fmt.Errorf("%w: stream ends inside a header", ErrPageWire)
+		}
+		return PageIov{}, err
+	}
+	return ParseLazyAnswer(buf[:])
 }

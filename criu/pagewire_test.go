@@ -66,6 +66,9 @@ func TestParsePageIov(t *testing.T) {
 		{"add lazy", PageIov{Cmd: PSIovAddF, Flags: PELazy, NrPages: 3, Vaddr: 0x1000, DstID: pid}, true, 0},
 		{"shmem", PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: 1, DstID: PageDst(PSTypeShmem, 9)}, true, 0},
 		{"close", PageIov{Cmd: PSIovClose}, true, 4},
+		{"lazy request", PageIov{Cmd: PSIovGet, NrPages: 8, Vaddr: 0x7f0000000000, DstID: 4242}, true, 0},
+		{"lazy request, no pid", PageIov{Cmd: PSIovGet, NrPages: 8, Vaddr: 0x1000}, false, 0},
+		{"lazy request, no pages", PageIov{Cmd: PSIovGet, Vaddr: 0x1000, DstID: 1}, false, 0},
 		{"parent query", PageIov{Cmd: PSIovParent, DstID: pid}, true, 4},
 		{"unknown command", PageIov{Cmd: 99, DstID: pid}, false, 0},
 		{"unknown flag", PageIov{Cmd: PSIovAddF, Flags: 8, NrPages: 1, DstID: pid}, false, 0},
@@ -143,4 +146,30 @@ func FuzzPageStream(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseLazyAnswer(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		h    PageIov
+		ok   bool
+	}{
+		{"answer", PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: 3, Vaddr: 0x1000, DstID: 77}, true},
+		{"lazy flag too", PageIov{Cmd: PSIovAddF, Flags: PEPresent | PELazy, NrPages: 3, Vaddr: 0x1000, DstID: 77}, false},
+		{"not present", PageIov{Cmd: PSIovAddF, Flags: PEParent, NrPages: 3, Vaddr: 0x1000, DstID: 77}, false},
+		{"no pid", PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: 3, Vaddr: 0x1000}, false},
+		{"no pages", PageIov{Cmd: PSIovAddF, Flags: PEPresent, Vaddr: 0x1000, DstID: 77}, false},
+		{"unaligned", PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: 1, Vaddr: 0x1001, DstID: 77}, false},
+		{"a request", PageIov{Cmd: PSIovGet, NrPages: 1, Vaddr: 0x1000, DstID: 77}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := ParseLazyAnswer(c.h.Append(nil))
+			if (err == nil) != c.ok {
+				t.Fatalf("ParseLazyAnswer(%+v) = %v, want ok=%v", c.h, err, c.ok)
+			}
+			if err == nil && got != c.h {
+				t.Errorf("round trip: got %+v, want %+v", got, c.h)
+			}
+		})
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/phaul/phaul/internal/cli"
+	"github.com/phaul/phaul/postcopy"
 )
 
 const about = "phaul: live migration of Linux process trees with CRIU"
@@ -19,6 +20,7 @@ const about = "phaul: live migration of Linux process trees with CRIU"
 var commands = []*cli.Command{migrateCmd, checkCmd, statusCmd, resolveCmd, certsCmd, versionCmd, checkHostCmd, dumpCmd, restoreCmd}
 
 func main() {
+	postcopy.RunProbeIfAsked() // check-host's lazy-pages self-test runs phaul itself as its probe
 	cli.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)

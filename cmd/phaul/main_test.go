@@ -13,7 +13,13 @@ import (
 
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/testutil"
+	"github.com/phaul/phaul/postcopy"
 )
+
+func TestMain(m *testing.M) {
+	postcopy.RunProbeIfAsked() // check-host's lazy-pages self-test runs this binary as its probe
+	os.Exit(m.Run())
+}
 
 func runPhaul(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
@@ -82,6 +88,11 @@ func TestCheckHostJSON(t *testing.T) {
 		if _, ok := r[k]; !ok {
 			t.Errorf("check-host --json lacks %q", k)
 		}
+	}
+	// The self-test ran: where CRIU finds userfaultfd (these machines), a
+	// real lazy restore works.
+	if r["uffd"] == true && r["lazy_pages"] != true {
+		t.Errorf("userfaultfd available but the lazy self-test failed: %v", r["lazy_pages_detail"])
 	}
 }
 
