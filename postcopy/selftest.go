@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
@@ -20,6 +21,7 @@ import (
 // SelfTestResult is what a self-test found.
 type SelfTestResult struct {
 	Worked bool          // the probe ran restored lazily, with every page as it was
+	Eager  int64         // pages sent before the restore (what it reads)
 	Lazy   int64         // pages the restore left to be fetched
 	Served int64         // pages the page server answered with
 	Took   time.Duration // restore until every page had arrived
@@ -28,29 +30,92 @@ type SelfTestResult struct {
 
 func (r SelfTestResult) String() string {
 	if r.Worked {
-		return fmt.Sprintf("a real lazy restore worked: %d pages fetched through phaul's page server in %v", r.Served, r.Took.Round(time.Millisecond))
+		return fmt.Sprintf("a real lazy restore worked: %d pages sent before it, %d fetched through phaul's page server in %v", r.Eager, r.Served, r.Took.Round(time.Millisecond))
 	}
 	return "a real lazy restore failed: " + r.Why
 }
 
 // SelfTest migrates a probe process through the whole post-copy chain on
-// this host: it starts exe (a program that calls RunProbeIfAsked) as the
-// probe, dumps it into dir, restores it with lazy pages, serves the
-// pages with Serve to CRIU's lazy-pages daemon, and has the probe check
-// its memory. dir must be empty; the caller removes it. An error is
-// returned only when the test could not be run; a chain that fails is a
-// result (Worked false, Why).
+// this host, as a migration does between two: it starts exe (a program
+// that calls RunProbeIfAsked) as the probe and dumps it into a snapshot;
+// sends the snapshot's eager pages (WriteEager) to a CRIU page server
+// writing the restore's images, and copies the other images there;
+// restores it with lazy pages, serves the lazy pages from the snapshot
+// with Serve to CRIU's lazy-pages daemon, and has the probe check its
+// memory. dir must be empty; the caller removes it. An error is returned
+// only when the test could not be run; a chain that fails is a result
+// (Worked false, Why).
 func SelfTest(ctx context.Context, c *criu.Client, dir, exe string) (SelfTestResult, error) {
-	imgs, work := filepath.Join(dir, "images"), filepath.Join(dir, "work")
-	for _, d := range []string{imgs, work} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return SelfTestResult{}, fmt.Errorf("lazy self-test: %w", err)
-		}
+	d, err := newTestDirs(dir)
+	if err != nil {
+		return SelfTestResult{}, fmt.Errorf("lazy self-test: %w", err)
 	}
-	if err := dumpProbe(ctx, c, exe, imgs, work, filepath.Join(dir, "result")); err != nil {
+	if err := dumpProbe(ctx, c, exe, d.snap, d.work, d.result); err != nil {
 		return SelfTestResult{Why: err.Error()}, nil
 	}
-	return lazyRestoreProbe(ctx, c, imgs, work, filepath.Join(dir, "result"))
+	return lazyRestoreProbe(ctx, c, d)
+}
+
+// testDirs are where a self-test keeps the snapshot (the source's), the
+// images it restores from (the destination's), CRIU's logs, and the
+// probe's verdict.
+type testDirs struct{ snap, imgs, work, result string }
+
+func newTestDirs(dir string) (testDirs, error) {
+	d := testDirs{filepath.Join(dir, "snapshot"), filepath.Join(dir, "images"), filepath.Join(dir, "work"), filepath.Join(dir, "result")}
+	for _, p := range []string{d.snap, d.imgs, d.work} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return d, err
+		}
+	}
+	return d, nil
+}
+
+// sendEager builds the restore's images from the snapshot: the eager
+// pages through a real CRIU page server, the other images copied.
+func sendEager(ctx context.Context, c *criu.Client, d testDirs) (EagerStats, error) {
+	ours, theirs, err := socketpair()
+	if err != nil {
+		return EagerStats{}, err
+	}
+	defer ours.Close()
+	ps, err := c.StartPageServer(ctx, criu.Request{ImagesDir: d.imgs, WorkDir: d.work, PageServer: theirs})
+	theirs.Close()
+	if err != nil {
+		return EagerStats{}, err
+	}
+	defer ps.Close()
+	st, err := WriteEager(ours, d.snap)
+	if err != nil {
+		return st, err
+	}
+	if err := ps.Wait(ctx); err != nil {
+		return st, err
+	}
+	return st, copyImages(d.snap, d.imgs)
+}
+
+// copyImages copies every image of src but the pages' (and CRIU's logs)
+// to dst.
+func copyImages(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if !e.Type().IsRegular() || strings.HasSuffix(n, ".log") || strings.HasPrefix(n, "pagemap-") || strings.HasPrefix(n, "pages-") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, n))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, n), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dumpProbe starts the probe, waits until its memory is filled, and dumps
@@ -86,16 +151,27 @@ func dumpProbe(ctx context.Context, c *criu.Client, exe, imgs, work, result stri
 	return nil
 }
 
-// lazyRestoreProbe restores the dumped probe with lazy pages served from
-// its own images, waits until every page has arrived, and has the probe
-// check its memory.
-func lazyRestoreProbe(ctx context.Context, c *criu.Client, imgs, work, result string) (SelfTestResult, error) {
-	snap, err := OpenSnapshot(imgs)
+// lazyRestoreProbe sends the dumped probe's eager pages, restores it with
+// lazy pages served from the snapshot, waits until every page has
+// arrived, and has the probe check its memory.
+func lazyRestoreProbe(ctx context.Context, c *criu.Client, d testDirs) (SelfTestResult, error) {
+	snap, err := OpenSnapshot(d.snap)
 	if err != nil {
 		return SelfTestResult{}, fmt.Errorf("lazy self-test: %w", err)
 	}
 	defer snap.Close()
 	res := SelfTestResult{Lazy: snap.Lazy()}
+	eager, err := sendEager(ctx, c, d)
+	if err != nil {
+		res.Why = "send the eager pages: " + err.Error()
+		return res, nil
+	}
+	res.Eager = eager.Pages
+	if eager.Lazy != res.Lazy {
+		res.Why = fmt.Sprintf("%d pages announced lazy, the snapshot has %d", eager.Lazy, res.Lazy)
+		return res, nil
+	}
+	imgs, work, result := d.imgs, d.work, d.result
 	ours, theirs, err := socketpair()
 	if err != nil {
 		return res, fmt.Errorf("lazy self-test: %w", err)

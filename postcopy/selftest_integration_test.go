@@ -38,6 +38,10 @@ func TestSelfTest(t *testing.T) {
 	if res.Lazy < probePages || res.Served < probePages {
 		t.Errorf("lazy %d, served %d: want both >= %d", res.Lazy, res.Served, probePages)
 	}
+	// What the restore read came first: far less than the probe's memory.
+	if res.Eager <= 0 || res.Eager >= probePages/4 {
+		t.Errorf("%d pages sent before the restore: want some, and far fewer than the %d lazy", res.Eager, res.Lazy)
+	}
 	t.Log(res)
 }
 
@@ -51,18 +55,15 @@ func TestSelfTestCatchesAChangedPage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	imgs, work, result := filepath.Join(dir, "images"), filepath.Join(dir, "work"), filepath.Join(dir, "result")
-	for _, d := range []string{imgs, work} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := dumpProbe(ctx, c, exe, imgs, work, result); err != nil {
+	d, err := newTestDirs(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
-	changeProbePage(t, imgs, 7)
-	res, err := lazyRestoreProbe(ctx, c, imgs, work, result)
+	if err := dumpProbe(ctx, c, exe, d.snap, d.work, d.result); err != nil {
+		t.Fatal(err)
+	}
+	changeProbePage(t, d.snap, 7)
+	res, err := lazyRestoreProbe(ctx, c, d)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -190,3 +190,22 @@ func FuzzServe(f *testing.F) {
 		_ = Serve(context.Background(), &fakeConn{r: bytes.NewReader(data)}, s, nil)
 	})
 }
+
+func TestImageDst(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		want uint64
+		ok   bool
+	}{
+		{"pagemap-42.img", criu.PageDst(criu.PSTypePid, 42), true},
+		{"pagemap-shmem-0.img", criu.PageDst(criu.PSTypeShmem, 0), true},
+		{"pagemap-shmem-8812.img", criu.PageDst(criu.PSTypeShmem, 8812), true},
+		{"pagemap-x.img", 0, false},
+		{"pagemap-shmem-.img", 0, false},
+	} {
+		got, err := imageDst(c.name)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("imageDst(%s) = %#x, %v; want %#x, ok=%v", c.name, got, err, c.want, c.ok)
+		}
+	}
+}
