@@ -15,6 +15,7 @@ import (
 
 func TestMain(m *testing.M) {
 	RunProbeIfAsked()
+	RunKeeperIfAsked()
 	os.Exit(m.Run())
 }
 
