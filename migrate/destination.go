@@ -11,7 +11,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
@@ -58,6 +60,9 @@ type Destination struct {
 	layout  *cgroups.Layout
 	cpuOnce sync.Once
 	cpu     *precheck.CPUInfo
+	// The post-copy verdict: a lazy self-test, run once (postcopy_dest.go).
+	lazyOnce    sync.Once
+	lazyVerdict *pb.Verdict
 
 	mu     sync.Mutex
 	active int // migrations past Prepare
@@ -184,6 +189,12 @@ type incoming struct {
 	facts         *pb.SourceFacts // from the checks; nil if the source skipped them
 	started       time.Time       // Hello received
 	sourceHost    string
+	// Post-copy (postcopy_dest.go): its state, the pages fetched, the
+	// control messages read while the copy runs.
+	pc        *postcopyState
+	pcFetched atomic.Int64
+	pcMsgs    chan *pb.Envelope
+	pcErrs    chan error
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.
@@ -310,6 +321,9 @@ func (in *incoming) run(ctx context.Context) error {
 	in.setPhase("transfer")
 	if err := in.receive(ctx); err != nil {
 		return err
+	}
+	if in.prep.Postcopy {
+		return in.postcopy(ctx)
 	}
 	in.setPhase("restore")
 	if err := in.takeAddresses(); err != nil {
@@ -511,9 +525,11 @@ func (in *incoming) resume(ctx context.Context) error {
 // restoreRequest is the CRIU restore of the images received: their
 // credentials compared with the source's, the terminals connected, the
 // cgroups CRIU wants to exist made.
-func (in *incoming) restoreRequest() (criu.Request, error) {
-	if err := in.chooseHold(); err != nil {
-		return criu.Request{}, err
+func (in *incoming) restoreRequest(hold bool) (criu.Request, error) {
+	if hold {
+		if err := in.chooseHold(); err != nil {
+			return criu.Request{}, err
+		}
 	}
 	opts := &rpc.CriuOpts{
 		ShellJob:          proto.Bool(in.prep.ShellJob),
@@ -553,7 +569,7 @@ func (in *incoming) restoreRequest() (criu.Request, error) {
 // resolve aborted the migration first).
 func (in *incoming) restoreTree(ctx context.Context) (*pb.Restored, error) {
 	t0 := time.Now()
-	req, err := in.restoreRequest()
+	req, err := in.restoreRequest(true)
 	if err != nil {
 		return nil, err
 	}
@@ -635,6 +651,7 @@ func (in *incoming) placeTree(restored *pb.Restored) error {
 // in the window after Restored was sent and before Commit or Abort
 // arrived, the stopped tree is kept and recorded as in doubt.
 func (in *incoming) finish(err error) {
+	in.endPostcopy() // first: a copy not committed dies before anything else goes
 	in.warm.release()
 	if in.ps != nil {
 		in.ps.Close()
@@ -701,7 +718,7 @@ func (in *incoming) finish(err error) {
 // inDoubt says whether err leaves the restored tree in doubt: it came
 // after Restored was sent and before Commit or Abort arrived.
 func (in *incoming) inDoubt(err error) bool {
-	return err != nil && in.restored > 0 && (in.phase == "commit" || in.phase == "resume") && !errors.Is(err, errAborted)
+	return err != nil && in.restored > 0 && (in.phase == "commit" || in.phase == "resume") && !errors.Is(err, errAborted) && in.pc == nil
 }
 
 // endState is how Status reports a migration that ended with err.
@@ -1047,6 +1064,9 @@ func (in *incoming) judge(ctx context.Context, chk *pb.Check) []*pb.Verdict {
 		MoveAddresses: chk.MoveAddresses}
 	t0 := time.Now()
 	vs := precheck.JudgeDestination(ctx, chk.GetFacts(), opts, env)
+	if chk.Postcopy && !slices.Contains(chk.Skip, "postcopy") {
+		vs = append(vs, in.d.judgePostcopy(ctx))
+	}
 	if opts.Carry.Carrying() {
 		in.carry.offered = offered(vs, func(p string) bool { return opts.Carry.MayWrite(p, false) == "" })
 		in.carry.replace = func(p string) bool { return opts.Carry.MayWrite(p, true) == "" }

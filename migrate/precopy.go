@@ -29,6 +29,8 @@ func (m *source) precopy(ctx context.Context) (*precopyPlan, error) {
 	var plan *precopyPlan
 	keep := 0
 	switch {
+	case m.o.Postcopy:
+		m.r.Precopy = "off: post-copy"
 	case m.o.Precopy == "off":
 		m.r.Precopy = "off: --precopy=off"
 	case m.o.Precopy == "auto" && m.rss < precopy.MinTree:

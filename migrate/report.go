@@ -83,6 +83,19 @@ type Report struct {
 	// Connections are the established TCP connections the tree had when
 	// its addresses moved: CRIU carried them (tcp_established).
 	Connections int `json:"connections,omitempty"`
+
+	// Post-copy (--postcopy): the destination's copy ran before its
+	// memory had crossed. EagerPages crossed before its restore;
+	// LazyPages were left to follow, of which LazyFetched came from the
+	// source (the rest the copy never touched before the daemon fetched
+	// them in the background: all of them normally); AllPagesAfter is
+	// the restore until the last page, the window in which the copy
+	// depended on the source.
+	Postcopy      bool     `json:"postcopy,omitempty"`
+	EagerPages    int64    `json:"eager_pages,omitempty"`
+	LazyPages     int64    `json:"lazy_pages,omitempty"`
+	LazyFetched   int64    `json:"lazy_fetched,omitempty"`
+	AllPagesAfter Duration `json:"all_pages_after,omitempty"`
 }
 
 // CarriedReport counts the files carried.
@@ -152,6 +165,10 @@ func (r *Report) WriteText(w io.Writer) {
 		}
 	}
 	r.writePrecopy(w)
+	if r.Postcopy {
+		fmt.Fprintf(w, "  post-copy  %d pages before the restore, %d after it (%d fetched), the last %v after the restore\n",
+			r.EagerPages, r.LazyPages, r.LazyFetched, r.AllPagesAfter)
+	}
 	fmt.Fprintf(w, "  connect    %v\n  checks     %v\n  dump       %v\n  transfer   %v\n  restore    %v\n  downtime   %v\n  total      %v\n",
 		r.Connect, r.Checks, r.Dump, r.Transfer, r.Restore, r.Downtime, r.Total)
 	ratio := 0.0

@@ -18,6 +18,7 @@ import (
 
 	"github.com/phaul/phaul/internal/pb"
 	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/postcopy"
 	"github.com/phaul/phaul/transport"
 )
 
@@ -53,6 +54,12 @@ type Decision struct {
 	// Released are the addresses taken off this host for the
 	// destination: a source tree that runs again gets them back.
 	Released []placedAddress `json:"released,omitempty"`
+	// Held are the tasks of a post-copy source tree, kept stopped from
+	// the snapshot until the commit: an abort lets them go (those not
+	// stopped before), once the destination's lease (Lease) has surely
+	// ended.
+	Held  []heldTask    `json:"held,omitempty"`
+	Lease time.Duration `json:"lease,omitempty"`
 }
 
 func decisionsDir(workDir string) string { return filepath.Join(workDir, "decisions") }
@@ -437,26 +444,21 @@ func (d *Destination) recover() {
 		case "running": // done, but the service died before its cleanup
 			os.RemoveAll(images)
 			commitCarried(dir, d.o.Logger)
-		case "receiving":
-			if f.Pid > 0 && proc.Same(f.Pid, f.PidStart) {
-				silenceConnections(f.Pid, d.o.Logger)
-				proc.SignalTree(f.Pid, unix.SIGKILL)
-			}
-			// CRIU may have restored the tree just before the service
-			// died, too late for its PID to be recorded: whatever runs
-			// in the migration's own cgroups is that tree.
-			d.killInCgroups(f.ID, f.Freezer)
-			if f.Guarded {
-				if err := dropAddresses(f.ID, f.Addresses, false, d.o.Logger); err != nil {
-					d.o.Logger.Error("the addresses of a migration the service was receiving could not all be taken off", "migration", f.ID, "err", err)
+		case statePostcopy:
+			// Its keeper killed the copy when the service went, unless
+			// it had committed it.
+			if r, err := postcopy.ReadKeeperRecord(filepath.Join(dir, lazyPagesKeeperRecord)); err == nil && r.State == postcopy.KeeperCommitted {
+				os.RemoveAll(images)
+				f.State = "running"
+				if err := writeState(dir, f); err != nil {
+					d.o.Logger.Warn("cannot record a committed post-copy migration as running", "migration", f.ID, "err", err)
 				}
+				d.o.Logger.Info("a post-copy migration was committed before the service stopped: its copy runs", "migration", f.ID, "pid", f.Pid)
+				return
 			}
-			if err := undoCarried(dir, d.o.Logger); err != nil {
-				d.o.Logger.Error("the files carried by a migration the service was receiving could not all be put back", "migration", f.ID, "err", err)
-			}
-			os.RemoveAll(dir)
-			d.reg.settled(f.ID, StateInterrupted)
-			d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)
+			d.cleanupReceiving(dir, f)
+		case "receiving":
+			d.cleanupReceiving(dir, f)
 		case "restored":
 			if f.Guarded {
 				if err := dropAddresses(f.ID, f.Addresses, true, d.o.Logger); err != nil {
@@ -473,6 +475,31 @@ func (d *Destination) recover() {
 			d.o.Logger.Warn("a migration is in doubt: its copy stays stopped until resolved", "migration", f.ID, "pid", f.Pid)
 		}
 	})
+}
+
+// cleanupReceiving ends a migration the service was receiving when it
+// stopped: its copy killed, its addresses and files given back, its
+// directory removed.
+func (d *Destination) cleanupReceiving(dir string, f stateFile) {
+	if f.Pid > 0 && proc.Same(f.Pid, f.PidStart) {
+		silenceConnections(f.Pid, d.o.Logger)
+		proc.SignalTree(f.Pid, unix.SIGKILL)
+	}
+	// CRIU may have restored the tree just before the service
+	// died, too late for its PID to be recorded: whatever runs
+	// in the migration's own cgroups is that tree.
+	d.killInCgroups(f.ID, f.Freezer)
+	if f.Guarded {
+		if err := dropAddresses(f.ID, f.Addresses, false, d.o.Logger); err != nil {
+			d.o.Logger.Error("the addresses of a migration the service was receiving could not all be taken off", "migration", f.ID, "err", err)
+		}
+	}
+	if err := undoCarried(dir, d.o.Logger); err != nil {
+		d.o.Logger.Error("the files carried by a migration the service was receiving could not all be put back", "migration", f.ID, "err", err)
+	}
+	os.RemoveAll(dir)
+	d.reg.settled(f.ID, StateInterrupted)
+	d.o.Logger.Warn("cleaned up a migration the service was receiving when it stopped", "migration", f.ID)
 }
 
 // killInCgroups kills the tasks in the cgroups the service made for

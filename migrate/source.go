@@ -22,6 +22,7 @@ import (
 	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/tty"
 	"github.com/phaul/phaul/netmove"
+	"github.com/phaul/phaul/postcopy"
 	"github.com/phaul/phaul/precheck"
 	"github.com/phaul/phaul/transport"
 )
@@ -77,6 +78,11 @@ type Options struct {
 	// or "auto": those its sockets are bound to): its TCP connections are
 	// then carried too (tcp_established).
 	MoveAddresses []string
+	// Postcopy restores the tree on the destination before its memory
+	// has crossed: the pages follow on demand while the source keeps its
+	// tree stopped, under a lease of Lease (default DefaultLease).
+	Postcopy bool
+	Lease    time.Duration
 
 	Skip           []string      // checks not to run (precheck.Names)
 	CPUCap         uint32        // CRIU's cpu_cap for the CPU check; 0: fpu|cpu|ins
@@ -132,6 +138,15 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 	}
 	if _, err := tty.ParseMode(o.TTY); err != nil {
 		return nil, &Error{Phase: "checks", SourceRunning: true, Err: err}
+	}
+	if o.Lease <= 0 {
+		o.Lease = DefaultLease
+	}
+	switch {
+	case o.Postcopy && o.Precopy == "on":
+		return nil, &Error{Phase: "checks", SourceRunning: true, Err: errors.New("--postcopy with pre-copy rounds is not built yet: leave out --precopy=on")}
+	case o.Postcopy:
+		o.Precopy = "off"
 	}
 	switch o.Precopy {
 	case "":
@@ -218,6 +233,11 @@ type source struct {
 	// referenced counts the pages the dump sent as references (set by
 	// the page pump).
 	referenced atomic.Int64
+	// Post-copy (postcopy_source.go): the tasks of the tree kept
+	// stopped, when it was frozen, what was served of its lazy pages.
+	held   []heldTask
+	frozen time.Time
+	lazy   postcopy.Stats
 }
 
 func (m *source) setPhase(p string) {
@@ -308,7 +328,7 @@ func (m *source) run(ctx context.Context) error {
 		Pid: int32(o.Pid), Comm: st.Comm, ShellJob: o.ShellJob, TcpEstablished: m.o.TCPEstablished, FileLocks: m.o.FileLocks,
 		CgroupRoot: o.CgroupRoot, Cgroups: setsToPB(sets), MemoryBytes: rss, Precopy: o.Precopy != "off",
 		ManageCgroups: o.ManageCgroups, Tty: o.TTY, Terminals: m.terms, Limits: v2Limits(m.layout, sets),
-		Carry: m.carry, MoveAddresses: prefixes(m.moves),
+		Carry: m.carry, MoveAddresses: prefixes(m.moves), Postcopy: o.Postcopy, LeaseMillis: uint32(o.Lease / time.Millisecond),
 	}}}); err != nil {
 		return m.refuse(err)
 	}
@@ -329,6 +349,9 @@ func (m *source) run(ctx context.Context) error {
 	if err != nil {
 		m.abort(err)
 		return m.refuse(err)
+	}
+	if o.Postcopy {
+		return m.dumpPostcopy(ctx)
 	}
 	return m.dump(ctx, plan)
 }
@@ -408,6 +431,7 @@ func (m *source) check(ctx context.Context) ([]*pb.Verdict, error) {
 		Facts: facts, ShellJob: o.ShellJob, TcpEstablished: o.TCPEstablished, CgroupRoot: o.CgroupRoot,
 		CpuCap: o.CPUCap, Skip: o.Skip, Only: o.checkOnly, ManageCgroups: o.ManageCgroups,
 		FilesMode: o.Files, ReplaceFiles: o.ReplaceFiles, ReplacePaths: o.ReplacePaths, MoveAddresses: prefixes(m.moves),
+		Postcopy: o.Postcopy,
 	}}}); err != nil {
 		return nil, err
 	}
@@ -639,7 +663,8 @@ func (m *source) dumpFailed(err, cause error, restored bool, locks []string) err
 // (resolve.go: state is one of Decision's states) and remembers it.
 func (m *source) decide(state string) error {
 	o := m.o
-	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: state, Released: placed(m.released)}); err != nil {
+	if err := writeDecision(o.WorkDir, Decision{ID: o.ID, Addr: o.Addr, Pid: o.Pid, PidStart: m.start, State: state, Released: placed(m.released),
+		Held: m.held, Lease: o.Lease}); err != nil {
 		return err
 	}
 	m.decided = state
@@ -691,42 +716,9 @@ func (m *source) reconnect(ctx context.Context, lost error) (int, error) {
 // transfer runs at post-dump: the pages are through, the tasks frozen.
 // It sends the other images and waits for the destination's restore.
 func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error, counts *transport.Counts) (*pb.Restored, error) {
-	m.setPhase("transfer")
-	t0 := time.Now()
-	select {
-	case err := <-pumpDone:
-		if err != nil {
-			return nil, fmt.Errorf("page stream: %w", err)
-		}
-	case <-time.After(m.o.Timeout):
-		return nil, fmt.Errorf("page stream did not end %v after the dump", m.o.Timeout)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if err := m.sendCarried(ctx); err != nil {
+	if err := m.sendImages(ctx, dir, pumpDone, counts); err != nil {
 		return nil, err
 	}
-	names, err := imageNames(dir)
-	if err != nil {
-		return nil, err
-	}
-	st, err := m.sess.Open(ctx, transport.KindImages)
-	if err != nil {
-		return nil, err
-	}
-	files, total, err := transport.SendImages(ctx, st, dir, names)
-	st.Close()
-	if err != nil {
-		return nil, err
-	}
-	m.r.ImageFiles, m.r.ImageBytes = files, total
-	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_ImagesSent{ImagesSent: &pb.ImagesSent{Files: uint32(files), Bytes: uint64(total),
-		CarriedFiles: uint32(m.r.Carried.Files), CarriedBytes: uint64(m.r.Carried.Bytes)}}}); err != nil {
-		return nil, err
-	}
-	m.r.Transfer = Duration(time.Since(t0))
-	m.log.Info("dumped", "page_bytes", counts.Raw.Load(), "wire_bytes", counts.Wire.Load(), "image_files", files)
-
 	m.setPhase("restore")
 	msg, err := m.recv(ctx)
 	if err != nil {
@@ -736,26 +728,76 @@ func (m *source) transfer(ctx context.Context, dir string, pumpDone <-chan error
 	if restored == nil {
 		return nil, unexpected(msg, "Restored")
 	}
-	m.r.Restore = Duration(time.Duration(restored.RestoreNanos))
-	m.r.TTYLogs, m.r.LimitsApplied, m.r.Cgroups, m.r.Hold = restored.TtyLogs, restored.LimitsApplied, restored.Cgroups, restored.Hold
-	m.r.Addresses = movedReport(m.moves, restored.Addresses)
+	m.restored(restored)
 	m.log.Info("restored on the destination, committing", "dest_pid", restored.Pid)
 	m.setPhase("commit")
 	return restored, nil
 }
 
+// restored takes what the destination said of its restore into the
+// report.
+func (m *source) restored(r *pb.Restored) {
+	m.r.Restore = Duration(time.Duration(r.RestoreNanos))
+	m.r.TTYLogs, m.r.LimitsApplied, m.r.Cgroups, m.r.Hold = r.TtyLogs, r.LimitsApplied, r.Cgroups, r.Hold
+	m.r.Addresses = movedReport(m.moves, r.Addresses)
+}
+
+// sendImages waits for the end of the page stream, then sends the files
+// carried and the other images of dir, and says so (ImagesSent).
+func (m *source) sendImages(ctx context.Context, dir string, pumpDone <-chan error, counts *transport.Counts) error {
+	m.setPhase("transfer")
+	t0 := time.Now()
+	select {
+	case err := <-pumpDone:
+		if err != nil {
+			return fmt.Errorf("page stream: %w", err)
+		}
+	case <-time.After(m.o.Timeout):
+		return fmt.Errorf("page stream did not end %v after the dump", m.o.Timeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := m.sendCarried(ctx); err != nil {
+		return err
+	}
+	names, err := imageNames(dir, m.o.Postcopy)
+	if err != nil {
+		return err
+	}
+	st, err := m.sess.Open(ctx, transport.KindImages)
+	if err != nil {
+		return err
+	}
+	files, total, err := transport.SendImages(ctx, st, dir, names)
+	st.Close()
+	if err != nil {
+		return err
+	}
+	m.r.ImageFiles, m.r.ImageBytes = files, total
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_ImagesSent{ImagesSent: &pb.ImagesSent{Files: uint32(files), Bytes: uint64(total),
+		CarriedFiles: uint32(m.r.Carried.Files), CarriedBytes: uint64(m.r.Carried.Bytes)}}}); err != nil {
+		return err
+	}
+	m.r.Transfer = Duration(time.Since(t0))
+	m.log.Info("dumped", "page_bytes", counts.Raw.Load(), "wire_bytes", counts.Wire.Load(), "image_files", files)
+	return nil
+}
+
 // imageNames lists the image files to send: everything CRIU wrote but its
-// log.
-func imageNames(dir string) ([]string, error) {
+// log, and but the pages' images of a snapshot (post-copy: their pages
+// went to the destination's page server).
+func imageNames(dir string, snapshot bool) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	for _, e := range entries {
-		if e.Type().IsRegular() && !strings.HasSuffix(e.Name(), ".log") {
-			names = append(names, e.Name())
+		n := e.Name()
+		if !e.Type().IsRegular() || strings.HasSuffix(n, ".log") || snapshot && (strings.HasPrefix(n, "pagemap-") || strings.HasPrefix(n, "pages-")) {
+			continue
 		}
+		names = append(names, n)
 	}
 	return names, nil
 }

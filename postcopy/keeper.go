@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -76,16 +77,20 @@ func RunKeeperIfAsked() {
 
 // Keeper is the service's handle on a keeper process.
 type Keeper struct {
-	cmd     *exec.Cmd
-	w       io.WriteCloser
-	answers *bufio.Reader
-	done    chan struct{}
+	cmd    *exec.Cmd
+	w      io.WriteCloser
+	lines  chan string   // its answers
+	killed chan struct{} // closed at its first "killed"
+	done   chan struct{}
 }
 
 // StartKeeper starts exe (a program that calls RunKeeperIfAsked) as the
 // keeper of a lease that ends at expiry (lease clock), recording to
-// record, which must not exist yet.
-func StartKeeper(exe, record string, expiry int64) (*Keeper, error) {
+// record. The keeper holds the files of hold open until it is done: the
+// service's end of the lazy-pages daemon's socket, so that the daemon
+// (whose userfaultfds, closed, would let the copy's missing pages fill
+// with zeros) outlives the copy whatever happens to the service.
+func StartKeeper(exe, record string, expiry int64, hold ...*os.File) (*Keeper, error) {
 	if err := writeRecord(record, KeeperRecord{State: KeeperLeased}); err != nil {
 		return nil, fmt.Errorf("lease keeper: %w", err)
 	}
@@ -101,7 +106,7 @@ func StartKeeper(exe, record string, expiry int64) (*Keeper, error) {
 	}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), keeperEnv+"="+record)
-	cmd.ExtraFiles = []*os.File{cr, aw}
+	cmd.ExtraFiles = append([]*os.File{cr, aw}, hold...)
 	cmd.Stderr = os.Stderr
 	// Its own process group: a signal meant for the service is not its.
 	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
@@ -113,11 +118,12 @@ func StartKeeper(exe, record string, expiry int64) (*Keeper, error) {
 		ar.Close()
 		return nil, fmt.Errorf("lease keeper: %w", err)
 	}
-	k := &Keeper{cmd: cmd, w: cw, answers: bufio.NewReader(ar), done: make(chan struct{})}
+	k := &Keeper{cmd: cmd, w: cw, lines: make(chan string, 8), killed: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		close(k.done)
 	}()
+	go k.read(ar)
 	if err := k.Extend(expiry); err != nil {
 		return nil, err
 	}
@@ -143,6 +149,30 @@ func (k *Keeper) Commit() error {
 // exited): the reason. It blocks until then.
 func (k *Keeper) Killed() error { return k.answer() }
 
+// Dead is closed once the keeper has killed the copy (or exited).
+func (k *Keeper) Dead() <-chan struct{} { return k.killed }
+
+// read reads the keeper's answers.
+func (k *Keeper) read(r io.ReadCloser) {
+	defer r.Close()
+	br := bufio.NewReader(r)
+	var once sync.Once
+	dead := func() { once.Do(func() { close(k.killed) }) }
+	defer dead()
+	defer close(k.lines)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, KeeperKilled) {
+			dead()
+		}
+		k.lines <- line
+	}
+}
+
 // Done is closed when the keeper has exited.
 func (k *Keeper) Done() <-chan struct{} { return k.done }
 
@@ -161,15 +191,14 @@ func (k *Keeper) say(format string, args ...any) error {
 }
 
 func (k *Keeper) answer() error {
-	line, err := k.answers.ReadString('\n')
-	line = strings.TrimSpace(line)
+	line, ok := <-k.lines
 	switch {
+	case !ok:
+		return errors.New("lease keeper: gone")
 	case line == KeeperCommitted:
 		return nil
 	case strings.HasPrefix(line, KeeperKilled):
 		return &KilledError{Why: strings.TrimSpace(strings.TrimPrefix(line, KeeperKilled))}
-	case err != nil:
-		return fmt.Errorf("lease keeper: gone: %w", err)
 	}
 	return fmt.Errorf("lease keeper: answered %q", line)
 }

@@ -24,7 +24,7 @@ import (
 )
 
 // Names of the checks, in report order.
-var Names = []string{"criu", "cpu", "modules", "files", "network", "address", "cgroups", "session", "pids", "procfs", "terminals", "transient"}
+var Names = []string{"criu", "cpu", "modules", "files", "network", "address", "cgroups", "session", "pids", "procfs", "terminals", "postcopy", "transient"}
 
 // ValidName reports whether name is a check (for --skip-check).
 func ValidName(name string) bool {

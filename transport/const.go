@@ -11,7 +11,7 @@ const (
 	// (Round, RoundDone, EndRounds, RoundsEnded; round streams). 4: SourceFacts.held
 	// (locks, FIFOs and pty masters, judged by the destination), restore_pids,
 	// pid_ns.
-	ProtocolVersion = 5
+	ProtocolVersion = 6
 
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20
@@ -27,6 +27,7 @@ const (
 	KindImages  byte = 'I'
 	KindRound   byte = 'R' // one pre-copy round's pages
 	KindFiles   byte = 'F' // the files carried after the dump
+	KindLazy    byte = 'L' // post-copy: page requests (destination to source) and their answers
 
 	// MaxCarriedHeader bounds one CarriedFile header on a files stream.
 	MaxCarriedHeader = 64 << 10

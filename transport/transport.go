@@ -221,7 +221,7 @@ func (s *Session) Accept(ctx context.Context) (byte, net.Conn, error) {
 	}
 	st.SetReadDeadline(time.Time{})
 	switch kind[0] {
-	case KindControl, KindPages, KindImages, KindRound, KindFiles:
+	case KindControl, KindPages, KindImages, KindRound, KindFiles, KindLazy:
 		return kind[0], st, nil
 	}
 	st.Close()
@@ -251,6 +251,8 @@ func KindName(kind byte) string {
 		return "round"
 	case KindFiles:
 		return "files"
+	case KindLazy:
+		return "lazy"
 	}
 	return fmt.Sprintf("unknown(%q)", kind)
 }

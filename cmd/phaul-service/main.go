@@ -23,10 +23,15 @@ import (
 	"github.com/phaul/phaul/internal/cli"
 	"github.com/phaul/phaul/internal/sdnotify"
 	"github.com/phaul/phaul/migrate"
+	"github.com/phaul/phaul/postcopy"
 	"github.com/phaul/phaul/transport"
 )
 
 func main() {
+	// The same binary runs as the lazy-pages self-test's probe and as a
+	// post-copy migration's lease keeper.
+	postcopy.RunProbeIfAsked()
+	postcopy.RunKeeperIfAsked()
 	cli.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)

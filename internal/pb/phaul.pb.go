@@ -73,7 +73,7 @@ func (x Verdict_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verdict_Result.Descriptor instead.
 func (Verdict_Result) EnumDescriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24, 0}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27, 0}
 }
 
 // Envelope is the one message type on the control stream: exactly one of
@@ -102,6 +102,9 @@ type Envelope struct {
 	//	*Envelope_RoundDone
 	//	*Envelope_EndRounds
 	//	*Envelope_RoundsEnded
+	//	*Envelope_LeaseAsk
+	//	*Envelope_LeaseGrant
+	//	*Envelope_AllPages
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -324,6 +327,33 @@ func (x *Envelope) GetRoundsEnded() *RoundsEnded {
 	return nil
 }
 
+func (x *Envelope) GetLeaseAsk() *LeaseAsk {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_LeaseAsk); ok {
+			return x.LeaseAsk
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetLeaseGrant() *LeaseGrant {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_LeaseGrant); ok {
+			return x.LeaseGrant
+		}
+	}
+	return nil
+}
+
+func (x *Envelope) GetAllPages() *AllPages {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_AllPages); ok {
+			return x.AllPages
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -408,6 +438,18 @@ type Envelope_RoundsEnded struct {
 	RoundsEnded *RoundsEnded `protobuf:"bytes,20,opt,name=rounds_ended,json=roundsEnded,proto3,oneof"`
 }
 
+type Envelope_LeaseAsk struct {
+	LeaseAsk *LeaseAsk `protobuf:"bytes,21,opt,name=lease_ask,json=leaseAsk,proto3,oneof"`
+}
+
+type Envelope_LeaseGrant struct {
+	LeaseGrant *LeaseGrant `protobuf:"bytes,22,opt,name=lease_grant,json=leaseGrant,proto3,oneof"`
+}
+
+type Envelope_AllPages struct {
+	AllPages *AllPages `protobuf:"bytes,23,opt,name=all_pages,json=allPages,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Welcome) isEnvelope_Msg() {}
@@ -447,6 +489,12 @@ func (*Envelope_RoundDone) isEnvelope_Msg() {}
 func (*Envelope_EndRounds) isEnvelope_Msg() {}
 
 func (*Envelope_RoundsEnded) isEnvelope_Msg() {}
+
+func (*Envelope_LeaseAsk) isEnvelope_Msg() {}
+
+func (*Envelope_LeaseGrant) isEnvelope_Msg() {}
+
+func (*Envelope_AllPages) isEnvelope_Msg() {}
 
 // HostInfo describes one side.
 type HostInfo struct {
@@ -719,6 +767,12 @@ type Prepare struct {
 	// Addresses that leave the source with the tree (IP/PREFIX): the
 	// destination guards, adds and announces them before the restore.
 	MoveAddresses []string `protobuf:"bytes,15,rep,name=move_addresses,json=moveAddresses,proto3" json:"move_addresses,omitempty"`
+	// Post-copy: the source keeps its tree stopped and a snapshot; the
+	// destination restores with lazy pages (fetched on a lazy stream it
+	// opens) and runs its copy under a lease of lease_millis that it asks
+	// the source to renew (LeaseAsk, LeaseGrant).
+	Postcopy      bool   `protobuf:"varint,16,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	LeaseMillis   uint32 `protobuf:"varint,17,opt,name=lease_millis,json=leaseMillis,proto3" json:"lease_millis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -858,6 +912,167 @@ func (x *Prepare) GetMoveAddresses() []string {
 	return nil
 }
 
+func (x *Prepare) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+func (x *Prepare) GetLeaseMillis() uint32 {
+	if x != nil {
+		return x.LeaseMillis
+	}
+	return 0
+}
+
+// LeaseAsk asks the source to renew the lease (destination to source),
+// numbered; the lease then runs from when it was sent.
+type LeaseAsk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseAsk) Reset() {
+	*x = LeaseAsk{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseAsk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseAsk) ProtoMessage() {}
+
+func (x *LeaseAsk) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseAsk.ProtoReflect.Descriptor instead.
+func (*LeaseAsk) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LeaseAsk) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// LeaseGrant grants LeaseAsk seq (source to destination): the source keeps
+// its tree stopped.
+type LeaseGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrant) Reset() {
+	*x = LeaseGrant{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrant) ProtoMessage() {}
+
+func (x *LeaseGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrant.ProtoReflect.Descriptor instead.
+func (*LeaseGrant) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *LeaseGrant) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// AllPages says every lazy page has arrived (destination to source): the
+// copy no longer needs the source. The source commits (Commit), and the
+// destination's lease keeper stops guarding the copy.
+type AllPages struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pages         int64                  `protobuf:"varint,1,opt,name=pages,proto3" json:"pages,omitempty"` // pages fetched from the source after the restore
+	Nanos         int64                  `protobuf:"varint,2,opt,name=nanos,proto3" json:"nanos,omitempty"` // from the restore until the last page
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllPages) Reset() {
+	*x = AllPages{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllPages) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllPages) ProtoMessage() {}
+
+func (x *AllPages) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllPages.ProtoReflect.Descriptor instead.
+func (*AllPages) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AllPages) GetPages() int64 {
+	if x != nil {
+		return x.Pages
+	}
+	return 0
+}
+
+func (x *AllPages) GetNanos() int64 {
+	if x != nil {
+		return x.Nanos
+	}
+	return 0
+}
+
 // Carry is a file of the tree that the destination lacks or has in another
 // version, which the source sends after the dump (the tree frozen, its
 // files still) and the destination puts in place before the restore.
@@ -874,7 +1089,7 @@ type Carry struct {
 
 func (x *Carry) Reset() {
 	*x = Carry{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +1101,7 @@ func (x *Carry) String() string {
 func (*Carry) ProtoMessage() {}
 
 func (x *Carry) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[6]
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +1114,7 @@ func (x *Carry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Carry.ProtoReflect.Descriptor instead.
 func (*Carry) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{6}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Carry) GetPath() string {
@@ -957,7 +1172,7 @@ type CarriedFile struct {
 
 func (x *CarriedFile) Reset() {
 	*x = CarriedFile{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1184,7 @@ func (x *CarriedFile) String() string {
 func (*CarriedFile) ProtoMessage() {}
 
 func (x *CarriedFile) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[7]
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1197,7 @@ func (x *CarriedFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CarriedFile.ProtoReflect.Descriptor instead.
 func (*CarriedFile) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{7}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CarriedFile) GetPath() string {
@@ -1062,7 +1277,7 @@ type Terminal struct {
 
 func (x *Terminal) Reset() {
 	*x = Terminal{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1289,7 @@ func (x *Terminal) String() string {
 func (*Terminal) ProtoMessage() {}
 
 func (x *Terminal) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[8]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1302,7 @@ func (x *Terminal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Terminal.ProtoReflect.Descriptor instead.
 func (*Terminal) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{8}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Terminal) GetKey() string {
@@ -1129,7 +1344,7 @@ type CgroupLimit struct {
 
 func (x *CgroupLimit) Reset() {
 	*x = CgroupLimit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1356,7 @@ func (x *CgroupLimit) String() string {
 func (*CgroupLimit) ProtoMessage() {}
 
 func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1369,7 @@ func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupLimit.ProtoReflect.Descriptor instead.
 func (*CgroupLimit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CgroupLimit) GetFile() string {
@@ -1182,7 +1397,7 @@ type CgroupRoot struct {
 
 func (x *CgroupRoot) Reset() {
 	*x = CgroupRoot{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1409,7 @@ func (x *CgroupRoot) String() string {
 func (*CgroupRoot) ProtoMessage() {}
 
 func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1422,7 @@ func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupRoot.ProtoReflect.Descriptor instead.
 func (*CgroupRoot) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CgroupRoot) GetControllers() string {
@@ -1236,7 +1451,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1463,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1476,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ready) GetCgroupRoots() []*CgroupRoot {
@@ -1292,7 +1507,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1519,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1532,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1341,7 +1556,7 @@ type RoundDone struct {
 
 func (x *RoundDone) Reset() {
 	*x = RoundDone{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1568,7 @@ func (x *RoundDone) String() string {
 func (*RoundDone) ProtoMessage() {}
 
 func (x *RoundDone) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1581,7 @@ func (x *RoundDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundDone.ProtoReflect.Descriptor instead.
 func (*RoundDone) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RoundDone) GetNumber() uint32 {
@@ -1397,7 +1612,7 @@ type EndRounds struct {
 
 func (x *EndRounds) Reset() {
 	*x = EndRounds{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1624,7 @@ func (x *EndRounds) String() string {
 func (*EndRounds) ProtoMessage() {}
 
 func (x *EndRounds) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1637,7 @@ func (x *EndRounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRounds.ProtoReflect.Descriptor instead.
 func (*EndRounds) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EndRounds) GetKeep() uint32 {
@@ -1442,7 +1657,7 @@ type RoundsEnded struct {
 
 func (x *RoundsEnded) Reset() {
 	*x = RoundsEnded{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1669,7 @@ func (x *RoundsEnded) String() string {
 func (*RoundsEnded) ProtoMessage() {}
 
 func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1682,7 @@ func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundsEnded.ProtoReflect.Descriptor instead.
 func (*RoundsEnded) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
 }
 
 // ImagesSent follows the end of the images stream (source to
@@ -1484,7 +1699,7 @@ type ImagesSent struct {
 
 func (x *ImagesSent) Reset() {
 	*x = ImagesSent{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1711,7 @@ func (x *ImagesSent) String() string {
 func (*ImagesSent) ProtoMessage() {}
 
 func (x *ImagesSent) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1724,7 @@ func (x *ImagesSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagesSent.ProtoReflect.Descriptor instead.
 func (*ImagesSent) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ImagesSent) GetFiles() uint32 {
@@ -1551,13 +1766,14 @@ type Restored struct {
 	Cgroups       []string               `protobuf:"bytes,5,rep,name=cgroups,proto3" json:"cgroups,omitempty"`                                  // the restored root's cgroups: "memory:/phaul/phaul-ID"
 	Hold          string                 `protobuf:"bytes,6,opt,name=hold,proto3" json:"hold,omitempty"`                                        // how the tree waits for the commit: "frozen" (a freezer cgroup) or "stopped" (SIGSTOP)
 	Addresses     []string               `protobuf:"bytes,7,rep,name=addresses,proto3" json:"addresses,omitempty"`                              // the moved addresses as placed here: "10.0.0.5/24 on eth1"
+	Postcopy      bool                   `protobuf:"varint,8,opt,name=postcopy,proto3" json:"postcopy,omitempty"`                               // restored with lazy pages: the copy runs already, under the lease
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Restored) Reset() {
 	*x = Restored{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1785,7 @@ func (x *Restored) String() string {
 func (*Restored) ProtoMessage() {}
 
 func (x *Restored) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1798,7 @@ func (x *Restored) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restored.ProtoReflect.Descriptor instead.
 func (*Restored) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Restored) GetPid() int32 {
@@ -1634,6 +1850,13 @@ func (x *Restored) GetAddresses() []string {
 	return nil
 }
 
+func (x *Restored) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
 // Commit says the source copy is gone: resume the destination copy.
 type Commit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1643,7 +1866,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1878,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1891,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
 }
 
 // Done says the destination copy runs (destination to source).
@@ -1681,7 +1904,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1916,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1929,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Done) GetPid() int32 {
@@ -1726,7 +1949,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1961,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1974,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Abort) GetReason() string {
@@ -1773,7 +1996,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +2008,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +2021,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Failure) GetPhase() string {
@@ -1843,13 +2066,14 @@ type Check struct {
 	ReplaceFiles  bool     `protobuf:"varint,10,opt,name=replace_files,json=replaceFiles,proto3" json:"replace_files,omitempty"`
 	ReplacePaths  []string `protobuf:"bytes,11,rep,name=replace_paths,json=replacePaths,proto3" json:"replace_paths,omitempty"`
 	MoveAddresses []string `protobuf:"bytes,12,rep,name=move_addresses,json=moveAddresses,proto3" json:"move_addresses,omitempty"` // IP/PREFIX the source would give up with the tree
+	Postcopy      bool     `protobuf:"varint,13,opt,name=postcopy,proto3" json:"postcopy,omitempty"`                               // the migration would be post-copy: judge lazy pages here
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +2085,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +2098,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Check) GetFacts() *SourceFacts {
@@ -1961,6 +2185,13 @@ func (x *Check) GetMoveAddresses() []string {
 	return nil
 }
 
+func (x *Check) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
 // CheckReport is the destination's verdicts.
 type CheckReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1971,7 +2202,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2214,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2227,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CheckReport) GetVerdicts() []*Verdict {
@@ -2027,7 +2258,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2270,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2283,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Verdict) GetCheck() string {
@@ -2130,7 +2361,7 @@ type SourceFacts struct {
 
 func (x *SourceFacts) Reset() {
 	*x = SourceFacts{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2373,7 @@ func (x *SourceFacts) String() string {
 func (*SourceFacts) ProtoMessage() {}
 
 func (x *SourceFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2386,7 @@ func (x *SourceFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceFacts.ProtoReflect.Descriptor instead.
 func (*SourceFacts) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SourceFacts) GetHost() *HostInfo {
@@ -2273,7 +2504,7 @@ type Held struct {
 
 func (x *Held) Reset() {
 	*x = Held{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2516,7 @@ func (x *Held) String() string {
 func (*Held) ProtoMessage() {}
 
 func (x *Held) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2529,7 @@ func (x *Held) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Held.ProtoReflect.Descriptor instead.
 func (*Held) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Held) GetKind() string {
@@ -2389,7 +2620,7 @@ type FileFact struct {
 
 func (x *FileFact) Reset() {
 	*x = FileFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2632,7 @@ func (x *FileFact) String() string {
 func (*FileFact) ProtoMessage() {}
 
 func (x *FileFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2645,7 @@ func (x *FileFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
 func (*FileFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FileFact) GetPath() string {
@@ -2517,7 +2748,7 @@ type SocketFact struct {
 
 func (x *SocketFact) Reset() {
 	*x = SocketFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2760,7 @@ func (x *SocketFact) String() string {
 func (*SocketFact) ProtoMessage() {}
 
 func (x *SocketFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2773,7 @@ func (x *SocketFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
 func (*SocketFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SocketFact) GetFamily() string {
@@ -2614,7 +2845,7 @@ type Need struct {
 
 func (x *Need) Reset() {
 	*x = Need{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2857,7 @@ func (x *Need) String() string {
 func (*Need) ProtoMessage() {}
 
 func (x *Need) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2870,7 @@ func (x *Need) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Need.ProtoReflect.Descriptor instead.
 func (*Need) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Need) GetKind() string {
@@ -2687,7 +2918,7 @@ type TaskFact struct {
 
 func (x *TaskFact) Reset() {
 	*x = TaskFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +2930,7 @@ func (x *TaskFact) String() string {
 func (*TaskFact) ProtoMessage() {}
 
 func (x *TaskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +2943,7 @@ func (x *TaskFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
 func (*TaskFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TaskFact) GetPid() int32 {
@@ -2811,7 +3042,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2823,7 +3054,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2836,7 +3067,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StatusRequest) GetProtocolVersion() uint32 {
@@ -2861,7 +3092,7 @@ type StatusReport struct {
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +3104,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +3117,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StatusReport) GetProtocolVersion() uint32 {
@@ -2937,7 +3168,7 @@ type MigrationState struct {
 
 func (x *MigrationState) Reset() {
 	*x = MigrationState{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[33]
+	mi := &file_internal_pb_phaul_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2949,7 +3180,7 @@ func (x *MigrationState) String() string {
 func (*MigrationState) ProtoMessage() {}
 
 func (x *MigrationState) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[33]
+	mi := &file_internal_pb_phaul_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2962,7 +3193,7 @@ func (x *MigrationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationState.ProtoReflect.Descriptor instead.
 func (*MigrationState) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MigrationState) GetId() string {
@@ -3056,7 +3287,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[34]
+	mi := &file_internal_pb_phaul_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3299,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[34]
+	mi := &file_internal_pb_phaul_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3312,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{34}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Resolve) GetProtocolVersion() uint32 {
@@ -3118,7 +3349,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[35]
+	mi := &file_internal_pb_phaul_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3130,7 +3361,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[35]
+	mi := &file_internal_pb_phaul_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3143,7 +3374,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{35}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Resolved) GetMigrationId() string {
@@ -3178,7 +3409,7 @@ var File_internal_pb_phaul_proto protoreflect.FileDescriptor
 
 const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
-	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xee\a\n" +
+	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\x8d\t\n" +
 	"\bEnvelope\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.phaul.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\awelcome\x18\x02 \x01(\v2\x11.phaul.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -3203,7 +3434,11 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"round_done\x18\x12 \x01(\v2\x13.phaul.v1.RoundDoneH\x00R\troundDone\x124\n" +
 	"\n" +
 	"end_rounds\x18\x13 \x01(\v2\x13.phaul.v1.EndRoundsH\x00R\tendRounds\x12:\n" +
-	"\frounds_ended\x18\x14 \x01(\v2\x15.phaul.v1.RoundsEndedH\x00R\vroundsEndedB\x05\n" +
+	"\frounds_ended\x18\x14 \x01(\v2\x15.phaul.v1.RoundsEndedH\x00R\vroundsEnded\x121\n" +
+	"\tlease_ask\x18\x15 \x01(\v2\x12.phaul.v1.LeaseAskH\x00R\bleaseAsk\x127\n" +
+	"\vlease_grant\x18\x16 \x01(\v2\x14.phaul.v1.LeaseGrantH\x00R\n" +
+	"leaseGrant\x121\n" +
+	"\tall_pages\x18\x17 \x01(\v2\x12.phaul.v1.AllPagesH\x00R\ballPagesB\x05\n" +
 	"\x03msg\"\x9f\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
@@ -3220,7 +3455,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x04host\x18\x02 \x01(\v2\x12.phaul.v1.HostInfoR\x04host\"A\n" +
 	"\tCgroupSet\x12 \n" +
 	"\vcontrollers\x18\x01 \x01(\tR\vcontrollers\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\x89\x04\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\xc8\x04\n" +
 	"\aPrepare\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x1b\n" +
@@ -3239,7 +3474,17 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"file_locks\x18\f \x01(\bR\tfileLocks\x12\x18\n" +
 	"\aprecopy\x18\r \x01(\bR\aprecopy\x12%\n" +
 	"\x05carry\x18\x0e \x03(\v2\x0f.phaul.v1.CarryR\x05carry\x12%\n" +
-	"\x0emove_addresses\x18\x0f \x03(\tR\rmoveAddresses\"\x7f\n" +
+	"\x0emove_addresses\x18\x0f \x03(\tR\rmoveAddresses\x12\x1a\n" +
+	"\bpostcopy\x18\x10 \x01(\bR\bpostcopy\x12!\n" +
+	"\flease_millis\x18\x11 \x01(\rR\vleaseMillis\"\x1c\n" +
+	"\bLeaseAsk\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x1e\n" +
+	"\n" +
+	"LeaseGrant\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"6\n" +
+	"\bAllPages\x12\x14\n" +
+	"\x05pages\x18\x01 \x01(\x03R\x05pages\x12\x14\n" +
+	"\x05nanos\x18\x02 \x01(\x03R\x05nanos\"\x7f\n" +
 	"\x05Carry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
 	"\x03how\x18\x02 \x01(\tR\x03how\x12\x12\n" +
@@ -3288,7 +3533,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05files\x18\x01 \x01(\rR\x05files\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12#\n" +
 	"\rcarried_files\x18\x03 \x01(\rR\fcarriedFiles\x12#\n" +
-	"\rcarried_bytes\x18\x04 \x01(\x04R\fcarriedBytes\"\xcf\x01\n" +
+	"\rcarried_bytes\x18\x04 \x01(\x04R\fcarriedBytes\"\xeb\x01\n" +
 	"\bRestored\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\x12#\n" +
 	"\rrestore_nanos\x18\x02 \x01(\x03R\frestoreNanos\x12\x19\n" +
@@ -3296,7 +3541,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x0elimits_applied\x18\x04 \x03(\tR\rlimitsApplied\x12\x18\n" +
 	"\acgroups\x18\x05 \x03(\tR\acgroups\x12\x12\n" +
 	"\x04hold\x18\x06 \x01(\tR\x04hold\x12\x1c\n" +
-	"\taddresses\x18\a \x03(\tR\taddresses\"\b\n" +
+	"\taddresses\x18\a \x03(\tR\taddresses\x12\x1a\n" +
+	"\bpostcopy\x18\b \x01(\bR\bpostcopy\"\b\n" +
 	"\x06Commit\"\x18\n" +
 	"\x04Done\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x05R\x03pid\"\x1f\n" +
@@ -3306,7 +3552,7 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
 	"\n" +
-	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\x93\x03\n" +
+	"criu_lines\x18\x03 \x03(\tR\tcriuLines\"\xaf\x03\n" +
 	"\x05Check\x12+\n" +
 	"\x05facts\x18\x01 \x01(\v2\x15.phaul.v1.SourceFactsR\x05facts\x12\x1b\n" +
 	"\tshell_job\x18\x02 \x01(\bR\bshellJob\x12'\n" +
@@ -3322,7 +3568,8 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\rreplace_files\x18\n" +
 	" \x01(\bR\freplaceFiles\x12#\n" +
 	"\rreplace_paths\x18\v \x03(\tR\freplacePaths\x12%\n" +
-	"\x0emove_addresses\x18\f \x03(\tR\rmoveAddresses\"<\n" +
+	"\x0emove_addresses\x18\f \x03(\tR\rmoveAddresses\x12\x1a\n" +
+	"\bpostcopy\x18\r \x01(\bR\bpostcopy\"<\n" +
 	"\vCheckReport\x12-\n" +
 	"\bverdicts\x18\x01 \x03(\v2\x11.phaul.v1.VerdictR\bverdicts\"\xa2\x02\n" +
 	"\aVerdict\x12\x14\n" +
@@ -3459,7 +3706,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),       // 1: phaul.v1.Envelope
@@ -3468,83 +3715,89 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*Welcome)(nil),        // 4: phaul.v1.Welcome
 	(*CgroupSet)(nil),      // 5: phaul.v1.CgroupSet
 	(*Prepare)(nil),        // 6: phaul.v1.Prepare
-	(*Carry)(nil),          // 7: phaul.v1.Carry
-	(*CarriedFile)(nil),    // 8: phaul.v1.CarriedFile
-	(*Terminal)(nil),       // 9: phaul.v1.Terminal
-	(*CgroupLimit)(nil),    // 10: phaul.v1.CgroupLimit
-	(*CgroupRoot)(nil),     // 11: phaul.v1.CgroupRoot
-	(*Ready)(nil),          // 12: phaul.v1.Ready
-	(*Round)(nil),          // 13: phaul.v1.Round
-	(*RoundDone)(nil),      // 14: phaul.v1.RoundDone
-	(*EndRounds)(nil),      // 15: phaul.v1.EndRounds
-	(*RoundsEnded)(nil),    // 16: phaul.v1.RoundsEnded
-	(*ImagesSent)(nil),     // 17: phaul.v1.ImagesSent
-	(*Restored)(nil),       // 18: phaul.v1.Restored
-	(*Commit)(nil),         // 19: phaul.v1.Commit
-	(*Done)(nil),           // 20: phaul.v1.Done
-	(*Abort)(nil),          // 21: phaul.v1.Abort
-	(*Failure)(nil),        // 22: phaul.v1.Failure
-	(*Check)(nil),          // 23: phaul.v1.Check
-	(*CheckReport)(nil),    // 24: phaul.v1.CheckReport
-	(*Verdict)(nil),        // 25: phaul.v1.Verdict
-	(*SourceFacts)(nil),    // 26: phaul.v1.SourceFacts
-	(*Held)(nil),           // 27: phaul.v1.Held
-	(*FileFact)(nil),       // 28: phaul.v1.FileFact
-	(*SocketFact)(nil),     // 29: phaul.v1.SocketFact
-	(*Need)(nil),           // 30: phaul.v1.Need
-	(*TaskFact)(nil),       // 31: phaul.v1.TaskFact
-	(*StatusRequest)(nil),  // 32: phaul.v1.StatusRequest
-	(*StatusReport)(nil),   // 33: phaul.v1.StatusReport
-	(*MigrationState)(nil), // 34: phaul.v1.MigrationState
-	(*Resolve)(nil),        // 35: phaul.v1.Resolve
-	(*Resolved)(nil),       // 36: phaul.v1.Resolved
+	(*LeaseAsk)(nil),       // 7: phaul.v1.LeaseAsk
+	(*LeaseGrant)(nil),     // 8: phaul.v1.LeaseGrant
+	(*AllPages)(nil),       // 9: phaul.v1.AllPages
+	(*Carry)(nil),          // 10: phaul.v1.Carry
+	(*CarriedFile)(nil),    // 11: phaul.v1.CarriedFile
+	(*Terminal)(nil),       // 12: phaul.v1.Terminal
+	(*CgroupLimit)(nil),    // 13: phaul.v1.CgroupLimit
+	(*CgroupRoot)(nil),     // 14: phaul.v1.CgroupRoot
+	(*Ready)(nil),          // 15: phaul.v1.Ready
+	(*Round)(nil),          // 16: phaul.v1.Round
+	(*RoundDone)(nil),      // 17: phaul.v1.RoundDone
+	(*EndRounds)(nil),      // 18: phaul.v1.EndRounds
+	(*RoundsEnded)(nil),    // 19: phaul.v1.RoundsEnded
+	(*ImagesSent)(nil),     // 20: phaul.v1.ImagesSent
+	(*Restored)(nil),       // 21: phaul.v1.Restored
+	(*Commit)(nil),         // 22: phaul.v1.Commit
+	(*Done)(nil),           // 23: phaul.v1.Done
+	(*Abort)(nil),          // 24: phaul.v1.Abort
+	(*Failure)(nil),        // 25: phaul.v1.Failure
+	(*Check)(nil),          // 26: phaul.v1.Check
+	(*CheckReport)(nil),    // 27: phaul.v1.CheckReport
+	(*Verdict)(nil),        // 28: phaul.v1.Verdict
+	(*SourceFacts)(nil),    // 29: phaul.v1.SourceFacts
+	(*Held)(nil),           // 30: phaul.v1.Held
+	(*FileFact)(nil),       // 31: phaul.v1.FileFact
+	(*SocketFact)(nil),     // 32: phaul.v1.SocketFact
+	(*Need)(nil),           // 33: phaul.v1.Need
+	(*TaskFact)(nil),       // 34: phaul.v1.TaskFact
+	(*StatusRequest)(nil),  // 35: phaul.v1.StatusRequest
+	(*StatusReport)(nil),   // 36: phaul.v1.StatusReport
+	(*MigrationState)(nil), // 37: phaul.v1.MigrationState
+	(*Resolve)(nil),        // 38: phaul.v1.Resolve
+	(*Resolved)(nil),       // 39: phaul.v1.Resolved
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
 	4,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
 	6,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
-	12, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
-	17, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
-	18, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
-	19, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
-	20, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
-	21, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
-	22, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
-	23, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
-	24, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
-	32, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
-	33, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
-	35, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
-	36, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
-	13, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
-	14, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
-	15, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
-	16, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
-	2,  // 20: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
-	2,  // 21: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
-	5,  // 22: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	9,  // 23: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
-	10, // 24: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
-	7,  // 25: phaul.v1.Prepare.carry:type_name -> phaul.v1.Carry
-	11, // 26: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	26, // 27: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	25, // 28: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 29: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	7,  // 30: phaul.v1.Verdict.carry:type_name -> phaul.v1.Carry
-	2,  // 31: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	28, // 32: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	29, // 33: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	30, // 34: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 35: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	31, // 36: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	27, // 37: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
-	2,  // 38: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
-	34, // 39: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	15, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
+	20, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
+	21, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
+	22, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
+	23, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
+	24, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
+	25, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
+	26, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
+	27, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
+	35, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
+	36, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
+	38, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
+	39, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
+	16, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
+	17, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
+	18, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
+	19, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
+	7,  // 20: phaul.v1.Envelope.lease_ask:type_name -> phaul.v1.LeaseAsk
+	8,  // 21: phaul.v1.Envelope.lease_grant:type_name -> phaul.v1.LeaseGrant
+	9,  // 22: phaul.v1.Envelope.all_pages:type_name -> phaul.v1.AllPages
+	2,  // 23: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
+	2,  // 24: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
+	5,  // 25: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
+	12, // 26: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	13, // 27: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	10, // 28: phaul.v1.Prepare.carry:type_name -> phaul.v1.Carry
+	14, // 29: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	29, // 30: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	28, // 31: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 32: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	10, // 33: phaul.v1.Verdict.carry:type_name -> phaul.v1.Carry
+	2,  // 34: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	31, // 35: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	32, // 36: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	33, // 37: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 38: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	34, // 39: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	30, // 40: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
+	2,  // 41: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	37, // 42: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -3573,6 +3826,9 @@ func file_internal_pb_phaul_proto_init() {
 		(*Envelope_RoundDone)(nil),
 		(*Envelope_EndRounds)(nil),
 		(*Envelope_RoundsEnded)(nil),
+		(*Envelope_LeaseAsk)(nil),
+		(*Envelope_LeaseGrant)(nil),
+		(*Envelope_AllPages)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3580,7 +3836,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,372 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/pb"
+	"github.com/phaul/phaul/internal/proc"
+	"github.com/phaul/phaul/postcopy"
+	"github.com/phaul/phaul/transport"
+)
+
+// Post-copy on the destination, once the eager pages and the images are
+// in, as its phases run:
+//
+//   - restore: a first lease asked and granted; the lease keeper started
+//     (a process of its own: postcopy.Keeper), holding the lazy-pages
+//     socket too, so that the daemon never sees it end before the copy is
+//     dead; CRIU's lazy-pages daemon started on that socket, relayed to a
+//     lazy stream to the source; CRIU restores with lazy pages and the
+//     copy runs at once; Restored;
+//   - pages: the lease renewed every fifth of it, until the daemon has
+//     every page (it exits 0); AllPages;
+//   - commit: on Commit the keeper stops guarding (committed, on its
+//     record), and Done.
+//
+// Any failure before the keeper committed ends with the keeper killing
+// the copy (finish closes it): the source resumes its own tree once the
+// lease has surely ended.
+
+// lazyPagesKeeperRecord is the keeper's record in a migration's directory.
+const lazyPagesKeeperRecord = "lease.json"
+
+// LazyRestorer is what post-copy needs of CRIU besides Restorer (CRIU
+// has it).
+type LazyRestorer interface {
+	StartLazyPages(ctx context.Context, r criu.LazyPagesRequest) (*criu.LazyPages, error)
+}
+
+// postcopyState is the destination's part of a post-copy migration.
+type postcopyState struct {
+	holder *postcopy.Holder
+	keeper *postcopy.Keeper
+	daemon *criu.LazyPages
+	sock   *os.File // the relay's end of the daemon's socket
+	stream io.ReadWriteCloser
+	start  time.Time // the restore began
+	// committed: the keeper stopped guarding; the copy is the workload.
+	committed bool
+}
+
+// judgePostcopy is the verdict on post-copy here: a real lazy restore of
+// a probe, run once per service (postcopy.SelfTest).
+func (d *Destination) judgePostcopy(ctx context.Context) *pb.Verdict {
+	d.lazyOnce.Do(func() {
+		c, ok := d.o.CRIU.(CRIU)
+		if !ok {
+			d.lazyVerdict = &pb.Verdict{Check: "postcopy", Result: pb.Verdict_FAIL, Detail: "this service's CRIU cannot run lazy pages"}
+			return
+		}
+		res, err := lazySelfTest(ctx, c.Client, d.o.WorkDir)
+		switch {
+		case err != nil:
+			d.lazyVerdict = &pb.Verdict{Check: "postcopy", Result: pb.Verdict_FAIL, Detail: "the lazy-pages self-test could not run: " + err.Error()}
+		case !res.Worked:
+			d.lazyVerdict = &pb.Verdict{Check: "postcopy", Result: pb.Verdict_FAIL, Detail: res.String() + ": migrate without --postcopy"}
+		default:
+			d.lazyVerdict = &pb.Verdict{Check: "postcopy", Result: pb.Verdict_PASS, Detail: res.String()}
+		}
+	})
+	return proto.Clone(d.lazyVerdict).(*pb.Verdict)
+}
+
+func lazySelfTest(ctx context.Context, c *criu.Client, workDir string) (postcopy.SelfTestResult, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return postcopy.SelfTestResult{}, err
+	}
+	if err := os.MkdirAll(workDir, 0o700); err != nil {
+		return postcopy.SelfTestResult{}, err
+	}
+	dir, err := os.MkdirTemp(workDir, "lazy-self-test-")
+	if err != nil {
+		return postcopy.SelfTestResult{}, err
+	}
+	defer os.RemoveAll(dir)
+	return postcopy.SelfTest(ctx, c, dir, exe)
+}
+
+// postcopy runs the destination's post-copy phases.
+func (in *incoming) postcopy(ctx context.Context) error {
+	in.setPhase("restore")
+	pc := &postcopyState{holder: &postcopy.Holder{Duration: time.Duration(in.prep.LeaseMillis) * time.Millisecond}}
+	in.pc = pc
+	if err := in.startLazy(ctx); err != nil {
+		return in.fail("restore", err)
+	}
+	restored, err := in.restoreLazily(ctx)
+	if err != nil {
+		return in.fail("restore", err)
+	}
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Restored{Restored: restored}}); err != nil {
+		return err
+	}
+	in.setPhase("pages")
+	if err := in.renewUntil(ctx, pc.daemon.Done()); err != nil {
+		return in.fail("pages", err)
+	}
+	if err := pc.daemon.Wait(); err != nil {
+		return in.fail("pages", err)
+	}
+	all := &pb.AllPages{Pages: in.lazyFetched(), Nanos: int64(time.Since(pc.start))}
+	in.log.Info("every page has arrived", "fetched", all.Pages, "after", time.Duration(all.Nanos))
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_AllPages{AllPages: all}}); err != nil {
+		return err
+	}
+	in.setPhase("commit")
+	if err := in.renewUntil(ctx, nil); err != nil {
+		return in.fail("commit", err)
+	}
+	return in.commitPostcopy(ctx)
+}
+
+// lazyFetched is how many pages the daemon asked the source for, from
+// its stats (0 if unknown).
+func (in *incoming) lazyFetched() int64 { return in.pcFetched.Load() }
+
+// startLazy takes a first lease, starts the keeper and the lazy-pages
+// daemon, and relays the daemon's requests to the source.
+func (in *incoming) startLazy(ctx context.Context) error {
+	pc := in.pc
+	lr, ok := in.d.o.CRIU.(LazyRestorer)
+	if !ok {
+		return errors.New("this service's CRIU cannot run lazy pages")
+	}
+	seq := pc.holder.Ask()
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_LeaseAsk{LeaseAsk: &pb.LeaseAsk{Seq: seq}}}); err != nil {
+		return err
+	}
+	msg, err := in.recv(ctx)
+	if err != nil {
+		return err
+	}
+	if msg.GetLeaseGrant() == nil {
+		return unexpected(msg, "LeaseGrant")
+	}
+	expiry, ok := pc.holder.Granted(msg.GetLeaseGrant().Seq)
+	if !ok {
+		return fmt.Errorf("%w: a grant of lease ask %d, not asked", ErrProtocol, msg.GetLeaseGrant().Seq)
+	}
+	ours, theirs, err := socketpair()
+	if err != nil {
+		return err
+	}
+	defer theirs.Close()
+	pc.sock = ours
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if pc.keeper, err = postcopy.StartKeeper(exe, filepath.Join(in.dir, lazyPagesKeeperRecord), expiry, ours); err != nil {
+		return err
+	}
+	if pc.stream, err = in.sess.Open(ctx, transport.KindLazy); err != nil {
+		return err
+	}
+	if pc.daemon, err = lr.StartLazyPages(ctx, criu.LazyPagesRequest{ImagesDir: in.imgs, WorkDir: in.logs, PageServer: theirs}); err != nil {
+		return err
+	}
+	go in.relayLazy()
+	return nil
+}
+
+// relayLazy copies the daemon's page requests to the source and the
+// answers back, counting the pages: a page answer for each PS_IOV_GET,
+// a status for its closing request. It never closes the daemon's socket:
+// only finish does, once the copy is dead or committed.
+func (in *incoming) relayLazy() {
+	pc := in.pc
+	asked := make(chan uint16, 1024) // the commands forwarded, in order
+	go func() {
+		defer close(asked)
+		var hdr [criu.PageIovSize]byte
+		for {
+			h, err := criu.ReadPageIov(pc.sock, &hdr)
+			if err != nil || (h.Cmd != criu.PSIovGet && h.Cmd != criu.PSIovClose && h.Cmd != criu.PSIovForceClose) {
+				return
+			}
+			if _, err := pc.stream.Write(hdr[:]); err != nil {
+				return
+			}
+			asked <- h.Cmd
+			if h.Cmd != criu.PSIovGet {
+				return
+			}
+		}
+	}()
+	var hdr [criu.PageIovSize]byte
+	for cmd := range asked {
+		if cmd != criu.PSIovGet {
+			io.CopyN(pc.sock, pc.stream, 4) //nolint:errcheck // the daemon sees a short answer
+			return
+		}
+		h, err := criu.ReadLazyAnswer(pc.stream, &hdr)
+		if err != nil {
+			return
+		}
+		if _, err := pc.sock.Write(hdr[:]); err != nil {
+			return
+		}
+		if _, err := io.CopyN(pc.sock, pc.stream, h.DataLen()); err != nil {
+			return
+		}
+		in.pcFetched.Add(int64(h.NrPages))
+	}
+}
+
+// restoreLazily restores the tree with lazy pages: it runs at once, under
+// the lease.
+func (in *incoming) restoreLazily(ctx context.Context) (*pb.Restored, error) {
+	pc := in.pc
+	req, err := in.restoreRequest(false)
+	if err != nil {
+		return nil, err
+	}
+	req.Opts.LazyPages = proto.Bool(true)
+	req.Opts.LeaveStopped = proto.Bool(false)
+	if !in.d.reg.restoring(in.id) {
+		return nil, errResolvedAbort
+	}
+	in.warm.release()
+	pc.start = time.Now()
+	res, err := in.d.o.CRIU.Restore(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	in.restored = res.Pid
+	if st, err := proc.ReadStat(res.Pid); err == nil {
+		in.restoredStart = st.StartTime
+	}
+	if err := pc.keeper.Target(res.Pid, in.restoredStart); err != nil {
+		return nil, err
+	}
+	in.d.reg.update(in.id, func(st *pb.MigrationState) { st.Pid = int32(res.Pid) })
+	restored := &pb.Restored{Pid: int32(res.Pid), Postcopy: true, RestoreNanos: int64(time.Since(pc.start))}
+	if err := in.placeTree(restored); err != nil {
+		return nil, err
+	}
+	if err := in.record(statePostcopy); err != nil {
+		return nil, err
+	}
+	in.log.Info("restored with lazy pages: the copy runs, under the lease", "pid", res.Pid, "took", time.Since(pc.start))
+	return restored, nil
+}
+
+// statePostcopy is a migration's state on disk while its copy runs under
+// the lease: its keeper's record says whether it was committed.
+const statePostcopy = "postcopy"
+
+// renewUntil renews the lease every fifth of it until until is closed
+// (nil: until Commit arrives), the keeper kills the copy, or the source
+// is lost.
+func (in *incoming) renewUntil(ctx context.Context, until <-chan struct{}) error {
+	pc := in.pc
+	msgs, errs := in.receiveAll(ctx)
+	tick := time.NewTicker(pc.holder.Duration / 5)
+	defer tick.Stop()
+	for {
+		select {
+		case <-until:
+			return nil
+		case <-pc.keeper.Done():
+			return errors.New("the lease keeper ended: the copy was killed")
+		case err := <-errs:
+			return err
+		case <-tick.C:
+			seq := pc.holder.Ask()
+			if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_LeaseAsk{LeaseAsk: &pb.LeaseAsk{Seq: seq}}}); err != nil {
+				return err
+			}
+		case msg := <-msgs:
+			switch {
+			case msg.GetLeaseGrant() != nil:
+				if expiry, ok := pc.holder.Granted(msg.GetLeaseGrant().Seq); ok {
+					if err := pc.keeper.Extend(expiry); err != nil {
+						return err
+					}
+				}
+			case msg.GetCommit() != nil && until == nil:
+				return nil
+			default:
+				return unexpected(msg, "LeaseGrant")
+			}
+		}
+	}
+}
+
+// receiveAll reads control messages into msgs until one fails (errs) or
+// ctx ends. One reader at a time: a call's reader ends before the next
+// call starts (each waits for its own first message or error).
+func (in *incoming) receiveAll(ctx context.Context) (<-chan *pb.Envelope, <-chan error) {
+	if in.pcMsgs == nil {
+		in.pcMsgs, in.pcErrs = make(chan *pb.Envelope), make(chan error, 1)
+		go func() {
+			for {
+				msg, err := in.recvWithin(ctx, in.d.o.Timeout)
+				if err != nil {
+					in.pcErrs <- err
+					return
+				}
+				select {
+				case in.pcMsgs <- msg:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	return in.pcMsgs, in.pcErrs
+}
+
+// commitPostcopy: the source has committed; the keeper stops guarding
+// the copy, or says it killed it.
+func (in *incoming) commitPostcopy(ctx context.Context) error {
+	pc := in.pc
+	if err := pc.keeper.Commit(); err != nil {
+		return in.fail("commit", err)
+	}
+	pc.committed = true
+	if err := in.record("running"); err != nil {
+		in.log.Warn("the tree runs, but its state could not be recorded", "err", err)
+	}
+	reap(in.restored)
+	in.d.reg.end(in.id, StateDone, nil, true)
+	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Done{Done: &pb.Done{Pid: int32(in.restored)}}}); err != nil {
+		in.log.Warn("could not confirm to the source", "err", err)
+	}
+	return nil
+}
+
+// endPostcopy, in finish: the keeper kills the copy unless it committed
+// (closing its commands), then the daemon and the relay go.
+func (in *incoming) endPostcopy() {
+	pc := in.pc
+	if pc == nil {
+		return
+	}
+	if pc.keeper != nil {
+		pc.keeper.Close()
+		if !pc.committed {
+			in.log.Warn("the lease keeper killed the copy", "pid", in.restored)
+		}
+	}
+	if pc.daemon != nil {
+		pc.daemon.Kill()
+		<-pc.daemon.Done()
+	}
+	if pc.stream != nil {
+		pc.stream.Close()
+	}
+	if pc.sock != nil {
+		pc.sock.Close()
+	}
+}
