@@ -27,8 +27,9 @@ import (
 //     dead; CRIU's lazy-pages daemon started on that socket, relayed to a
 //     lazy stream to the source; CRIU restores with lazy pages and the
 //     copy runs at once; Restored;
-//   - pages: the lease renewed every fifth of it, until the daemon has
-//     every page (it exits 0); AllPages;
+//   - pages: the lease renewed every fifth of it (from the first grant
+//     on, through the restore), until the daemon has every page (it
+//     exits 0); AllPages;
 //   - commit: on Commit the keeper stops guarding (committed, on its
 //     record), and Done.
 //
@@ -55,6 +56,8 @@ type postcopyState struct {
 	start  time.Time // the restore began
 	// committed: the keeper stopped guarding; the copy is the workload.
 	committed bool
+	commit    chan struct{} // closed when Commit arrives (leaseLoop)
+	failed    chan error    // why the lease loop ended early
 }
 
 // judgePostcopy is the verdict on post-copy here: a real lazy restore of
@@ -98,11 +101,15 @@ func lazySelfTest(ctx context.Context, c *criu.Client, workDir string) (postcopy
 // postcopy runs the destination's post-copy phases.
 func (in *incoming) postcopy(ctx context.Context) error {
 	in.setPhase("restore")
-	pc := &postcopyState{holder: &postcopy.Holder{Duration: time.Duration(in.prep.LeaseMillis) * time.Millisecond}}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop() // ends the lease loop
+	pc := &postcopyState{holder: &postcopy.Holder{Duration: time.Duration(in.prep.LeaseMillis) * time.Millisecond},
+		commit: make(chan struct{}), failed: make(chan error, 1)}
 	in.pc = pc
 	if err := in.startLazy(ctx); err != nil {
 		return in.fail("restore", err)
 	}
+	go in.leaseLoop(ctx)
 	restored, err := in.restoreLazily(ctx)
 	if err != nil {
 		return in.fail("restore", err)
@@ -111,7 +118,9 @@ func (in *incoming) postcopy(ctx context.Context) error {
 		return err
 	}
 	in.setPhase("pages")
-	if err := in.renewUntil(ctx, pc.daemon.Done()); err != nil {
+	select {
+	case <-pc.daemon.Done():
+	case err := <-pc.failed:
 		return in.fail("pages", err)
 	}
 	if err := pc.daemon.Wait(); err != nil {
@@ -123,7 +132,9 @@ func (in *incoming) postcopy(ctx context.Context) error {
 		return err
 	}
 	in.setPhase("commit")
-	if err := in.renewUntil(ctx, nil); err != nil {
+	select {
+	case <-pc.commit:
+	case err := <-pc.failed:
 		return in.fail("commit", err)
 	}
 	return in.commitPostcopy(ctx)
@@ -265,39 +276,51 @@ func (in *incoming) restoreLazily(ctx context.Context) (*pb.Restored, error) {
 // the lease: its keeper's record says whether it was committed.
 const statePostcopy = "postcopy"
 
-// renewUntil renews the lease every fifth of it until until is closed
-// (nil: until Commit arrives), the keeper kills the copy, or the source
-// is lost.
-func (in *incoming) renewUntil(ctx context.Context, until <-chan struct{}) error {
+// leaseLoop renews the lease every fifth of it, from the first grant
+// until ctx ends, and reads the source's messages meanwhile: Commit is
+// said on pc.commit; the keeper killing the copy, the source lost or a
+// message out of place on pc.failed.
+func (in *incoming) leaseLoop(ctx context.Context) {
 	pc := in.pc
+	fail := func(err error) {
+		select {
+		case pc.failed <- err:
+		default:
+		}
+	}
 	msgs, errs := in.receiveAll(ctx)
 	tick := time.NewTicker(pc.holder.Duration / 5)
 	defer tick.Stop()
 	for {
 		select {
-		case <-until:
-			return nil
-		case <-pc.keeper.Done():
-			return errors.New("the lease keeper ended: the copy was killed")
+		case <-ctx.Done():
+			return
+		case <-pc.keeper.Dead():
+			fail(errors.New("the lease keeper killed the copy: the lease ended (the source was not heard from in time)"))
+			return
 		case err := <-errs:
-			return err
+			fail(err)
+			return
 		case <-tick.C:
 			seq := pc.holder.Ask()
 			if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_LeaseAsk{LeaseAsk: &pb.LeaseAsk{Seq: seq}}}); err != nil {
-				return err
+				fail(err)
+				return
 			}
 		case msg := <-msgs:
 			switch {
 			case msg.GetLeaseGrant() != nil:
 				if expiry, ok := pc.holder.Granted(msg.GetLeaseGrant().Seq); ok {
 					if err := pc.keeper.Extend(expiry); err != nil {
-						return err
+						fail(err)
+						return
 					}
 				}
-			case msg.GetCommit() != nil && until == nil:
-				return nil
+			case msg.GetCommit() != nil:
+				close(pc.commit)
 			default:
-				return unexpected(msg, "LeaseGrant")
+				fail(unexpected(msg, "LeaseGrant or Commit"))
+				return
 			}
 		}
 	}

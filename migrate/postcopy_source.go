@@ -255,7 +255,9 @@ func (m *source) serveLazy(ctx context.Context, snap *postcopy.Snapshot) error {
 // its copy runs: lease asks granted, its restore noted, until AllPages.
 func (m *source) grantUntilAllPages(ctx context.Context, g *postcopy.Grantor, served <-chan error) (*pb.AllPages, error) {
 	for {
-		msg, err := m.recv(ctx)
+		// The destination asks every fifth of the lease: silent for a
+		// whole one, it is lost (or stalled), and its copy dies.
+		msg, err := m.recvWithin(ctx, m.o.Lease)
 		if err != nil {
 			select {
 			case serr := <-served:
@@ -268,10 +270,8 @@ func (m *source) grantUntilAllPages(ctx context.Context, g *postcopy.Grantor, se
 		}
 		switch {
 		case msg.GetLeaseAsk() != nil:
-			if g.Grant() {
-				if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_LeaseGrant{LeaseGrant: &pb.LeaseGrant{Seq: msg.GetLeaseAsk().Seq}}}); err != nil {
-					return nil, err
-				}
+			if err := m.grant(ctx, g, msg.GetLeaseAsk()); err != nil {
+				return nil, err
 			}
 		case msg.GetRestored() != nil:
 			m.restored(msg.GetRestored())
@@ -296,11 +296,13 @@ func (m *source) commitPostcopy(ctx context.Context, g *postcopy.Grantor, all *p
 	if err := m.decide("commit"); err != nil {
 		return err
 	}
-	g.Stop() // the copy no longer needs the source
-	pid, err := m.commit(ctx)
+	// Grants go on until Done: the keeper must not let the lease end
+	// while it is asked to commit.
+	pid, err := m.commitLeased(ctx, g)
 	if err != nil {
 		return err
 	}
+	g.Stop()
 	m.setPhase("resume")
 	if err := killHeld(m.held); err != nil {
 		m.log.Error("the source tree, stopped, does not die", "err", err)
@@ -312,6 +314,38 @@ func (m *source) commitPostcopy(ctx context.Context, g *postcopy.Grantor, all *p
 	removeDecision(m.o.WorkDir, m.o.ID)
 	m.log.Info("post-copy done", "dest_pid", pid, "since_freeze", time.Since(frozen))
 	return nil
+}
+
+// commitLeased sends Commit and waits for Done, granting the lease asks
+// that come meanwhile.
+func (m *source) commitLeased(ctx context.Context, g *postcopy.Grantor) (int, error) {
+	if err := m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_Commit{Commit: &pb.Commit{}}}); err != nil {
+		return 0, err
+	}
+	for {
+		msg, err := m.recv(ctx)
+		if err != nil {
+			return 0, err
+		}
+		switch {
+		case msg.GetLeaseAsk() != nil:
+			if err := m.grant(ctx, g, msg.GetLeaseAsk()); err != nil {
+				return 0, err
+			}
+		case msg.GetDone() != nil:
+			return int(msg.GetDone().Pid), nil
+		default:
+			return 0, unexpected(msg, "LeaseAsk or Done")
+		}
+	}
+}
+
+// grant grants an ask, while the grantor grants.
+func (m *source) grant(ctx context.Context, g *postcopy.Grantor, ask *pb.LeaseAsk) error {
+	if !g.Grant() {
+		return nil
+	}
+	return m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_LeaseGrant{LeaseGrant: &pb.LeaseGrant{Seq: ask.Seq}}})
 }
 
 // postcopyFailed ends a post-copy migration that failed after the

@@ -145,6 +145,15 @@ func (d *Decision) ReclaimAddresses(log *slog.Logger) error {
 // it when the agent dies before deciding); with the tree gone too, it is
 // ErrUndecided: phaul does not guess.
 func (d *Decision) Commit() (bool, string, error) {
+	if len(d.Held) > 0 {
+		// Post-copy: the source tree is kept stopped whatever the
+		// decision; the destination's copy was committed only if the
+		// source decided so first.
+		if d.State == "commit" || d.State == "committed" {
+			return true, "the source decided to commit (post-copy): the destination's copy is the workload if its keeper committed it", nil
+		}
+		return false, "the source never committed (post-copy): its tree, stopped here, resumes once the destination's lease has surely ended", nil
+	}
 	if d.State == "abort" {
 		return false, "the source aborted the migration: its tree runs there", nil
 	}
@@ -234,6 +243,17 @@ func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (
 		return nil, err
 	}
 	r, err := ResolveAt(ctx, d.Addr, conf, d.ID, commit)
+	if len(d.Held) > 0 {
+		if commit && IsNotHere(err) {
+			// The keeper killed the copy there: the source's resumes.
+			commit, err, r = false, nil, &Resolution{ID: d.ID, State: StateAborted, Already: true}
+		}
+		if err == nil || !commit {
+			if herr := d.SettleHeld(commit, slog.Default()); herr != nil {
+				err = errors.Join(err, herr)
+			}
+		}
+	}
 	if !commit {
 		// The source tree runs: its addresses come back, once the
 		// destination has given them up if it answers.
@@ -246,6 +266,41 @@ func settle(ctx context.Context, workDir string, conf *tls.Config, d Decision) (
 	}
 	removeDecision(workDir, d.ID)
 	return r, nil
+}
+
+// IsNotHere says the destination has no record of the migration (a
+// post-copy copy its keeper killed, or one that failed there).
+func IsNotHere(err error) bool {
+	var re *RemoteError
+	return errors.As(err, &re) && re.Phase == phaseNotHere
+}
+
+// SettleHeld acts on the tree a post-copy source kept stopped (Held):
+// committed, it is killed (the destination's copy is the workload);
+// otherwise it is let go (those of its tasks not stopped before) once the
+// destination's lease has surely ended: the lease and its margin from
+// now, the migration's agent being gone (it holds the tree's lock while
+// it runs, and grants leases only then). It refuses while that agent
+// runs.
+func (d *Decision) SettleHeld(committed bool, log *slog.Logger) error {
+	if len(d.Held) == 0 {
+		return nil
+	}
+	unlock, err := lockTree(d.Pid)
+	if err != nil {
+		return fmt.Errorf("migration %s: its agent still runs: %w", d.ID, err)
+	}
+	defer unlock()
+	if committed {
+		return killHeld(d.Held)
+	}
+	lease := d.Lease
+	if lease <= 0 {
+		lease = DefaultLease
+	}
+	log.Info("the source tree resumes once the destination's lease has surely ended", "migration", d.ID, "wait", lease+LeaseMargin)
+	time.Sleep(lease + LeaseMargin)
+	return letGo(d.Held)
 }
 
 // phaseInFlight is the Failure phase of a Resolve for a migration still in

@@ -824,12 +824,17 @@ func (m *source) send(ctx context.Context, e *pb.Envelope) error {
 
 // recv waits for the next message; a Failure becomes a *RemoteError.
 func (m *source) recv(ctx context.Context) (*pb.Envelope, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
+	return m.recvWithin(ctx, m.o.Timeout)
+}
+
+// recvWithin is recv waiting at most d.
+func (m *source) recvWithin(ctx context.Context, d time.Duration) (*pb.Envelope, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	msg, err := m.sess.Control().Recv(ctx)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("no answer from the destination within %v: %w", m.o.Timeout, err)
+			return nil, fmt.Errorf("no answer from the destination within %v: %w", d, err)
 		}
 		return nil, fmt.Errorf("connection to the destination: %w", err)
 	}

@@ -99,6 +99,17 @@ func runResolve(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	defer cancel()
 	env.Logger.Info("resolving", "migration", id, "dest", dest, "commit", commit, "why", why)
 	r, err := migrate.ResolveAt(ctx, dest, conf, id, commit)
+	if rec != nil && len(rec.Held) > 0 {
+		// Post-copy: the source tree waits stopped here.
+		if commit && migrate.IsNotHere(err) {
+			commit, err, r, why = false, nil, &migrate.Resolution{ID: id, State: migrate.StateAborted, Already: true}, "the destination's copy is gone (its lease keeper killed it)"
+		}
+		if err == nil || !commit {
+			if herr := rec.SettleHeld(commit, env.Logger); herr != nil {
+				return fmt.Errorf("resolve %s: the source tree kept stopped here: %w", id, herr)
+			}
+		}
+	}
 	if !commit && rec != nil {
 		// The source tree runs here: the addresses it gave up come back
 		// (after the destination's answer, whatever it was).
