@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -109,7 +110,7 @@ func (l *LazyPages) Wait() error {
 	}
 	e := &Error{Op: "lazy-pages", Log: l.Log, Lines: readErrorLines(l.Log), Stderr: l.stderr.String(), Err: l.waitErr}
 	if e.Err == nil {
-		e.Err = errors.New(describeStatus(l.state.Sys().(unix.WaitStatus)))
+		e.Err = errors.New(describeStatus(unix.WaitStatus(l.state.Sys().(syscall.WaitStatus))))
 	}
 	return e
 }

@@ -122,7 +122,7 @@ func describeStatus(ws unix.WaitStatus) string {
 	case ws.Exited():
 		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
 	case ws.Signaled():
-		return fmt.Sprintf("killed by %v", ws.Signal())
+		return fmt.Sprintf("killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
 	default:
 		return fmt.Sprintf("ended with wait status %#x", int(ws))
 	}

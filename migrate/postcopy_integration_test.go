@@ -1,14 +1,22 @@
 package migrate_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/phaul/phaul/internal/proc"
 	"github.com/phaul/phaul/internal/testutil"
 	"github.com/phaul/phaul/internal/twohosts"
+	"github.com/phaul/phaul/migrate"
 )
 
 // Post-copy, for real: the copy on b runs before its memory has crossed,
@@ -43,5 +51,151 @@ func TestMigratePostcopy(t *testing.T) {
 	}
 	if rec, err := os.ReadFile(filepath.Join(svc.WorkDir, r.Str("id"), "lease.json")); err != nil || !strings.Contains(string(rec), `"committed"`) {
 		t.Errorf("the keeper's record: %s %v", rec, err)
+	}
+}
+
+// running are the workload's tasks on host that run: not stopped, not
+// dying. They are found by their name, not their command line: a copy
+// restored with lazy pages may not have the page of its arguments yet,
+// and reading them would wait for it.
+func running(h *twohosts.Hosts, host string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := proc.ReadStat(pid)
+		if err != nil || st.Comm != "phaul-workload" || strings.ContainsRune("TtZX", rune(st.State)) {
+			continue
+		}
+		if twohosts.InNetns(pid, h.NetnsPath(host)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// watchCopies polls both hosts until stop is closed and reports any
+// instant at which a copy ran on each. Host a is read first: a copy seen
+// running there began before b was read, so that a copy on b killed
+// before a's resumed is never taken for two at once.
+func watchCopies(h *twohosts.Hosts, stop <-chan struct{}) <-chan string {
+	seen := make(chan string, 1)
+	go func() {
+		defer close(seen)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			a := running(h, "a")
+			if b := running(h, "b"); len(a) > 0 && len(b) > 0 {
+				seen <- fmt.Sprintf("two copies ran at once: %v on a, %v on b", a, b)
+				return
+			}
+		}
+	}()
+	return seen
+}
+
+// Post-copy under faults while the pages follow the restore (a slow
+// link keeps that phase open): the copy on b dies when its lease ends,
+// and the tree on a resumes from the freeze only after that. Exactly one
+// copy runs in the end, and never two at any instant.
+func TestPostcopyFaults(t *testing.T) {
+	cells := []struct {
+		name  string
+		fault func(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service, migrate *exec.Cmd)
+		after func(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service)
+	}{
+		{"link cut", func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service, _ *exec.Cmd) { h.LinkDown(t) },
+			func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service) { h.LinkUp(t) }},
+		{"service killed", func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service, _ *exec.Cmd) { svc.Kill() },
+			func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service) {
+				// Restarted, it cleans up what its keeper killed.
+				svc := h.StartService(t)
+				for deadline := time.Now().Add(10 * time.Second); !strings.Contains(svc.Log(), "cleaned up a migration"); time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("the restarted service did not clean up:\n%s", svc.Log())
+					}
+				}
+			}},
+		{"agent killed", func(t *testing.T, _ *twohosts.Hosts, _ *twohosts.Service, m *exec.Cmd) { m.Process.Kill() }, nil},
+		{"the destination's lazy-pages daemon killed", func(t *testing.T, _ *twohosts.Hosts, _ *twohosts.Service, _ *exec.Cmd) {
+			if out, err := exec.Command("pkill", "-KILL", "-f", "lazy-pages --page-server").CombinedOutput(); err != nil {
+				t.Fatalf("pkill: %v %s", err, out)
+			}
+		}, nil},
+		{"destination stalled", func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service, _ *exec.Cmd) {
+			syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGSTOP)
+		}, func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service) { syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGCONT) }},
+	}
+	for _, c := range cells {
+		t.Run(c.name, func(t *testing.T) {
+			h := twohosts.New(t)
+			svc := h.StartService(t)
+			w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child", "--listen", "0.0.0.0:9000", "--mem", "32", "--dirty", "500"}})
+			// 32 MiB at 16 Mbit/s: the pages follow for some 15 s.
+			if out, err := h.Command("a", "tc", "qdisc", "add", "dev", h.Link("a"), "root", "tbf", "rate", "16mbit", "burst", "32kb", "latency", "50ms").CombinedOutput(); err != nil {
+				t.Fatalf("tc: %v %s", err, out)
+			}
+			before, _ := testutil.ReadState(w.State)
+			source := filepath.Join(h.Dir, "source")
+			cmd := h.Command("a", filepath.Join(h.Bin, "phaul"), "migrate", "--json", "--tls-dir", h.TLS,
+				"--work-dir", source, "--timeout", "30s", "--postcopy", "--lease", "2s", strconv.Itoa(w.Pid), svc.Addr)
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			stop := make(chan struct{})
+			seen := watchCopies(h, stop)
+			for deadline := time.Now().Add(60 * time.Second); !strings.Contains(svc.Log(), "phase=pages"); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the service never logged phase=pages:\n%s", svc.Log())
+				}
+			}
+			if len(running(h, "b")) == 0 || len(h.Copies(w, "a")) != 1 || len(running(h, "a")) != 0 {
+				t.Fatalf("before the fault: %v running on b, %v on a (%v running)", running(h, "b"), h.Copies(w, "a"), running(h, "a"))
+			}
+			c.fault(t, h, svc, cmd)
+			time.Sleep(7 * time.Second)
+			if c.after != nil {
+				c.after(t, h, svc)
+			}
+			err := cmd.Wait()
+			t.Logf("phaul migrate: %v\n%s", err, errb.String())
+			if d := migrate.PendingDecisions(source); len(d) > 0 {
+				out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--tls-dir", h.TLS, "--work-dir", source, d[0].ID).CombinedOutput()
+				t.Logf("phaul resolve: %v %s", err, out)
+			}
+			var a []int
+			for deadline := time.Now().Add(15 * time.Second); len(a) == 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				a = running(h, "a")
+			}
+			close(stop)
+			if msg, ok := <-seen; ok {
+				t.Fatal(msg)
+			}
+			if b := running(h, "b"); len(a) != 2 || len(h.Copies(w, "a")) != 1 || len(b) != 0 {
+				t.Fatalf("copies: %v running on a (%v), %v on b; want the tree (two tasks) on a", a, h.Copies(w, "a"), b)
+			}
+			now, _ := testutil.ReadState(w.State)
+			if now.Count < before.Count {
+				t.Fatalf("counter went back from %d to %d", before.Count, now.Count)
+			}
+			if _, err := testutil.WaitCount(w.State, now.Count+10, 10*time.Second); err != nil {
+				t.Fatalf("the tree on a does not count on: %v", err)
+			}
+			if sum, err := h.Request("a", twohosts.AddrA+":9000", "SUM"); err != nil || !strings.HasPrefix(sum, "sum=ok") {
+				t.Errorf("memory check on a: %q %v", sum, err)
+			}
+			if d := migrate.PendingDecisions(source); len(d) != 0 {
+				t.Errorf("records left on the source: %+v", d)
+			}
+		})
 	}
 }
