@@ -131,7 +131,9 @@ func TestPostcopyFaults(t *testing.T) {
 		}, nil},
 		{"destination stalled", func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service, _ *exec.Cmd) {
 			syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGSTOP)
-		}, func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service) { syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGCONT) }},
+		}, func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service) {
+			syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGCONT)
+		}},
 	}
 	for _, c := range cells {
 		t.Run(c.name, func(t *testing.T) {
