@@ -10,6 +10,9 @@
 //   - phaul: `phaul migrate --json` to phaul-service on host b, with
 //     pre-copy as it comes (auto);
 //   - phaul-off: the same with --precopy=off, every page while frozen;
+//   - phaul-post: the same with --postcopy: restored before its memory
+//     crossed, the pages following (the run ends once the last has
+//     arrived, and the memory is verified after it);
 //   - criu: CRIU alone, `criu dump` to a tmpfs then `criu restore` on
 //     host a, the limit of this machine;
 //   - manual: `criu dump` to a directory, the directory sent to host b
@@ -91,7 +94,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.HotMiB, "hot-size", 256, "size of the hot workload in MiB")
 	fs.StringVar(&o.Bin, "bin", "bin", "directory with phaul, phaul-service and phaul-workload (make build)")
 	fs.StringVar(&o.Out, "out", "bench/results", "directory for the JSON and markdown results; empty: print only")
-	methods := fs.String("methods", "phaul,phaul-off,criu,manual", "methods to run")
+	methods := fs.String("methods", "phaul,phaul-off,phaul-post,criu,manual", "methods to run")
 	verbose := fs.BoolP("verbose", "v", false, "log each step")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -111,10 +114,10 @@ func run(ctx context.Context, args []string) error {
 	}
 	for _, m := range strings.Split(*methods, ",") {
 		switch m {
-		case methodPhaul, methodPhaulOff, methodCRIU, methodManual:
+		case methodPhaul, methodPhaulOff, methodPostcopy, methodCRIU, methodManual:
 			o.Method = append(o.Method, m)
 		default:
-			return fmt.Errorf("--methods: unknown method %q (phaul, phaul-off, criu, manual)", m)
+			return fmt.Errorf("--methods: unknown method %q (phaul, phaul-off, phaul-post, criu, manual)", m)
 		}
 	}
 	if o.Runs < 1 {

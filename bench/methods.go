@@ -17,8 +17,9 @@ import (
 )
 
 const (
-	methodPhaul    = "phaul"     // phaul migrate as it comes: pre-copy (auto)
-	methodPhaulOff = "phaul-off" // phaul migrate --precopy=off
+	methodPhaul    = "phaul"      // phaul migrate as it comes: pre-copy (auto)
+	methodPhaulOff = "phaul-off"  // phaul migrate --precopy=off
+	methodPostcopy = "phaul-post" // phaul migrate --postcopy
 	methodCRIU     = "criu"
 	methodManual   = "manual"
 )
@@ -48,6 +49,9 @@ type sample struct {
 	// longest wait between two answers its client saw, asking every 5 ms
 	// on one connection through the migration.
 	ClientPause float64 `json:"client_pause,omitempty"`
+	// phaul --postcopy: from the restore until the last page had
+	// arrived (the copy ran meanwhile, depending on the source).
+	AllPages float64 `json:"all_pages,omitempty"`
 }
 
 func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sample, error) {
@@ -68,6 +72,8 @@ func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sam
 		return b.phaulWithClient(ctx, w)
 	case methodPhaulOff:
 		return b.phaul(ctx, w, "off", nil)
+	case methodPostcopy:
+		return b.phaul(ctx, w, "off", nil, "--postcopy")
 	case methodCRIU:
 		return b.criuAlone(ctx, w)
 	default:
@@ -91,8 +97,9 @@ type phaulReport struct {
 	Rounds    []struct {
 		WireBytes int64 `json:"wire_bytes"`
 	} `json:"rounds"`
-	StopRule   string `json:"stop_rule"`
-	Referenced int64  `json:"referenced_pages"`
+	StopRule      string  `json:"stop_rule"`
+	Referenced    int64   `json:"referenced_pages"`
+	AllPagesAfter float64 `json:"all_pages_after"`
 }
 
 // phaulWithClient is phaul with pre-copy, moving the workload's address
@@ -190,6 +197,7 @@ func (b *bench) phaul(ctx context.Context, w *workload, precopy string, moved fu
 		CPUSource: r.CPU, CPUDest: cpuDest.Seconds(),
 		Overhead: r.Downtime - r.Dump - r.Restore,
 		Rounds:   float64(len(r.Rounds)), StopRule: r.StopRule,
+		AllPages: r.AllPagesAfter,
 	}
 	for _, rd := range r.Rounds {
 		s.RoundWire += rd.WireBytes

@@ -168,6 +168,9 @@ func (r *results) finish() {
 			if p != nil && m != nil && lr.Link != "bare" && m.Median.Total > 0 {
 				add("total phaul/manual", p.Median.Total/m.Median.Total, 0.85)
 			}
+			if pc := sr.method(methodPostcopy); pc != nil && a != nil && a.Median.Downtime > 0 {
+				add("downtime phaul-post/criu", pc.Median.Downtime/a.Median.Downtime, 0.5)
+			}
 			if off != nil && off.Median.PageBytes > 0 {
 				add("wire/raw bytes (no pre-copy)", float64(off.Median.WireBytes)/float64(off.Median.PageBytes), 0.55)
 			}
@@ -214,6 +217,7 @@ func medianOf(runs []sample) sample {
 		FrozenPart:  f(func(s sample) float64 { return s.FrozenPart }),
 		StopRule:    stopRule(runs),
 		ClientPause: f(func(s sample) float64 { return s.ClientPause }),
+		AllPages:    f(func(s sample) float64 { return s.AllPages }),
 	}
 }
 
@@ -251,7 +255,7 @@ func (r *results) writeTable(w io.Writer) {
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "\nlink %s (one TCP stream: %.2f Gbit/s)\n", lr.Link, lr.Throughput/1e9)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\tclient pause s\ttotal s\tdump s\tcopy s\trestore s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\trounds\tround wire MiB\tfrozen part\tstopped by\t")
+		fmt.Fprintln(tw, "MiB\tmethod\tdowntime s\tclient pause s\ttotal s\tdump s\tcopy s\trestore s\tall pages s\tpages MiB\twire MiB\tcpu src s\tcpu dst s\toverhead s\trounds\tround wire MiB\tfrozen part\tstopped by\t")
 		for _, sr := range lr.sizesAndHot() {
 			for _, mr := range sr.Methods {
 				fmt.Fprintln(tw, strings.Join(row(sr.MiB, mr), "\t")+"\t")
@@ -276,11 +280,14 @@ func row(size int, mr *methodResult) []string {
 	if mr.Method == methodPhaul || mr.Method == methodPhaul+" hot" {
 		pre = []string{fmt.Sprintf("%.0f", s.Rounds), mib(s.RoundWire), f(s.FrozenPart), s.StopRule}
 	}
-	pause := "-"
+	pause, all := "-", "-"
 	if s.ClientPause > 0 {
 		pause = f(s.ClientPause)
 	}
-	return append([]string{fmt.Sprint(size), mr.Method, f(s.Downtime), pause, f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore),
+	if s.AllPages > 0 {
+		all = f(s.AllPages)
+	}
+	return append([]string{fmt.Sprint(size), mr.Method, f(s.Downtime), pause, f(s.Total), f(s.Dump), f(s.Transfer), f(s.Restore), all,
 		mib(s.PageBytes), mib(s.WireBytes),
 		phaulOnly(mr.Method, s.CPUSource), phaulOnly(mr.Method, s.CPUDest), phaulOnly(mr.Method, s.Overhead)}, pre...)
 }
@@ -340,12 +347,12 @@ func (r *results) writeMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "# phaul-bench, %s\n\n", r.Date)
 	fmt.Fprintf(w, "Machine: %d CPUs, %d MiB, Linux %s, CRIU %s, phaul %s. Both hosts are network namespaces of this one machine: they share its CPUs.\n\n",
 		r.Machine.CPUs, r.Machine.MemMiB, r.Machine.Kernel, r.Machine.CRIU, r.Machine.Phaul)
-	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s (the hot one %d pages/s). Elapsed: %s. Methods: **phaul** (`phaul migrate`, pre-copy as it comes), **phaul-off** (`--precopy=off`), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
+	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s (the hot one %d pages/s). Elapsed: %s. Methods: **phaul** (`phaul migrate`, pre-copy as it comes), **phaul-off** (`--precopy=off`), **phaul-post** (`--postcopy`: restored before the memory crossed; all pages is the restore until the last page arrived, after which the memory is verified), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
 		r.Runs, r.Dirty, r.Hot, r.Elapsed)
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "## Link: %s (one TCP stream: %.2f Gbit/s)\n\n", lr.Link, lr.Throughput/1e9)
-		fmt.Fprintln(w, "| MiB | method | downtime s | client pause s | total s | dump s | copy s | restore s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s | rounds | round wire MiB | frozen part | stopped by |")
-		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+		fmt.Fprintln(w, "| MiB | method | downtime s | client pause s | total s | dump s | copy s | restore s | all pages s | pages MiB | wire MiB | phaul cpu src s | phaul cpu dst s | overhead s | rounds | round wire MiB | frozen part | stopped by |")
+		fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 		for _, sr := range lr.sizesAndHot() {
 			for _, mr := range sr.Methods {
 				fmt.Fprintln(w, "| "+strings.Join(row(sr.MiB, mr), " | ")+" |")
