@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -58,6 +59,34 @@ type postcopyState struct {
 	committed bool
 	commit    chan struct{} // closed when Commit arrives (leaseLoop)
 	failed    chan error    // why the lease loop ended early
+	// asked are when the page requests not answered yet were sent, oldest
+	// first.
+	mu    sync.Mutex
+	asked []time.Time
+}
+
+// waiting is how long the oldest page request unanswered has waited.
+func (pc *postcopyState) waiting() time.Duration {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if len(pc.asked) == 0 {
+		return 0
+	}
+	return time.Since(pc.asked[0])
+}
+
+func (pc *postcopyState) ask() {
+	pc.mu.Lock()
+	pc.asked = append(pc.asked, time.Now())
+	pc.mu.Unlock()
+}
+
+func (pc *postcopyState) answered() {
+	pc.mu.Lock()
+	if len(pc.asked) > 0 {
+		pc.asked = pc.asked[1:]
+	}
+	pc.mu.Unlock()
 }
 
 // judgePostcopy is the verdict on post-copy here: a real lazy restore of
@@ -205,6 +234,9 @@ func (in *incoming) relayLazy() {
 			if err != nil || (h.Cmd != criu.PSIovGet && h.Cmd != criu.PSIovClose && h.Cmd != criu.PSIovForceClose) {
 				return
 			}
+			if h.Cmd == criu.PSIovGet {
+				pc.ask()
+			}
 			if _, err := pc.stream.Write(hdr[:]); err != nil {
 				return
 			}
@@ -230,6 +262,7 @@ func (in *incoming) relayLazy() {
 		if _, err := io.CopyN(pc.sock, pc.stream, h.DataLen()); err != nil {
 			return
 		}
+		pc.answered()
 		in.pcFetched.Add(int64(h.NrPages))
 	}
 }
@@ -302,6 +335,12 @@ func (in *incoming) leaseLoop(ctx context.Context) {
 			fail(err)
 			return
 		case <-tick.C:
+			// A copy that cannot get its pages is as cut off as one
+			// that does not hear from the source.
+			if w := pc.waiting(); w > pc.holder.Duration {
+				fail(fmt.Errorf("a page request has waited %v, more than the lease: the copy cannot go on", w.Round(time.Millisecond)))
+				return
+			}
 			seq := pc.holder.Ask()
 			if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_LeaseAsk{LeaseAsk: &pb.LeaseAsk{Seq: seq}}}); err != nil {
 				fail(err)

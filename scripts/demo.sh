@@ -3,7 +3,9 @@
 # host b are network namespaces joined by a veth pair (scripts/two-hosts.sh);
 # phaul-service runs on b, a workload (a counter, a child process, a TCP
 # server holding a random token and 256 MiB of verifiable memory) runs on a,
-# and `phaul migrate` moves it to b. Run by `make demo` (as root).
+# and `phaul migrate` moves it to b. Then a second workload moves with
+# `phaul migrate --postcopy`: it runs on b before its memory has crossed.
+# Run by `make demo` (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$PWD/bin
@@ -35,21 +37,40 @@ on b "$bin/phaul-service" --config "" --listen 10.77.0.2:7070 --tls-dir "$work/t
 svc=$!
 for _ in $(seq 100); do grep -q msg=listening "$work/service.log" && break; sleep 0.05; done
 
+# workload STATE: starts a workload on a, prints its pid.
+workload() {
+	on a setsid unshare -p -f setsid "$bin/phaul-workload" --state "$1" --interval 20ms \
+		--child --listen 0.0.0.0:9000 --mem 256 --dirty 2000 </dev/null >/dev/null 2>&1 &
+	for _ in $(seq 200); do [ -s "$1" ] && break; sleep 0.05; done
+	sleep 0.5
+	pgrep -f "phaul-workload --state $1 --interval" | while read -r p; do
+		grep -qE '^NSpid:\s+[0-9]+\s+1$' "/proc/$p/status" && echo "$p"; done | head -n1
+}
+
+# moved PID: checks that PID left a and answers on b with its memory.
+moved() {
+	echo "== after the migration"
+	if [ -e "/proc/$1" ]; then echo "   the source process still exists!" >&2; exit 1; fi
+	echo "   pid $1 is gone from a"
+	echo "   asked on b's address:  $(ask b 10.77.0.2 GET)"
+	echo "   its own memory check:  $(ask b 10.77.0.2 SUM)"
+	echo "   (same token: the same process, with its memory, now on host b)"
+}
+
 echo "== a workload on a: counter, child, TCP server on 0.0.0.0:9000, 256 MiB"
-on a setsid unshare -p -f setsid "$bin/phaul-workload" --state "$work/state" --interval 20ms \
-	--child --listen 0.0.0.0:9000 --mem 256 --dirty 2000 </dev/null >/dev/null 2>&1 &
-for _ in $(seq 200); do [ -s "$work/state" ] && break; sleep 0.05; done
-sleep 0.5
-pid=$(pgrep -f "phaul-workload --state $work/state --interval" | while read -r p; do
-	grep -qE '^NSpid:\s+[0-9]+\s+1$' "/proc/$p/status" && echo "$p"; done | head -n1)
+pid=$(workload "$work/state")
 echo "   pid $pid; asked from a: $(ask a 10.77.0.1 GET)"
 
 echo "== phaul migrate $pid 10.77.0.2:7070   (run on a)"
 on a "$bin/phaul" migrate --tls-dir "$work/tls" --work-dir "$work/source" "$pid" 10.77.0.2:7070
+moved "$pid"
+pkill -9 -f "phaul-workload --state $work/state " || true
+sleep 0.5
 
-echo "== after the migration"
-if [ -e "/proc/$pid" ]; then echo "   the source process still exists!" >&2; exit 1; fi
-echo "   pid $pid is gone from a"
-echo "   asked on b's address:  $(ask b 10.77.0.2 GET)"
-echo "   its own memory check:  $(ask b 10.77.0.2 SUM)"
-echo "   (same token: the same process, with its memory, now on host b)"
+echo
+echo "== again with post-copy: a second workload, restored on b before its memory crosses"
+pid=$(workload "$work/state2")
+echo "   pid $pid; asked from a: $(ask a 10.77.0.1 GET)"
+echo "== phaul migrate --postcopy $pid 10.77.0.2:7070   (run on a)"
+on a "$bin/phaul" migrate --postcopy --tls-dir "$work/tls" --work-dir "$work/source" "$pid" 10.77.0.2:7070
+moved "$pid"
