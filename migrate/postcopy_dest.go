@@ -22,12 +22,14 @@ import (
 // Post-copy on the destination, once the eager pages and the images are
 // in, as its phases run:
 //
-//   - restore: a first lease asked and granted; the lease keeper started
-//     (a process of its own: postcopy.Keeper), holding the lazy-pages
-//     socket too, so that the daemon never sees it end before the copy is
-//     dead; CRIU's lazy-pages daemon started on that socket, relayed to a
-//     lazy stream to the source; CRIU restores with lazy pages and the
-//     copy runs at once; Restored;
+//   - restore: the lazy pages held from pre-copy rounds taken out of the
+//     images (postcopy.TakeHeld), if any; a first lease asked and
+//     granted; the lease keeper started (a process of its own:
+//     postcopy.Keeper), holding the lazy-pages socket too, so that the
+//     daemon never sees it end before the copy is dead; CRIU's
+//     lazy-pages daemon started on that socket, relayed to a lazy stream
+//     to the source (the held pages the relay answers itself); CRIU
+//     restores with lazy pages and the copy runs at once; Restored;
 //   - pages: the lease renewed every fifth of it (from the first grant
 //     on, through the restore), until the daemon has every page (it
 //     exits 0); AllPages;
@@ -54,7 +56,8 @@ type postcopyState struct {
 	daemon *criu.LazyPages
 	sock   *os.File // the relay's end of the daemon's socket
 	stream io.ReadWriteCloser
-	start  time.Time // the restore began
+	held   *postcopy.Held // the lazy pages served here, from the rounds
+	start  time.Time      // the restore began
 	// committed: the keeper stopped guarding; the copy is the workload.
 	committed bool
 	commit    chan struct{} // closed when Commit arrives (leaseLoop)
@@ -79,6 +82,14 @@ func (pc *postcopyState) ask() {
 	pc.mu.Lock()
 	pc.asked = append(pc.asked, time.Now())
 	pc.mu.Unlock()
+}
+
+// fail ends the post-copy phases with err (the first failure only).
+func (pc *postcopyState) fail(err error) {
+	select {
+	case pc.failed <- err:
+	default:
+	}
 }
 
 func (pc *postcopyState) answered() {
@@ -135,6 +146,10 @@ func (in *incoming) postcopy(ctx context.Context) error {
 	pc := &postcopyState{holder: &postcopy.Holder{Duration: time.Duration(in.prep.LeaseMillis) * time.Millisecond},
 		commit: make(chan struct{}), failed: make(chan error, 1)}
 	in.pc = pc
+	var err error
+	if pc.held, err = postcopy.TakeHeld(in.imgs); err != nil {
+		return in.fail("restore", err)
+	}
 	if err := in.startLazy(ctx); err != nil {
 		return in.fail("restore", err)
 	}
@@ -155,8 +170,8 @@ func (in *incoming) postcopy(ctx context.Context) error {
 	if err := pc.daemon.Wait(); err != nil {
 		return in.fail("pages", err)
 	}
-	all := &pb.AllPages{Pages: in.lazyFetched(), Nanos: int64(time.Since(pc.start))}
-	in.log.Info("every page has arrived", "fetched", all.Pages, "after", time.Duration(all.Nanos))
+	all := &pb.AllPages{Pages: in.pcFetched.Load(), Held: in.pcHeld.Load(), Nanos: int64(time.Since(pc.start))}
+	in.log.Info("every page has arrived", "fetched", all.Pages, "held", all.Held, "after", time.Duration(all.Nanos))
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_AllPages{AllPages: all}}); err != nil {
 		return err
 	}
@@ -168,10 +183,6 @@ func (in *incoming) postcopy(ctx context.Context) error {
 	}
 	return in.commitPostcopy(ctx)
 }
-
-// lazyFetched is how many pages the daemon asked the source for, from
-// its stats (0 if unknown).
-func (in *incoming) lazyFetched() int64 { return in.pcFetched.Load() }
 
 // startLazy takes a first lease, starts the keeper and the lazy-pages
 // daemon, and relays the daemon's requests to the source.
@@ -219,52 +230,103 @@ func (in *incoming) startLazy(ctx context.Context) error {
 	return nil
 }
 
+// lazyAsk is a command of the daemon's that the relay took: a page
+// request or its closing one, answered by the source or, for held pages,
+// here.
+type lazyAsk struct {
+	h    criu.PageIov
+	held bool
+}
+
 // relayLazy copies the daemon's page requests to the source and the
 // answers back, counting the pages: a page answer for each PS_IOV_GET,
-// a status for its closing request. It never closes the daemon's socket:
-// only finish does, once the copy is dead or committed.
+// a status for its closing request. Requests for held pages it answers
+// itself, in their turn (the daemon takes answers in the order it asked).
+// It never closes the daemon's socket: only finish does, once the copy is
+// dead or committed.
 func (in *incoming) relayLazy() {
+	asked := make(chan lazyAsk, 1024) // the commands taken, in order
+	go in.forwardAsks(asked)
+	in.answerAsks(asked)
+}
+
+// forwardAsks reads the daemon's commands into asked, and sends those
+// the source answers to it.
+func (in *incoming) forwardAsks(asked chan<- lazyAsk) {
 	pc := in.pc
-	asked := make(chan uint16, 1024) // the commands forwarded, in order
-	go func() {
-		defer close(asked)
-		var hdr [criu.PageIovSize]byte
-		for {
-			h, err := criu.ReadPageIov(pc.sock, &hdr)
-			if err != nil || (h.Cmd != criu.PSIovGet && h.Cmd != criu.PSIovClose && h.Cmd != criu.PSIovForceClose) {
-				return
-			}
+	defer close(asked)
+	var hdr [criu.PageIovSize]byte
+	for {
+		h, err := criu.ReadPageIov(pc.sock, &hdr)
+		if err != nil || (h.Cmd != criu.PSIovGet && h.Cmd != criu.PSIovClose && h.Cmd != criu.PSIovForceClose) {
+			return
+		}
+		a := lazyAsk{h: h, held: h.Cmd == criu.PSIovGet && pc.held.Holds(h.DstID, h.Vaddr)}
+		if !a.held {
 			if h.Cmd == criu.PSIovGet {
 				pc.ask()
 			}
 			if _, err := pc.stream.Write(hdr[:]); err != nil {
 				return
 			}
-			asked <- h.Cmd
-			if h.Cmd != criu.PSIovGet {
+		}
+		asked <- a
+		if h.Cmd != criu.PSIovGet {
+			return
+		}
+	}
+}
+
+// answerAsks passes the answers to the daemon, in the order it asked.
+func (in *incoming) answerAsks(asked <-chan lazyAsk) {
+	pc := in.pc
+	var hdr [criu.PageIovSize]byte
+	buf := make([]byte, postcopy.MaxAnswer*criu.PageSize)
+	for a := range asked {
+		switch {
+		case a.held:
+			n, err := in.answerHeld(a.h, buf)
+			if err != nil {
+				pc.fail(fmt.Errorf("held pages: %w", err))
 				return
 			}
-		}
-	}()
-	var hdr [criu.PageIovSize]byte
-	for cmd := range asked {
-		if cmd != criu.PSIovGet {
+			in.pcHeld.Add(int64(n))
+		case a.h.Cmd != criu.PSIovGet:
 			io.CopyN(pc.sock, pc.stream, 4) //nolint:errcheck // the daemon sees a short answer
 			return
+		default:
+			h, err := criu.ReadLazyAnswer(pc.stream, &hdr)
+			if err != nil {
+				return
+			}
+			if _, err := pc.sock.Write(hdr[:]); err != nil {
+				return
+			}
+			if _, err := io.CopyN(pc.sock, pc.stream, h.DataLen()); err != nil {
+				return
+			}
+			pc.answered()
+			in.pcFetched.Add(int64(h.NrPages))
 		}
-		h, err := criu.ReadLazyAnswer(pc.stream, &hdr)
-		if err != nil {
-			return
-		}
-		if _, err := pc.sock.Write(hdr[:]); err != nil {
-			return
-		}
-		if _, err := io.CopyN(pc.sock, pc.stream, h.DataLen()); err != nil {
-			return
-		}
-		pc.answered()
-		in.pcFetched.Add(int64(h.NrPages))
 	}
+}
+
+// answerHeld answers a request for held pages from the rounds' images:
+// as many as are held in a row, up to postcopy.MaxAnswer (the daemon
+// asks again for the rest).
+func (in *incoming) answerHeld(h criu.PageIov, buf []byte) (int, error) {
+	pc := in.pc
+	want := min(h.NrPages, postcopy.MaxAnswer)
+	n, err := pc.held.Read(h.DstID, h.Vaddr, buf[:want*criu.PageSize])
+	if err != nil {
+		return 0, err
+	}
+	ans := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(n), Vaddr: h.Vaddr, DstID: h.DstID}
+	if _, err := pc.sock.Write(ans.Append(nil)); err != nil {
+		return 0, err
+	}
+	_, err = pc.sock.Write(buf[:n*criu.PageSize])
+	return n, err
 }
 
 // restoreLazily restores the tree with lazy pages: it runs at once, under
@@ -315,12 +377,7 @@ const statePostcopy = "postcopy"
 // message out of place on pc.failed.
 func (in *incoming) leaseLoop(ctx context.Context) {
 	pc := in.pc
-	fail := func(err error) {
-		select {
-		case pc.failed <- err:
-		default:
-		}
-	}
+	fail := pc.fail
 	msgs, errs := in.receiveAll(ctx)
 	tick := time.NewTicker(pc.holder.Duration / 5)
 	defer tick.Stop()
@@ -430,5 +487,8 @@ func (in *incoming) endPostcopy() {
 	}
 	if pc.sock != nil {
 		pc.sock.Close()
+	}
+	if pc.held != nil {
+		pc.held.Close()
 	}
 }

@@ -20,28 +20,57 @@ import (
 )
 
 // Post-copy, for real: the copy on b runs before its memory has crossed,
-// every page follows from a's snapshot, and the memory is intact; nothing
-// is left on either side.
+// every page follows (from a's snapshot, or after pre-copy rounds mostly
+// from b's own round images), and the memory is intact; nothing is left
+// on either side.
 func TestMigratePostcopy(t *testing.T) {
-	h := twohosts.New(t)
-	svc := h.StartService(t)
-	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child", "--listen", "0.0.0.0:9000", "--mem", "64", "--dirty", "1000"}})
-	st, _ := testutil.ReadState(w.State)
-	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--postcopy")
-	assertRunsOnB(t, h, w, r, st)
-	if sum, err := h.Request("b", twohosts.AddrB+":9000", "SUM"); err != nil || !strings.HasPrefix(sum, "sum=ok") {
-		t.Errorf("memory check on b: %q %v", sum, err)
+	for _, c := range []struct {
+		name   string
+		args   []string
+		rounds bool
+	}{
+		{"alone", []string{"--postcopy"}, false},
+		{"after rounds", []string{"--postcopy", "--precopy=on"}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := twohosts.New(t)
+			svc := h.StartService(t)
+			w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child", "--listen", "0.0.0.0:9000", "--mem", "64", "--dirty", "1000"}})
+			st, _ := testutil.ReadState(w.State)
+			r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, c.args...)
+			assertRunsOnB(t, h, w, r, st)
+			if sum, err := h.Request("b", twohosts.AddrB+":9000", "SUM"); err != nil || !strings.HasPrefix(sum, "sum=ok") {
+				t.Errorf("memory check on b: %q %v", sum, err)
+			}
+			t.Logf("precopy %q, downtime %.3fs, eager %v, lazy %v, held %v, fetched %v, all pages %.3fs after the restore",
+				r.Str("precopy"), r.Num("downtime"), r.Report["eager_pages"], r.Report["lazy_pages"], r.Report["lazy_held"], r.Report["lazy_fetched"], r.Num("all_pages_after"))
+			if r.Report["postcopy"] != true {
+				t.Errorf("report: postcopy %v", r.Report["postcopy"])
+			}
+			// 64 MiB are 16384 pages: nearly all followed the restore.
+			if r.Num("lazy_pages") < 16384 || r.Num("eager_pages") > r.Num("lazy_pages")/10 {
+				t.Errorf("eager %v, lazy %v: want nearly every page lazy", r.Report["eager_pages"], r.Report["lazy_pages"])
+			}
+			// Every lazy page came from the source, or (after rounds)
+			// most of them from b's own images and only the others
+			// from the source.
+			fetched, held, lazy := r.Num("lazy_fetched"), r.Num("lazy_held"), r.Num("lazy_pages")
+			switch {
+			case !c.rounds && (fetched < lazy || held != 0):
+				t.Errorf("lazy %v, held %v, fetched %v: want each lazy page fetched", lazy, held, fetched)
+			case c.rounds && (r.Str("precopy") != "rounds" || held < lazy*8/10 || fetched != lazy-held):
+				t.Errorf("precopy %q, lazy %v, held %v, fetched %v: want most lazy pages held from the rounds, only the others fetched",
+					r.Str("precopy"), lazy, held, fetched)
+			}
+			assertPostcopyCleaned(t, h, svc, r)
+		})
 	}
-	t.Logf("downtime %.3fs, eager %v, lazy %v, fetched %v, all pages %.3fs after the restore",
-		r.Num("downtime"), r.Report["eager_pages"], r.Report["lazy_pages"], r.Report["lazy_fetched"], r.Num("all_pages_after"))
-	if r.Report["postcopy"] != true {
-		t.Errorf("report: postcopy %v", r.Report["postcopy"])
-	}
-	// 64 MiB are 16384 pages: nearly all followed the restore.
-	if r.Num("lazy_pages") < 16384 || r.Num("lazy_fetched") < r.Num("lazy_pages") || r.Num("eager_pages") > r.Num("lazy_pages")/10 {
-		t.Errorf("eager %v, lazy %v, fetched %v: want nearly every page lazy, and each fetched", r.Report["eager_pages"], r.Report["lazy_pages"], r.Report["lazy_fetched"])
-	}
-	// The snapshot and the decision are gone from a; b keeps only logs.
+}
+
+// assertPostcopyCleaned checks that the snapshot and the decision are
+// gone from a, and that b's keeper recorded the commit.
+func assertPostcopyCleaned(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service, r *twohosts.Result) {
+	t.Helper()
 	left, _ := filepath.Glob(filepath.Join(h.Dir, "source", r.Str("id")+"-*"))
 	if rec, err := os.ReadDir(filepath.Join(h.Dir, "source", "decisions")); err == nil && len(rec) > 0 {
 		left = append(left, "decisions")

@@ -25,7 +25,12 @@ import (
 //     by a process of phaul's, so that nothing (phaul or CRIU killed)
 //     lets it run while the destination's copy may;
 //   - eager: the pages the restore reads go to the destination's page
-//     server (postcopy.WriteEager), then the other images;
+//     server (postcopy.WriteEager), then the other images; after
+//     pre-copy rounds the snapshot goes through the rounds' encoder
+//     (precopy.Encoder.Withhold), so that what the destination holds
+//     unchanged crosses as references: its restore reads it from the
+//     rounds' images, and serves the lazy pages among it to its copy
+//     itself (postcopy.Held);
 //   - serve: the destination restores with lazy pages and runs its copy;
 //     the source answers its page requests from the snapshot and grants
 //     its lease asks, until it says every page has arrived (AllPages);
@@ -135,8 +140,9 @@ func (m *source) snapshotDump(ctx context.Context, dir string) (time.Time, error
 }
 
 // sendSnapshot sends the pages the restore reads through the page stream
-// (as CRIU's dump would), then the other images.
-func (m *source) sendSnapshot(ctx context.Context, dir string) error {
+// (as CRIU's dump would), then the other images. With a plan (pre-copy
+// rounds), the pages the destination holds go as references.
+func (m *source) sendSnapshot(ctx context.Context, dir string, plan *precopyPlan) error {
 	pages, err := m.sess.Open(ctx, transport.KindPages)
 	if err != nil {
 		return err
@@ -149,7 +155,7 @@ func (m *source) sendSnapshot(ctx context.Context, dir string) error {
 	defer ours.Close()
 	defer theirs.Close()
 	var counts transport.Counts
-	pumpDone := m.pumpPages(ctx, nil, pages, ours, &counts)
+	pumpDone := m.pumpPages(ctx, plan, pages, ours, &counts)
 	// A lost session or a cancelled ctx fails the writer's waits for the
 	// page server's answers (a failed pump shuts ours down).
 	stop := context.AfterFunc(ctx, func() { shutdown(theirs, unix.SHUT_RDWR) })
@@ -163,12 +169,19 @@ func (m *source) sendSnapshot(ctx context.Context, dir string) error {
 		case <-written:
 		}
 	}()
-	st, err := postcopy.WriteEager(theirs, dir)
+	write := postcopy.WriteEager
+	if plan != nil {
+		write = postcopy.WriteDump // the encoder withholds
+	}
+	st, err := write(theirs, dir)
 	if err != nil {
 		return fmt.Errorf("eager pages: %w", err)
 	}
 	shutdown(theirs, unix.SHUT_WR)
-	m.r.EagerPages = st.Pages
+	m.r.EagerPages = st.Pages // the pages the restore reads
+	if plan != nil {
+		m.r.EagerPages -= st.Lazy
+	}
 	if err := m.sendImages(ctx, dir, pumpDone, &counts); err != nil {
 		return err
 	}
@@ -176,8 +189,9 @@ func (m *source) sendSnapshot(ctx context.Context, dir string) error {
 	return nil
 }
 
-// dumpPostcopy is the post-copy source after the checks.
-func (m *source) dumpPostcopy(ctx context.Context) error {
+// dumpPostcopy is the post-copy source after the checks (and the
+// pre-copy rounds that left plan).
+func (m *source) dumpPostcopy(ctx context.Context, plan *precopyPlan) error {
 	o := m.o
 	m.setPhase("dump")
 	if err := m.postcopyRefusal(); err != nil {
@@ -208,7 +222,7 @@ func (m *source) dumpPostcopy(ctx context.Context) error {
 	}
 	m.r.Postcopy, m.frozen = true, frozen
 	g := &postcopy.Grantor{Duration: o.Lease, Margin: LeaseMargin}
-	all, err := m.handOver(ctx, dir, g)
+	all, err := m.handOver(ctx, dir, g, plan)
 	if err == nil {
 		err = m.commitPostcopy(ctx, g, all, frozen)
 	}
@@ -221,15 +235,18 @@ func (m *source) dumpPostcopy(ctx context.Context) error {
 
 // handOver sends the snapshot, then serves its lazy pages and grants the
 // destination's lease until every page has arrived.
-func (m *source) handOver(ctx context.Context, dir string, g *postcopy.Grantor) (*pb.AllPages, error) {
+func (m *source) handOver(ctx context.Context, dir string, g *postcopy.Grantor, plan *precopyPlan) (*pb.AllPages, error) {
 	snap, err := postcopy.OpenSnapshot(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer snap.Close()
 	m.r.LazyPages = snap.Lazy()
-	if err := m.sendSnapshot(ctx, dir); err != nil {
+	if err := m.sendSnapshot(ctx, dir, plan); err != nil {
 		return nil, err
+	}
+	if plan != nil {
+		m.r.LazyHeld = m.r.LazyPages - m.withheld.Load()
 	}
 	m.setPhase("restore")
 	served := make(chan error, 1)

@@ -29,8 +29,8 @@ func (m *source) precopy(ctx context.Context) (*precopyPlan, error) {
 	var plan *precopyPlan
 	keep := 0
 	switch {
-	case m.o.Postcopy:
-		m.r.Precopy = "off: post-copy"
+	case m.o.Postcopy && m.o.Precopy == "off":
+		m.r.Precopy = "off: post-copy (--precopy=on runs rounds first)"
 	case m.o.Precopy == "off":
 		m.r.Precopy = "off: --precopy=off"
 	case m.o.Precopy == "auto" && m.rss < precopy.MinTree:
@@ -190,6 +190,9 @@ func (m *source) pumpPages(ctx context.Context, plan *precopyPlan, pages net.Con
 			return
 		}
 		enc := precopy.NewEncoder(cw, plan.hasher, plan.table, false)
+		if m.o.Postcopy {
+			enc.Withhold()
+		}
 		replies := make(chan error, 1)
 		go func() { replies <- enc.Replies(ctx, pages, ours) }()
 		err = enc.Forward(transport.CountReads(ours, &counts.Raw))
@@ -200,6 +203,7 @@ func (m *source) pumpPages(ctx context.Context, plan *precopyPlan, pages net.Con
 			err = <-replies
 		}
 		m.referenced.Store(enc.Stats().Referenced)
+		m.withheld.Store(enc.Stats().Withheld)
 		end(err)
 	}()
 	return done

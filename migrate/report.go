@@ -86,14 +86,15 @@ type Report struct {
 
 	// Post-copy (--postcopy): the destination's copy ran before its
 	// memory had crossed. EagerPages crossed before its restore;
-	// LazyPages were left to follow, of which LazyFetched came from the
-	// source (the rest the copy never touched before the daemon fetched
-	// them in the background: all of them normally); AllPagesAfter is
-	// the restore until the last page, the window in which the copy
-	// depended on the source.
+	// LazyPages were left to follow: LazyHeld of them (after pre-copy
+	// rounds) the destination held unchanged and served itself,
+	// LazyFetched came from the source; AllPagesAfter is the restore
+	// until the last page, the window in which the copy depended on the
+	// source.
 	Postcopy      bool     `json:"postcopy,omitempty"`
 	EagerPages    int64    `json:"eager_pages,omitempty"`
 	LazyPages     int64    `json:"lazy_pages,omitempty"`
+	LazyHeld      int64    `json:"lazy_held,omitempty"`
 	LazyFetched   int64    `json:"lazy_fetched,omitempty"`
 	AllPagesAfter Duration `json:"all_pages_after,omitempty"`
 }
@@ -166,8 +167,8 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	r.writePrecopy(w)
 	if r.Postcopy {
-		fmt.Fprintf(w, "  post-copy  %d pages before the restore, %d after it (%d fetched), the last %v after the restore\n",
-			r.EagerPages, r.LazyPages, r.LazyFetched, r.AllPagesAfter)
+		fmt.Fprintf(w, "  post-copy  %d pages before the restore, %d after it (%d held from the rounds, %d fetched), the last %v after the restore\n",
+			r.EagerPages, r.LazyPages, r.LazyHeld, r.LazyFetched, r.AllPagesAfter)
 	}
 	fmt.Fprintf(w, "  connect    %v\n  checks     %v\n  dump       %v\n  transfer   %v\n  restore    %v\n  downtime   %v\n  total      %v\n",
 		r.Connect, r.Checks, r.Dump, r.Transfer, r.Restore, r.Downtime, r.Total)

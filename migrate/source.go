@@ -142,11 +142,8 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 	if o.Lease <= 0 {
 		o.Lease = DefaultLease
 	}
-	switch {
-	case o.Postcopy && o.Precopy == "on":
-		return nil, &Error{Phase: "checks", SourceRunning: true, Err: errors.New("--postcopy with pre-copy rounds is not built yet: leave out --precopy=on")}
-	case o.Postcopy:
-		o.Precopy = "off"
+	if o.Postcopy && o.Precopy != "on" {
+		o.Precopy = "off" // rounds first only when asked for
 	}
 	switch o.Precopy {
 	case "":
@@ -230,9 +227,10 @@ type source struct {
 	// moves are the addresses that leave with the tree; released, those
 	// taken off this host at post-dump (addresses.go).
 	moves, released []netmove.Assigned
-	// referenced counts the pages the dump sent as references (set by
-	// the page pump).
-	referenced atomic.Int64
+	// referenced counts the pages the dump sent as references, withheld
+	// the lazy pages a post-copy dump left on the source (set by the
+	// page pump).
+	referenced, withheld atomic.Int64
 	// Post-copy (postcopy_source.go): the tasks of the tree kept
 	// stopped, when it was frozen, what was served of its lazy pages.
 	held   []heldTask
@@ -351,7 +349,7 @@ func (m *source) run(ctx context.Context) error {
 		return m.refuse(err)
 	}
 	if o.Postcopy {
-		return m.dumpPostcopy(ctx)
+		return m.dumpPostcopy(ctx, plan)
 	}
 	return m.dump(ctx, plan)
 }

@@ -20,10 +20,15 @@ const pid = 5
 
 // testSnapshot writes a dump of task pid: pages 1-2 lazy, 3 in the
 // parent, 4-5 present (4 eager, 5 lazy: two entries that touch), 16 lazy
-// without bytes. Each stored page is filled with its page number.
+// without bytes; its parent holds page 3 and 9. Each stored page is
+// filled with its page number.
 func testSnapshot(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
+	writeImages(t, filepath.Join(dir, "parent"), []pagemap.Entry{
+		{Start: 3 * criu.PageSize, End: 4 * criu.PageSize, Flags: criu.PEPresent},
+		{Start: 9 * criu.PageSize, End: 10 * criu.PageSize, Flags: criu.PEPresent},
+	}, 3, 9)
 	lazy := uint32(criu.PEPresent | criu.PELazy)
 	entries := []pagemap.Entry{
 		{Start: 1 * criu.PageSize, End: 3 * criu.PageSize, Flags: lazy},
@@ -32,8 +37,19 @@ func testSnapshot(t testing.TB) string {
 		{Start: 5 * criu.PageSize, End: 6 * criu.PageSize, Flags: lazy},
 		{Start: 16 * criu.PageSize, End: 17 * criu.PageSize, Flags: criu.PELazy},
 	}
+	writeImages(t, dir, entries, 1, 2, 4, 5)
+	return dir
+}
+
+// writeImages writes task pid's pagemap of entries into dir, and its
+// pages image: a page filled with each number of stored.
+func writeImages(t testing.TB, dir string, entries []pagemap.Entry, stored ...byte) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	var pages []byte
-	for _, p := range []byte{1, 2, 4, 5} {
+	for _, p := range stored {
 		pages = append(pages, bytes.Repeat([]byte{p}, criu.PageSize)...)
 	}
 	for name, data := range map[string][]byte{"pagemap-5.img": pagemap.Encode(1, entries), "pages-1.img": pages, "pagemap-shmem-9.img": nil} {
@@ -41,7 +57,6 @@ func testSnapshot(t testing.TB) string {
 			t.Fatal(err)
 		}
 	}
-	return dir
 }
 
 func openTestSnapshot(t testing.TB) *Snapshot {
@@ -66,11 +81,12 @@ func TestSnapshotRead(t *testing.T) {
 		want      []byte // the pages read, by number
 		noPages   bool
 	}{
-		{"a lazy run, up to the parent's page", pid, 1, 8, []byte{1, 2}, false},
+		{"a lazy run, through the parent's page, up to a hole", pid, 1, 8, []byte{1, 2, 3, 4, 5}, false},
 		{"within a run", pid, 2, 1, []byte{2}, false},
 		{"bounded by the buffer", pid, 1, 1, []byte{1}, false},
 		{"across entries that touch", pid, 4, 8, []byte{4, 5}, false},
-		{"in the parent", pid, 3, 1, nil, true},
+		{"in the parent", pid, 3, 1, []byte{3}, false},
+		{"in the parent, but not referred to", pid, 9, 1, nil, true},
 		{"lazy without bytes", pid, 16, 1, nil, true},
 		{"a hole", pid, 8, 1, nil, true},
 		{"no such task", 6, 1, 1, nil, true},
@@ -155,7 +171,7 @@ func TestServeFails(t *testing.T) {
 		want string
 	}{
 		{"daemon gone", get(1, 1), "left without saying it was done"},
-		{"pages not held", get(3, 1), "pages not in the snapshot"},
+		{"pages not held", get(16, 1), "pages not in the snapshot"},
 		{"not a request", criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEParent, NrPages: 1, DstID: criu.PageDst(criu.PSTypePid, 1)}.Append(nil), "command 6"},
 		{"garbage", bytes.Repeat([]byte{0xff}, criu.PageIovSize), "bad page-server header"},
 	} {

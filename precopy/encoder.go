@@ -28,7 +28,11 @@ type Stats struct {
 	// after the round's budget was spent: left out of its images (the
 	// dump sends them).
 	Omitted int64
-	Images  int // images opened (tasks, shared memory)
+	// Withheld are lazy pages left out of a post-copy dump's stream as
+	// PE_LAZY entries without bytes: fetched from the source after the
+	// restore (Withhold).
+	Withheld int64
+	Images   int // images opened (tasks, shared memory)
 }
 
 // Encoder writes one image set in CRIU's page-server protocol to a CRIU
@@ -57,9 +61,13 @@ type Encoder struct {
 	open      bool
 	decided   bool // useParent is known for the open image
 	useParent bool
-	lazy      uint16                    // PE_LAZY when CRIU marked the pages being forwarded so
-	run       struct{ vaddr, n uint64 } // a PE_PARENT run not yet written
-	stats     Stats
+	lazy      uint16 // PE_LAZY when CRIU marked the pages being forwarded so
+	withhold  bool   // post-copy: lazy pages go without their bytes
+	run       struct {
+		vaddr, n uint64
+		flags    uint16
+	} // a run of references not yet written
+	stats Stats
 
 	mu      sync.Mutex
 	parents map[uint64]bool // dst -> the page server has a parent image
@@ -95,6 +103,13 @@ func NewEncoder(w FlushWriter, h *Hasher, t *Table, record bool) *Encoder {
 // budget: their older copy is freed as they arrive. Negative: no bound
 // (the default).
 func (e *Encoder) SetBudget(pages int64) { e.budget = pages }
+
+// Withhold makes a forwarded dump a post-copy one: of the pages CRIU
+// marked lazy, those the destination holds go as PE_PARENT|PE_LAZY (the
+// destination serves them from its own images after the restore), the
+// others as PE_LAZY entries without bytes (the source serves them). Pages
+// the restore reads go as in any dump.
+func (e *Encoder) Withhold() { e.withhold = true }
 
 // Stats returns what the stream carried so far.
 func (e *Encoder) Stats() Stats { return e.stats }
@@ -224,17 +239,26 @@ func (e *Encoder) refer(va uint64, sum Sum) bool {
 	return false
 }
 
-// parentPage adds one page to the PE_PARENT run being built.
+// withheld reports whether the pages being forwarded stay on the source
+// for a post-copy restore to fetch.
+func (e *Encoder) withheld() bool { return e.withhold && e.lazy != 0 }
+
+// parentPage adds one page to the run of references being built: a
+// PE_PARENT one, lazy in a post-copy dump's lazy pages.
 func (e *Encoder) parentPage(va uint64) error {
 	e.stats.Referenced++
-	if e.run.n > 0 && e.run.vaddr+e.run.n*criu.PageSize == va {
+	flags := uint16(criu.PEParent)
+	if e.withheld() {
+		flags |= criu.PELazy
+	}
+	if e.run.n > 0 && e.run.vaddr+e.run.n*criu.PageSize == va && e.run.flags == flags {
 		e.run.n++
 		return nil
 	}
 	if err := e.flushRun(); err != nil {
 		return err
 	}
-	e.run.vaddr, e.run.n = va, 1
+	e.run.vaddr, e.run.n, e.run.flags = va, 1, flags
 	return nil
 }
 
@@ -242,7 +266,7 @@ func (e *Encoder) flushRun() error {
 	if e.run.n == 0 {
 		return nil
 	}
-	h := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEParent, NrPages: e.run.n, Vaddr: e.run.vaddr, DstID: e.dst}
+	h := criu.PageIov{Cmd: criu.PSIovAddF, Flags: e.run.flags, NrPages: e.run.n, Vaddr: e.run.vaddr, DstID: e.dst}
 	e.run.n = 0
 	return e.header(h)
 }
@@ -256,6 +280,10 @@ func (e *Encoder) sendRun(vaddr uint64, data []byte) error {
 		return err
 	}
 	n := uint64(len(data) / criu.PageSize)
+	if e.withheld() {
+		e.stats.Withheld += int64(n)
+		return e.header(criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PELazy, NrPages: n, Vaddr: vaddr, DstID: e.dst})
+	}
 	e.stats.Sent += int64(n)
 	if err := e.header(criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent | e.lazy, NrPages: n, Vaddr: vaddr, DstID: e.dst}); err != nil {
 		return err

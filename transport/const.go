@@ -10,8 +10,10 @@ const (
 	// Resolve/Resolved, Failure for malformed frames. 3: pre-copy rounds
 	// (Round, RoundDone, EndRounds, RoundsEnded; round streams). 4: SourceFacts.held
 	// (locks, FIFOs and pty masters, judged by the destination), restore_pids,
-	// pid_ns.
-	ProtocolVersion = 6
+	// pid_ns. 5, 6: carried files, moved addresses, post-copy. 7: post-copy
+	// after pre-copy rounds (PE_PARENT|PE_LAZY entries in the pages
+	// stream, AllPages.held).
+	ProtocolVersion = 7
 
 	// MaxFrameSize bounds one control-stream message.
 	MaxFrameSize = 4 << 20

@@ -21,7 +21,7 @@ import (
 // TestWireConstants pins the protocol: a change here is a protocol change
 // (bump ProtocolVersion and update docs/protocol.md).
 func TestWireConstants(t *testing.T) {
-	if ProtocolVersion != 6 || KindLazy != 'L' || Accepted != 'A' || MaxFrameSize != 4<<20 || KindControl != 'C' || KindPages != 'P' || KindImages != 'I' || KindRound != 'R' || KindFiles != 'F' || MaxCarriedHeader != 64<<10 ||
+	if ProtocolVersion != 7 || KindLazy != 'L' || Accepted != 'A' || MaxFrameSize != 4<<20 || KindControl != 'C' || KindPages != 'P' || KindImages != 'I' || KindRound != 'R' || KindFiles != 'F' || MaxCarriedHeader != 64<<10 ||
 		MaxImageNameLen != 255 || MaxImageFileSize != 256<<20 || MaxImagesTotal != 1<<30 || TLSServerName != "phaul-service" {
 		t.Fatal("a wire constant changed; update docs/protocol.md, ProtocolVersion and this test together")
 	}

@@ -61,7 +61,7 @@ func checkFlags(fs *pflag.FlagSet) {
 	fs.Bool("shell-job", false, "force CRIU's shell-job mode (phaul turns it on by itself when a task's session or process group leader is outside the tree)")
 	fs.Bool("tcp-established", false, "checkpoint established TCP connections (the peer must reach the same IP afterwards)")
 	fs.StringSlice("move-address", nil, "an address that leaves with the tree (IP[/PREFIX], repeatable; auto: every address its sockets are bound to but the one phaul connects from): taken off this host after the dump, put on the destination's interface on its subnet and announced there before the restore; its TCP connections are carried (tcp_established)")
-	fs.Bool("postcopy", false, "post-copy: restore the tree on the destination before its memory has crossed and let it run at once; its pages follow on demand, while the source keeps its tree stopped and a snapshot until the last has arrived. If the link is cut before that, the destination's copy dies when its lease ends and the source's resumes from the freeze: what the copy did meanwhile is lost. Not yet with --move-address, established TCP connections or pre-copy rounds")
+	fs.Bool("postcopy", false, "post-copy: restore the tree on the destination before its memory has crossed and let it run at once; its pages follow on demand, while the source keeps its tree stopped and a snapshot until the last has arrived. If the link is cut before that, the destination's copy dies when its lease ends and the source's resumes from the freeze: what the copy did meanwhile is lost. Not yet with --move-address or established TCP connections")
 	fs.String("cgroup-root", "", "restore in exactly this cgroup on the destination (default: a cgroup of its own below the service's --cgroup-root)")
 	fs.String("manage-cgroups", "", "CRIU's cgroup mode on the destination: ignore, none, props, soft, full, strict (default: the service's --manage-cgroups)")
 	fs.String("tty", "pty", "where the tree's terminals from outside it (an ssh session's pty, a console) lead on the destination: pty (a new pty whose output the service logs in the migration's directory), null, or file:PATH (a file on the destination)")
@@ -246,7 +246,7 @@ or -v, nor when stderr is not a terminal. Then the report goes to stdout
 		checkFlags(fs)
 		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")
 		fs.BoolP("quiet", "q", false, "print nothing on success (no report, no progress bar); errors still go to stderr")
-		fs.String("precopy", "auto", "copy the memory while the tree runs, in rounds, so that the freeze sends only what changed: auto (unless the tree is smaller than 64 MiB), on, or off (every page while frozen)")
+		fs.String("precopy", "auto", "copy the memory while the tree runs, in rounds, so that the freeze sends only what changed: auto (unless the tree is smaller than 64 MiB), on, or off (every page while frozen). With --postcopy, rounds run only with on: then only the pages changed since the last round follow the restore from the source")
 		fs.Duration("max-downtime", precopy.DefaultMaxDowntime, "pre-copy's stop rule: end the rounds once what changed in the last one would cross the link in this time")
 		fs.Duration("lease", migrate.DefaultLease, "with --postcopy: how long the destination's copy may run without hearing from the source (the source waits this and 1s more before resuming its own tree after a failure)")
 	},
@@ -272,9 +272,6 @@ func runMigrate(ctx context.Context, env *cli.Env, fs *pflag.FlagSet, args []str
 	o.Lease, _ = fs.GetDuration("lease")
 	if o.Lease < 500*time.Millisecond {
 		return cli.Usagef("--lease: %v: want at least 500ms", o.Lease)
-	}
-	if o.Postcopy && fs.Changed("precopy") && o.Precopy != "off" {
-		return cli.Usagef("--postcopy with --precopy=%s: post-copy after pre-copy rounds is not built yet; leave out --precopy", o.Precopy)
 	}
 	asJSON, _ := fs.GetBool("json")
 	quiet, _ := fs.GetBool("quiet")

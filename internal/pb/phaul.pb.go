@@ -1025,6 +1025,7 @@ type AllPages struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pages         int64                  `protobuf:"varint,1,opt,name=pages,proto3" json:"pages,omitempty"` // pages fetched from the source after the restore
 	Nanos         int64                  `protobuf:"varint,2,opt,name=nanos,proto3" json:"nanos,omitempty"` // from the restore until the last page
+	Held          int64                  `protobuf:"varint,3,opt,name=held,proto3" json:"held,omitempty"`   // pages served from the destination's own round images
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1069,6 +1070,13 @@ func (x *AllPages) GetPages() int64 {
 func (x *AllPages) GetNanos() int64 {
 	if x != nil {
 		return x.Nanos
+	}
+	return 0
+}
+
+func (x *AllPages) GetHeld() int64 {
+	if x != nil {
+		return x.Held
 	}
 	return 0
 }
@@ -3481,10 +3489,11 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x1e\n" +
 	"\n" +
 	"LeaseGrant\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"6\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"J\n" +
 	"\bAllPages\x12\x14\n" +
 	"\x05pages\x18\x01 \x01(\x03R\x05pages\x12\x14\n" +
-	"\x05nanos\x18\x02 \x01(\x03R\x05nanos\"\x7f\n" +
+	"\x05nanos\x18\x02 \x01(\x03R\x05nanos\x12\x12\n" +
+	"\x04held\x18\x03 \x01(\x03R\x04held\"\x7f\n" +
 	"\x05Carry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
 	"\x03how\x18\x02 \x01(\tR\x03how\x12\x12\n" +
