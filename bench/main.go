@@ -13,6 +13,9 @@
 //   - phaul-post: the same with --postcopy: restored before its memory
 //     crossed, the pages following (the run ends once the last has
 //     arrived, and the memory is verified after it);
+//   - phaul-prepost: --postcopy --precopy=on: pre-copy rounds first, so
+//     that only the pages changed since the last round follow the
+//     restore from the source;
 //   - criu: CRIU alone, `criu dump` to a tmpfs then `criu restore` on
 //     host a, the limit of this machine;
 //   - manual: `criu dump` to a directory, the directory sent to host b
@@ -94,7 +97,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.HotMiB, "hot-size", 256, "size of the hot workload in MiB")
 	fs.StringVar(&o.Bin, "bin", "bin", "directory with phaul, phaul-service and phaul-workload (make build)")
 	fs.StringVar(&o.Out, "out", "bench/results", "directory for the JSON and markdown results; empty: print only")
-	methods := fs.String("methods", "phaul,phaul-off,phaul-post,criu,manual", "methods to run")
+	methods := fs.String("methods", "phaul,phaul-off,phaul-post,phaul-prepost,criu,manual", "methods to run")
 	verbose := fs.BoolP("verbose", "v", false, "log each step")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -114,10 +117,10 @@ func run(ctx context.Context, args []string) error {
 	}
 	for _, m := range strings.Split(*methods, ",") {
 		switch m {
-		case methodPhaul, methodPhaulOff, methodPostcopy, methodCRIU, methodManual:
+		case methodPhaul, methodPhaulOff, methodPostcopy, methodPrePost, methodCRIU, methodManual:
 			o.Method = append(o.Method, m)
 		default:
-			return fmt.Errorf("--methods: unknown method %q (phaul, phaul-off, phaul-post, criu, manual)", m)
+			return fmt.Errorf("--methods: unknown method %q (phaul, phaul-off, phaul-post, phaul-prepost, criu, manual)", m)
 		}
 	}
 	if o.Runs < 1 {

@@ -17,9 +17,10 @@ import (
 )
 
 const (
-	methodPhaul    = "phaul"      // phaul migrate as it comes: pre-copy (auto)
-	methodPhaulOff = "phaul-off"  // phaul migrate --precopy=off
-	methodPostcopy = "phaul-post" // phaul migrate --postcopy
+	methodPhaul    = "phaul"         // phaul migrate as it comes: pre-copy (auto)
+	methodPhaulOff = "phaul-off"     // phaul migrate --precopy=off
+	methodPostcopy = "phaul-post"    // phaul migrate --postcopy
+	methodPrePost  = "phaul-prepost" // phaul migrate --postcopy --precopy=on
 	methodCRIU     = "criu"
 	methodManual   = "manual"
 )
@@ -52,6 +53,10 @@ type sample struct {
 	// phaul --postcopy: from the restore until the last page had
 	// arrived (the copy ran meanwhile, depending on the source).
 	AllPages float64 `json:"all_pages,omitempty"`
+	// Of the pages that followed the restore, those fetched from the
+	// source, and (after pre-copy rounds) those the destination held.
+	LazyFetched int64 `json:"lazy_fetched,omitempty"`
+	LazyHeld    int64 `json:"lazy_held,omitempty"`
 }
 
 func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sample, error) {
@@ -74,6 +79,8 @@ func (b *bench) migrate(ctx context.Context, method string, mib, dirty int) (sam
 		return b.phaul(ctx, w, "off", nil)
 	case methodPostcopy:
 		return b.phaul(ctx, w, "off", nil, "--postcopy")
+	case methodPrePost:
+		return b.phaul(ctx, w, "on", nil, "--postcopy")
 	case methodCRIU:
 		return b.criuAlone(ctx, w)
 	default:
@@ -100,6 +107,8 @@ type phaulReport struct {
 	StopRule      string  `json:"stop_rule"`
 	Referenced    int64   `json:"referenced_pages"`
 	AllPagesAfter float64 `json:"all_pages_after"`
+	LazyFetched   int64   `json:"lazy_fetched"`
+	LazyHeld      int64   `json:"lazy_held"`
 }
 
 // phaulWithClient is phaul with pre-copy, moving the workload's address
@@ -197,12 +206,13 @@ func (b *bench) phaul(ctx context.Context, w *workload, precopy string, moved fu
 		CPUSource: r.CPU, CPUDest: cpuDest.Seconds(),
 		Overhead: r.Downtime - r.Dump - r.Restore,
 		Rounds:   float64(len(r.Rounds)), StopRule: r.StopRule,
-		AllPages: r.AllPagesAfter,
+		AllPages: r.AllPagesAfter, LazyFetched: r.LazyFetched, LazyHeld: r.LazyHeld,
 	}
 	for _, rd := range r.Rounds {
 		s.RoundWire += rd.WireBytes
 	}
-	if pages := r.PageBytes / 4096; pages > 0 {
+	// Post-copy: what did not cross while frozen followed the restore.
+	if pages := r.PageBytes / 4096; pages > 0 && r.AllPagesAfter == 0 {
 		s.FrozenPart = 1 - float64(r.Referenced)/float64(pages)
 	}
 	return s, nil

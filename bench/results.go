@@ -168,8 +168,10 @@ func (r *results) finish() {
 			if p != nil && m != nil && lr.Link != "bare" && m.Median.Total > 0 {
 				add("total phaul/manual", p.Median.Total/m.Median.Total, 0.85)
 			}
-			if pc := sr.method(methodPostcopy); pc != nil && a != nil && a.Median.Downtime > 0 {
-				add("downtime phaul-post/criu", pc.Median.Downtime/a.Median.Downtime, 0.5)
+			for _, name := range []string{methodPostcopy, methodPrePost} {
+				if pc := sr.method(name); pc != nil && a != nil && a.Median.Downtime > 0 {
+					add("downtime "+name+"/criu", pc.Median.Downtime/a.Median.Downtime, 0.5)
+				}
 			}
 			if off != nil && off.Median.PageBytes > 0 {
 				add("wire/raw bytes (no pre-copy)", float64(off.Median.WireBytes)/float64(off.Median.PageBytes), 0.55)
@@ -218,6 +220,8 @@ func medianOf(runs []sample) sample {
 		StopRule:    stopRule(runs),
 		ClientPause: f(func(s sample) float64 { return s.ClientPause }),
 		AllPages:    f(func(s sample) float64 { return s.AllPages }),
+		LazyFetched: int64(f(func(s sample) float64 { return float64(s.LazyFetched) })),
+		LazyHeld:    int64(f(func(s sample) float64 { return float64(s.LazyHeld) })),
 	}
 }
 
@@ -347,7 +351,7 @@ func (r *results) writeMarkdown(w io.Writer) {
 	fmt.Fprintf(w, "# phaul-bench, %s\n\n", r.Date)
 	fmt.Fprintf(w, "Machine: %d CPUs, %d MiB, Linux %s, CRIU %s, phaul %s. Both hosts are network namespaces of this one machine: they share its CPUs.\n\n",
 		r.Machine.CPUs, r.Machine.MemMiB, r.Machine.Kernel, r.Machine.CRIU, r.Machine.Phaul)
-	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s (the hot one %d pages/s). Elapsed: %s. Methods: **phaul** (`phaul migrate`, pre-copy as it comes), **phaul-off** (`--precopy=off`), **phaul-post** (`--postcopy`: restored before the memory crossed; all pages is the restore until the last page arrived, after which the memory is verified), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
+	fmt.Fprintf(w, "Medians of %d runs; the workload is half random, half compressible, and dirties %d pages/s (the hot one %d pages/s). Elapsed: %s. Methods: **phaul** (`phaul migrate`, pre-copy as it comes), **phaul-off** (`--precopy=off`), **phaul-post** (`--postcopy`: restored before the memory crossed; all pages is the restore until the last page arrived, after which the memory is verified), **phaul-prepost** (`--postcopy --precopy=on`: pre-copy rounds first, then only the pages changed since the last round follow the restore from the source), **criu** (CRIU alone: dump to tmpfs and restore on one host, the limit of this machine), **manual** (`criu dump` to a directory, tar over TCP, `criu restore`).\n\n",
 		r.Runs, r.Dirty, r.Hot, r.Elapsed)
 	for _, lr := range r.Links {
 		fmt.Fprintf(w, "## Link: %s (one TCP stream: %.2f Gbit/s)\n\n", lr.Link, lr.Throughput/1e9)
