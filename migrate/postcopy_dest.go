@@ -22,13 +22,13 @@ import (
 // Post-copy on the destination, once the eager pages and the images are
 // in, as its phases run:
 //
-//   - restore: the lazy pages held from pre-copy rounds taken out of the
-//     images (postcopy.TakeHeld), if any; a first lease asked and
-//     granted; the lease keeper started (a process of its own:
+//   - restore: the rounds' images opened, if any (postcopy.OpenHeld); a
+//     first lease asked and granted; the lease keeper started (a process of its own:
 //     postcopy.Keeper), holding the lazy-pages socket too, so that the
 //     daemon never sees it end before the copy is dead; CRIU's
 //     lazy-pages daemon started on that socket, relayed to a lazy stream
-//     to the source (the held pages the relay answers itself); CRIU
+//     to the source (the pages it holds, once the source said which:
+//     HeldPages, the relay answers itself); CRIU
 //     restores with lazy pages and the copy runs at once; Restored;
 //   - pages: the lease renewed every fifth of it (from the first grant
 //     on, through the restore), until the daemon has every page (it
@@ -147,7 +147,7 @@ func (in *incoming) postcopy(ctx context.Context) error {
 		commit: make(chan struct{}), failed: make(chan error, 1)}
 	in.pc = pc
 	var err error
-	if pc.held, err = postcopy.TakeHeld(in.imgs); err != nil {
+	if pc.held, err = postcopy.OpenHeld(in.imgs); err != nil {
 		return in.fail("restore", err)
 	}
 	if err := in.startLazy(ctx); err != nil {
@@ -261,7 +261,16 @@ func (in *incoming) forwardAsks(asked chan<- lazyAsk) {
 		if err != nil || (h.Cmd != criu.PSIovGet && h.Cmd != criu.PSIovClose && h.Cmd != criu.PSIovForceClose) {
 			return
 		}
-		a := lazyAsk{h: h, held: h.Cmd == criu.PSIovGet && pc.held.Holds(h.DstID, h.Vaddr)}
+		a := lazyAsk{h: h}
+		if h.Cmd == criu.PSIovGet {
+			var n uint64
+			if a.held, n = pc.held.Split(h.DstID, h.Vaddr, h.NrPages); !a.held && n < h.NrPages {
+				// Only up to the next held page: the daemon asks
+				// again for the rest, which is then answered here.
+				h.NrPages = n
+				h.Append(hdr[:0])
+			}
+		}
 		if !a.held {
 			if h.Cmd == criu.PSIovGet {
 				pc.ask()
@@ -412,14 +421,31 @@ func (in *incoming) leaseLoop(ctx context.Context) {
 						return
 					}
 				}
+			case msg.GetHeldPages() != nil:
+				if err := pc.held.Add(heldRuns(msg.GetHeldPages())); err != nil {
+					fail(fmt.Errorf("%w: %w", ErrProtocol, err))
+					return
+				}
 			case msg.GetCommit() != nil:
 				close(pc.commit)
 			default:
-				fail(unexpected(msg, "LeaseGrant or Commit"))
+				fail(unexpected(msg, "LeaseGrant, HeldPages or Commit"))
 				return
 			}
 		}
 	}
+}
+
+// heldRuns are the runs of a HeldPages message.
+func heldRuns(m *pb.HeldPages) []postcopy.Run {
+	runs := make([]postcopy.Run, 0, len(m.Runs))
+	for _, r := range m.Runs {
+		if r.Pages > 1<<28 {
+			r.Pages = 0 // refused by Held.Add, without overflowing
+		}
+		runs = append(runs, postcopy.Run{Pid: uint64(r.Pid), Start: r.Vaddr, End: r.Vaddr + r.Pages*criu.PageSize})
+	}
+	return runs
 }
 
 // receiveAll reads control messages into msgs until one fails (errs) or

@@ -51,16 +51,19 @@ func TestMigratePostcopy(t *testing.T) {
 			if r.Num("lazy_pages") < 16384 || r.Num("eager_pages") > r.Num("lazy_pages")/10 {
 				t.Errorf("eager %v, lazy %v: want nearly every page lazy", r.Report["eager_pages"], r.Report["lazy_pages"])
 			}
-			// Every lazy page came from the source, or (after rounds)
-			// most of them from b's own images and only the others
-			// from the source.
+			// Each lazy page came once: from the source, or (after
+			// rounds) most of them from b's own images (those the
+			// copy asked for before the source said which b holds
+			// came from the source: normally none, the source says
+			// it as b restores).
 			fetched, held, lazy := r.Num("lazy_fetched"), r.Num("lazy_held"), r.Num("lazy_pages")
 			switch {
-			case !c.rounds && (fetched < lazy || held != 0):
-				t.Errorf("lazy %v, held %v, fetched %v: want each lazy page fetched", lazy, held, fetched)
-			case c.rounds && (r.Str("precopy") != "rounds" || held < lazy*8/10 || fetched != lazy-held):
-				t.Errorf("precopy %q, lazy %v, held %v, fetched %v: want most lazy pages held from the rounds, only the others fetched",
-					r.Str("precopy"), lazy, held, fetched)
+			case fetched+held != lazy:
+				t.Errorf("lazy %v, held %v, fetched %v: want each lazy page once", lazy, held, fetched)
+			case !c.rounds && held != 0:
+				t.Errorf("held %v without rounds", held)
+			case c.rounds && (r.Str("precopy") != "rounds" || held < lazy/2):
+				t.Errorf("precopy %q, lazy %v, held %v: want most lazy pages held from the rounds", r.Str("precopy"), lazy, held)
 			}
 			assertPostcopyCleaned(t, h, svc, r)
 		})

@@ -25,15 +25,16 @@ import (
 //     by a process of phaul's, so that nothing (phaul or CRIU killed)
 //     lets it run while the destination's copy may;
 //   - eager: the pages the restore reads go to the destination's page
-//     server (postcopy.WriteEager), then the other images; after
-//     pre-copy rounds the snapshot goes through the rounds' encoder
-//     (precopy.Encoder.Withhold), so that what the destination holds
-//     unchanged crosses as references: its restore reads it from the
-//     rounds' images, and serves the lazy pages among it to its copy
-//     itself (postcopy.Held);
+//     server (postcopy.WriteEager), then the other images;
 //   - serve: the destination restores with lazy pages and runs its copy;
 //     the source answers its page requests from the snapshot and grants
 //     its lease asks, until it says every page has arrived (AllPages);
+//     after pre-copy rounds it also finds, from the first grant on (as
+//     the destination restores), the lazy pages it holds unchanged from
+//     the rounds
+//     (postcopy.Classify) and says so (HeldPages): the destination serves
+//     those itself, so that only what changed crosses after the restore,
+//     and nothing is added to the freeze;
 //   - commit: the decision recorded, Commit; on Done the stopped tree is
 //     killed and the snapshot removed.
 //
@@ -140,9 +141,8 @@ func (m *source) snapshotDump(ctx context.Context, dir string) (time.Time, error
 }
 
 // sendSnapshot sends the pages the restore reads through the page stream
-// (as CRIU's dump would), then the other images. With a plan (pre-copy
-// rounds), the pages the destination holds go as references.
-func (m *source) sendSnapshot(ctx context.Context, dir string, plan *precopyPlan) error {
+// (as CRIU's dump would), then the other images.
+func (m *source) sendSnapshot(ctx context.Context, dir string) error {
 	pages, err := m.sess.Open(ctx, transport.KindPages)
 	if err != nil {
 		return err
@@ -155,7 +155,7 @@ func (m *source) sendSnapshot(ctx context.Context, dir string, plan *precopyPlan
 	defer ours.Close()
 	defer theirs.Close()
 	var counts transport.Counts
-	pumpDone := m.pumpPages(ctx, plan, pages, ours, &counts)
+	pumpDone := m.pumpPages(ctx, nil, pages, ours, &counts)
 	// A lost session or a cancelled ctx fails the writer's waits for the
 	// page server's answers (a failed pump shuts ours down).
 	stop := context.AfterFunc(ctx, func() { shutdown(theirs, unix.SHUT_RDWR) })
@@ -169,19 +169,12 @@ func (m *source) sendSnapshot(ctx context.Context, dir string, plan *precopyPlan
 		case <-written:
 		}
 	}()
-	write := postcopy.WriteEager
-	if plan != nil {
-		write = postcopy.WriteDump // the encoder withholds
-	}
-	st, err := write(theirs, dir)
+	st, err := postcopy.WriteEager(theirs, dir)
 	if err != nil {
 		return fmt.Errorf("eager pages: %w", err)
 	}
 	shutdown(theirs, unix.SHUT_WR)
-	m.r.EagerPages = st.Pages // the pages the restore reads
-	if plan != nil {
-		m.r.EagerPages -= st.Lazy
-	}
+	m.r.EagerPages = st.Pages
 	if err := m.sendImages(ctx, dir, pumpDone, &counts); err != nil {
 		return err
 	}
@@ -193,6 +186,7 @@ func (m *source) sendSnapshot(ctx context.Context, dir string, plan *precopyPlan
 // pre-copy rounds that left plan).
 func (m *source) dumpPostcopy(ctx context.Context, plan *precopyPlan) error {
 	o := m.o
+	defer m.warm.release()
 	m.setPhase("dump")
 	if err := m.postcopyRefusal(); err != nil {
 		m.abort(err)
@@ -213,6 +207,7 @@ func (m *source) dumpPostcopy(ctx context.Context, plan *precopyPlan) error {
 		os.RemoveAll(dir)
 		return m.refuse(err)
 	}
+	m.warm.release()
 	frozen, err := m.snapshotDump(ctx, dir)
 	if err != nil {
 		// CRIU resumed the tree: nothing was sent. Its log stays.
@@ -242,16 +237,73 @@ func (m *source) handOver(ctx context.Context, dir string, g *postcopy.Grantor, 
 	}
 	defer snap.Close()
 	m.r.LazyPages = snap.Lazy()
-	if err := m.sendSnapshot(ctx, dir, plan); err != nil {
+	if err := m.sendSnapshot(ctx, dir); err != nil {
 		return nil, err
-	}
-	if plan != nil {
-		m.r.LazyHeld = m.r.LazyPages - m.withheld.Load()
 	}
 	m.setPhase("restore")
 	served := make(chan error, 1)
 	go func() { served <- m.serveLazy(ctx, snap) }()
-	return m.grantUntilAllPages(ctx, g, served)
+	var held *heldFinder
+	if plan != nil {
+		held = &heldFinder{m: m, dir: dir, plan: plan}
+		defer held.stop()
+	}
+	return m.grantUntilAllPages(ctx, g, served, held)
+}
+
+// heldFinder finds the lazy pages the destination holds from the rounds
+// and says so (HeldPages), once the copy runs, beside the grants.
+type heldFinder struct {
+	m      *source
+	dir    string
+	plan   *precopyPlan
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// maxHeldRuns bounds the runs of one HeldPages message (about 20 bytes
+// each: well inside a frame).
+const maxHeldRuns = 64 << 10
+
+// start classifies the snapshot's lazy pages and sends the held runs,
+// unless it has started already.
+func (f *heldFinder) start(ctx context.Context) {
+	if f.cancel != nil {
+		return
+	}
+	ctx, f.cancel = context.WithCancel(ctx)
+	f.done = make(chan struct{})
+	go func() {
+		defer close(f.done)
+		t0 := time.Now()
+		runs, err := postcopy.Classify(ctx, f.dir, f.plan.hasher, f.plan.table)
+		if err != nil {
+			f.m.log.Warn("could not find the pages the destination holds: it fetches them all", "err", err)
+			return
+		}
+		var pages int64
+		for len(runs) > 0 {
+			n := min(len(runs), maxHeldRuns)
+			msg := &pb.HeldPages{}
+			for _, r := range runs[:n] {
+				msg.Runs = append(msg.Runs, &pb.HeldRun{Pid: uint32(r.Pid), Vaddr: r.Start, Pages: r.Pages()})
+				pages += int64(r.Pages())
+			}
+			if err := f.m.send(ctx, &pb.Envelope{Msg: &pb.Envelope_HeldPages{HeldPages: msg}}); err != nil {
+				return
+			}
+			runs = runs[n:]
+		}
+		f.m.log.Info("the destination holds lazy pages from the rounds", "pages", pages, "took", time.Since(t0))
+	}()
+}
+
+// stop ends the search and waits for it.
+func (f *heldFinder) stop() {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
 }
 
 // serveLazy takes the destination's lazy stream and answers its page
@@ -270,7 +322,7 @@ func (m *source) serveLazy(ctx context.Context, snap *postcopy.Snapshot) error {
 
 // grantUntilAllPages answers the destination's control messages while
 // its copy runs: lease asks granted, its restore noted, until AllPages.
-func (m *source) grantUntilAllPages(ctx context.Context, g *postcopy.Grantor, served <-chan error) (*pb.AllPages, error) {
+func (m *source) grantUntilAllPages(ctx context.Context, g *postcopy.Grantor, served <-chan error, held *heldFinder) (*pb.AllPages, error) {
 	for {
 		// The destination asks every fifth of the lease: silent for a
 		// whole one, it is lost (or stalled), and its copy dies.
@@ -289,6 +341,11 @@ func (m *source) grantUntilAllPages(ctx context.Context, g *postcopy.Grantor, se
 		case msg.GetLeaseAsk() != nil:
 			if err := m.grant(ctx, g, msg.GetLeaseAsk()); err != nil {
 				return nil, err
+			}
+			// From the first grant on the destination takes any
+			// message: the search starts before its restore.
+			if held != nil {
+				held.start(ctx)
 			}
 		case msg.GetRestored() != nil:
 			m.restored(msg.GetRestored())
@@ -309,7 +366,7 @@ func (m *source) grantUntilAllPages(ctx context.Context, g *postcopy.Grantor, se
 // its stopped tree.
 func (m *source) commitPostcopy(ctx context.Context, g *postcopy.Grantor, all *pb.AllPages, frozen time.Time) error {
 	m.setPhase("commit")
-	m.r.LazyFetched, m.r.AllPagesAfter = all.Pages, Duration(time.Duration(all.Nanos))
+	m.r.LazyFetched, m.r.LazyHeld, m.r.AllPagesAfter = all.Pages, all.Held, Duration(time.Duration(all.Nanos))
 	if err := m.decide("commit"); err != nil {
 		return err
 	}

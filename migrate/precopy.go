@@ -67,6 +67,12 @@ func (m *source) rounds(ctx context.Context) (*precopyPlan, int, error) {
 	}
 	plan := &precopyPlan{hasher: h, table: precopy.NewTable()}
 	rule := precopy.Rule{MaxDowntime: m.o.MaxDowntime, Room: m.room / 4096}
+	if m.o.Postcopy {
+		// The snapshot is dumped into fresh memory (a tmpfs work
+		// directory) while the tree is frozen: the memory the tree
+		// takes, touched while it runs, is given back just before.
+		m.warm = warm(uint64(m.rss))
+	}
 	var done []precopy.RoundStats
 	budget := int64(-1)
 	for n := 1; ; n++ {
@@ -190,9 +196,6 @@ func (m *source) pumpPages(ctx context.Context, plan *precopyPlan, pages net.Con
 			return
 		}
 		enc := precopy.NewEncoder(cw, plan.hasher, plan.table, false)
-		if m.o.Postcopy {
-			enc.Withhold()
-		}
 		replies := make(chan error, 1)
 		go func() { replies <- enc.Replies(ctx, pages, ours) }()
 		err = enc.Forward(transport.CountReads(ours, &counts.Raw))
@@ -203,7 +206,6 @@ func (m *source) pumpPages(ctx context.Context, plan *precopyPlan, pages net.Con
 			err = <-replies
 		}
 		m.referenced.Store(enc.Stats().Referenced)
-		m.withheld.Store(enc.Stats().Withheld)
 		end(err)
 	}()
 	return done

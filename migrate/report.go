@@ -86,9 +86,10 @@ type Report struct {
 
 	// Post-copy (--postcopy): the destination's copy ran before its
 	// memory had crossed. EagerPages crossed before its restore;
-	// LazyPages were left to follow: LazyHeld of them (after pre-copy
-	// rounds) the destination held unchanged and served itself,
-	// LazyFetched came from the source; AllPagesAfter is the restore
+	// LazyPages were left to follow: LazyFetched came from the source,
+	// LazyHeld (after pre-copy rounds) the destination held unchanged
+	// and served itself, once the source had said which (what the copy
+	// asked for before came from the source); AllPagesAfter is the restore
 	// until the last page, the window in which the copy depended on the
 	// source.
 	Postcopy      bool     `json:"postcopy,omitempty"`

@@ -55,7 +55,14 @@ func (in *incoming) rounds(ctx context.Context) error {
 		}
 		if n == 1 {
 			in.setPhase("precopy")
-			in.warm = warm(in.prep.MemoryBytes)
+			// A post-copy restore faults in almost nothing while the
+			// tree is frozen: its pages arrive after it runs. Warm
+			// memory would only take room while the source dumps
+			// (bench: on one machine, a 512 MiB snapshot dump took
+			// 1.15 s instead of 0.38 s beside it).
+			if !in.prep.Postcopy {
+				in.warm = warm(in.prep.MemoryBytes)
+			}
 		}
 		if err := in.round(ctx, n); err != nil {
 			return in.fail("precopy", fmt.Errorf("round %d: %w", n, err))

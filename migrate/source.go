@@ -227,15 +227,17 @@ type source struct {
 	// moves are the addresses that leave with the tree; released, those
 	// taken off this host at post-dump (addresses.go).
 	moves, released []netmove.Assigned
-	// referenced counts the pages the dump sent as references, withheld
-	// the lazy pages a post-copy dump left on the source (set by the
-	// page pump).
-	referenced, withheld atomic.Int64
+	// referenced counts the pages the dump sent as references (set by
+	// the page pump).
+	referenced atomic.Int64
 	// Post-copy (postcopy_source.go): the tasks of the tree kept
 	// stopped, when it was frozen, what was served of its lazy pages.
 	held   []heldTask
 	frozen time.Time
 	lazy   postcopy.Stats
+	// warm is memory touched during the rounds of a post-copy migration
+	// and given back just before its snapshot is dumped (warm.go).
+	warm *warmMemory
 }
 
 func (m *source) setPhase(p string) {
@@ -345,6 +347,7 @@ func (m *source) run(ctx context.Context) error {
 
 	plan, err := m.precopy(ctx)
 	if err != nil {
+		m.warm.release()
 		m.abort(err)
 		return m.refuse(err)
 	}

@@ -13,7 +13,8 @@ import (
 
 // warmMemory is memory the destination touches while the rounds run and
 // gives back just before CRIU's restore, which then faults the tree's
-// pages into memory the kernel has just had in use. On a VM whose free
+// pages into memory the kernel has just had in use (and the source of a
+// post-copy migration before it dumps its snapshot into a tmpfs). On a VM whose free
 // memory goes back to the host (virtio-balloon free page reporting, as on
 // Firecracker), memory the guest has not used for a while costs a host
 // fault on first touch; this moves that cost out of the freeze

@@ -15,10 +15,10 @@ import (
 	"github.com/phaul/phaul/internal/pagemap"
 )
 
-// EagerStats counts what WriteEager or WriteDump sent.
+// EagerStats counts what WriteEager sent.
 type EagerStats struct {
-	Pages int64 // sent with their bytes
-	Lazy  int64 // marked lazy: what a lazy restore leaves to be fetched
+	Pages int64 // sent with their bytes: what the restore reads
+	Lazy  int64 // sent as PE_LAZY entries without bytes: fetched later
 }
 
 // WriteEager sends the snapshot in dir to a CRIU page server over conn
@@ -30,20 +30,6 @@ type EagerStats struct {
 // source. It reads the page server's answers (one byte per image opened,
 // a status at the end) from conn.
 func WriteEager(conn io.ReadWriter, dir string) (EagerStats, error) {
-	return writeSnapshot(conn, dir, true)
-}
-
-// WriteDump sends the snapshot in dir as CRIU's dump would have: like
-// WriteEager, but the lazy pages too with their bytes (PE_PRESENT and
-// PE_LAZY), for a filter between it and the page server to decide what
-// a lazy restore fetches later (precopy.Encoder.Withhold).
-func WriteDump(conn io.ReadWriter, dir string) (EagerStats, error) {
-	return writeSnapshot(conn, dir, false)
-}
-
-// writeSnapshot writes the snapshot's pages; withhold: the lazy ones
-// without their bytes.
-func writeSnapshot(conn io.ReadWriter, dir string, withhold bool) (EagerStats, error) {
 	var st EagerStats
 	names, err := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
 	if err != nil {
@@ -56,7 +42,7 @@ func writeSnapshot(conn io.ReadWriter, dir string, withhold bool) (EagerStats, e
 		if err != nil {
 			return st, err
 		}
-		if err := writeImage(w, conn, dir, path, dst, withhold, &st); err != nil {
+		if err := writeImage(w, conn, dir, path, dst, &st); err != nil {
 			return st, fmt.Errorf("eager pages of %s: %w", filepath.Base(path), err)
 		}
 	}
@@ -80,7 +66,7 @@ func imageDst(name string) (uint64, error) {
 	return criu.PageDst(typ, id), nil
 }
 
-func writeImage(w *bufio.Writer, conn io.Reader, dir, path string, dst uint64, withhold bool, st *EagerStats) error {
+func writeImage(w *bufio.Writer, conn io.Reader, dir, path string, dst uint64, st *EagerStats) error {
 	pm, err := pagemap.Read(path)
 	if err != nil {
 		return err
@@ -99,10 +85,7 @@ func writeImage(w *bufio.Writer, conn io.Reader, dir, path string, dst uint64, w
 		h := criu.PageIov{Cmd: criu.PSIovAddF, NrPages: e.Pages(), Vaddr: e.Start, DstID: dst}
 		switch {
 		case e.Flags == criu.PEPresent|criu.PELazy:
-			h.Flags = criu.PEPresent | criu.PELazy
-			if withhold {
-				h.Flags = criu.PELazy
-			}
+			h.Flags = criu.PELazy
 			st.Lazy += int64(e.Pages())
 		case e.Flags == criu.PEPresent:
 			h.Flags = criu.PEPresent

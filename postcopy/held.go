@@ -1,121 +1,138 @@
 package postcopy
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"slices"
+	"sync"
 
 	"github.com/phaul/phaul/criu"
-	"github.com/phaul/phaul/internal/atomicfile"
 	"github.com/phaul/phaul/internal/pagemap"
 )
 
 // Held is, on the destination of a post-copy migration after pre-copy
-// rounds, the lazy pages it holds itself: those the source found unchanged
-// since the last round and marked PE_PARENT|PE_LAZY in the dump's stream.
-// The restore leaves them out like the others (TakeHeld rewrites them as
-// PE_LAZY: CRIU's lazy-pages daemon cannot read lazy pages from parent
-// images, it would never complete their faults), and the relay answers the
-// daemon's requests for them from the rounds' images instead of asking
-// the source: only the pages changed since the last round cross after the
-// restore.
+// rounds, the lazy pages it holds itself: those the source found
+// unchanged since the last round (Classify) and said so. The relay
+// answers CRIU's lazy-pages daemon's requests for them from the rounds'
+// images instead of asking the source, so that only the pages changed
+// since the last round cross after the restore. (The dump cannot say so
+// to CRIU itself: its lazy-pages daemon reads a lazy page of the parent
+// images without completing the fault, criu/uffd.c.)
+//
+// Add and the readers may run at once.
 type Held struct {
+	chain *Snapshot // the rounds' images; nil: none
+	mu    sync.RWMutex
 	runs  map[uint64]*pagemap.Image // by PID: the held runs, sorted
-	chain *Snapshot                 // the rounds' images; nil if none held
 	pages int64
 }
 
-// TakeHeld finds the held lazy pages of the dump in dir (a page server's
-// images, "parent" linking to the last round's), rewrites their entries
-// as PE_LAZY, and opens the rounds' images to read them.
-func TakeHeld(dir string) (*Held, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
-	if err != nil {
-		return nil, err
-	}
+// maxRunPages bounds one run (as the page-server headers bound a
+// request).
+const maxRunPages = 1 << 28
+
+// OpenHeld opens the round images the dump in dir builds on (its
+// "parent" link), to read held pages from. A dump without them can hold
+// nothing.
+func OpenHeld(dir string) (*Held, error) {
 	h := &Held{runs: map[uint64]*pagemap.Image{}}
-	for _, path := range names {
-		pid, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "pagemap-"), ".img"), 10, 31)
-		if err != nil {
-			continue // shared memory: never lazy
-		}
-		runs, err := takeHeld(path)
-		if err != nil {
-			return nil, fmt.Errorf("held pages: %w", err)
-		}
-		if len(runs.Entries) > 0 {
-			h.runs[pid] = runs
-		}
-	}
-	for _, r := range h.runs {
-		for _, e := range r.Entries {
-			h.pages += int64(e.Pages())
-		}
-	}
-	if h.pages == 0 {
+	parent := filepath.Join(dir, "parent")
+	if _, err := os.Stat(parent); errors.Is(err, os.ErrNotExist) {
 		return h, nil
 	}
-	if h.chain, err = OpenSnapshot(filepath.Join(dir, "parent")); err != nil {
+	var err error
+	if h.chain, err = OpenSnapshot(parent); err != nil {
 		return nil, fmt.Errorf("held pages: %w", err)
 	}
 	return h, nil
 }
 
-// takeHeld rewrites one task's pagemap and returns its held runs.
-func takeHeld(path string) (*pagemap.Image, error) {
-	pm, err := pagemap.Read(path)
-	if err != nil {
-		return nil, err
+// Add records runs the source says the destination holds. They must be
+// page-aligned, not empty, and overlap no run added before; the pages
+// must be in the rounds' images (Read fails otherwise).
+func (h *Held) Add(runs []Run) error {
+	if len(runs) > 0 && h.chain == nil {
+		return errors.New("held pages: no round images to hold them")
 	}
-	runs := &pagemap.Image{}
-	var off uint64
-	for i, e := range pm.Entries {
-		if e.Flags&criu.PEPresent != 0 {
-			// Read sorts the entries: rewritten in that order, the
-			// pages image must still follow them.
-			if e.Off != off {
-				return nil, fmt.Errorf("%s: entries not in address order", path)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	added := map[uint64]bool{}
+	var pages int64
+	for _, r := range runs {
+		if r.Start%criu.PageSize != 0 || r.End%criu.PageSize != 0 || r.End <= r.Start || r.Pages() > maxRunPages {
+			return fmt.Errorf("held pages: bad run %#x-%#x of task %d", r.Start, r.End, r.Pid)
+		}
+		im := h.runs[r.Pid]
+		if im == nil {
+			im = &pagemap.Image{}
+			h.runs[r.Pid] = im
+		}
+		im.Entries = append(im.Entries, pagemap.Entry{Start: r.Start, End: r.End, Flags: criu.PELazy})
+		added[r.Pid] = true
+		pages += int64(r.Pages())
+	}
+	for pid := range added {
+		es := h.runs[pid].Entries
+		slices.SortFunc(es, func(a, b pagemap.Entry) int { return cmp.Compare(a.Start, b.Start) })
+		for i := 1; i < len(es); i++ {
+			if es[i].Start < es[i-1].End {
+				return fmt.Errorf("held pages: runs of task %d overlap at %#x", pid, es[i].Start)
 			}
-			off += e.Pages()
-		}
-		if e.Flags == criu.PEParent|criu.PELazy {
-			runs.Entries = append(runs.Entries, e)
-			pm.Entries[i].Flags = criu.PELazy
 		}
 	}
-	if len(runs.Entries) == 0 {
-		return runs, nil
-	}
-	return runs, atomicfile.Write(path, false, func(f *os.File) error {
-		_, err := f.Write(pagemap.Encode(pm.PagesID, pm.Entries))
-		return err
-	})
+	h.pages += pages
+	return nil
 }
 
-// Pages is the number of held lazy pages.
-func (h *Held) Pages() int64 { return h.pages }
+// Pages is the number of held pages.
+func (h *Held) Pages() int64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.pages
+}
 
-// Holds reports whether the page of task pid at vaddr is held.
-func (h *Held) Holds(pid, vaddr uint64) bool {
+// Split takes a request for n pages of task pid from vaddr: held, the
+// page at vaddr is held (Read answers it); if not, ask is how many of
+// the n come before the first held one (at least one), for the source.
+func (h *Held) Split(pid, vaddr, n uint64) (held bool, ask uint64) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	r := h.runs[pid]
-	return r != nil && r.Find(vaddr) >= 0
+	if r == nil {
+		return false, n
+	}
+	if r.Find(vaddr) >= 0 {
+		return true, 0
+	}
+	i, _ := slices.BinarySearchFunc(r.Entries, vaddr, func(e pagemap.Entry, va uint64) int { return cmp.Compare(e.Start, va) })
+	if i == len(r.Entries) {
+		return false, n
+	}
+	return false, max(1, min(n, (r.Entries[i].Start-vaddr)/criu.PageSize))
 }
 
 // Read reads held pages of task pid from vaddr into buf: as many as fill
 // it and are held in a row (at least one), and returns their count; 0 if
 // the page at vaddr is not held (the source has it).
 func (h *Held) Read(pid, vaddr uint64, buf []byte) (int, error) {
+	h.mu.RLock()
 	r := h.runs[pid]
-	if r == nil {
-		return 0, nil
+	i := -1
+	if r != nil {
+		i = r.Find(vaddr)
 	}
-	i := r.Find(vaddr)
+	var end uint64
+	if i >= 0 {
+		end = r.Entries[i].End
+	}
+	h.mu.RUnlock()
 	if i < 0 {
 		return 0, nil
 	}
-	k := min(uint64(len(buf)/criu.PageSize), (r.Entries[i].End-vaddr)/criu.PageSize)
+	k := min(uint64(len(buf)/criu.PageSize), (end-vaddr)/criu.PageSize)
 	return h.chain.Read(pid, vaddr, buf[:k*criu.PageSize])
 }
 

@@ -28,11 +28,7 @@ type Stats struct {
 	// after the round's budget was spent: left out of its images (the
 	// dump sends them).
 	Omitted int64
-	// Withheld are lazy pages left out of a post-copy dump's stream as
-	// PE_LAZY entries without bytes: fetched from the source after the
-	// restore (Withhold).
-	Withheld int64
-	Images   int // images opened (tasks, shared memory)
+	Images  int // images opened (tasks, shared memory)
 }
 
 // Encoder writes one image set in CRIU's page-server protocol to a CRIU
@@ -61,13 +57,10 @@ type Encoder struct {
 	open      bool
 	decided   bool // useParent is known for the open image
 	useParent bool
-	lazy      uint16 // PE_LAZY when CRIU marked the pages being forwarded so
-	withhold  bool   // post-copy: lazy pages go without their bytes
-	run       struct {
-		vaddr, n uint64
-		flags    uint16
-	} // a run of references not yet written
-	stats Stats
+	lazy      uint16                    // PE_LAZY when CRIU marked the pages being forwarded so
+	run       struct{ vaddr, n uint64 } // a PE_PARENT run not yet written
+	stats     Stats
+	sums      []Sum // of the pages Pages is writing
 
 	mu      sync.Mutex
 	parents map[uint64]bool // dst -> the page server has a parent image
@@ -103,13 +96,6 @@ func NewEncoder(w FlushWriter, h *Hasher, t *Table, record bool) *Encoder {
 // budget: their older copy is freed as they arrive. Negative: no bound
 // (the default).
 func (e *Encoder) SetBudget(pages int64) { e.budget = pages }
-
-// Withhold makes a forwarded dump a post-copy one: of the pages CRIU
-// marked lazy, those the destination holds go as PE_PARENT|PE_LAZY (the
-// destination serves them from its own images after the restore), the
-// others as PE_LAZY entries without bytes (the source serves them). Pages
-// the restore reads go as in any dump.
-func (e *Encoder) Withhold() { e.withhold = true }
 
 // Stats returns what the stream carried so far.
 func (e *Encoder) Stats() Stats { return e.stats }
@@ -180,11 +166,15 @@ func (e *Encoder) Pages(vaddr uint64, data []byte) error {
 	}
 	n := uint64(len(data) / criu.PageSize)
 	e.stats.Pages += int64(n)
+	if uint64(cap(e.sums)) < n {
+		e.sums = make([]Sum, n)
+	}
+	sums := e.sums[:n]
+	e.hash.SumAll(data, sums)
 	start := uint64(0) // first page of the run of sent pages being built
 	for i := uint64(0); i < n; i++ {
 		va := vaddr + i*criu.PageSize
-		page := data[i*criu.PageSize : (i+1)*criu.PageSize]
-		sum := e.hash.Sum(page)
+		sum := sums[i]
 		if !e.refer(va, sum) {
 			// A page the destination holds, sent again, takes no
 			// room: its page server frees the older copy. Counted
@@ -226,7 +216,7 @@ func (e *Encoder) refer(va uint64, sum Sum) bool {
 	if !e.useParent {
 		return false
 	}
-	if e.table.match(e.dst, va, sum) {
+	if e.table.Match(e.dst, va, sum) {
 		return true
 	}
 	if e.corrupt != nil && e.corrupt(e.dst, va) {
@@ -239,26 +229,17 @@ func (e *Encoder) refer(va uint64, sum Sum) bool {
 	return false
 }
 
-// withheld reports whether the pages being forwarded stay on the source
-// for a post-copy restore to fetch.
-func (e *Encoder) withheld() bool { return e.withhold && e.lazy != 0 }
-
-// parentPage adds one page to the run of references being built: a
-// PE_PARENT one, lazy in a post-copy dump's lazy pages.
+// parentPage adds one page to the PE_PARENT run being built.
 func (e *Encoder) parentPage(va uint64) error {
 	e.stats.Referenced++
-	flags := uint16(criu.PEParent)
-	if e.withheld() {
-		flags |= criu.PELazy
-	}
-	if e.run.n > 0 && e.run.vaddr+e.run.n*criu.PageSize == va && e.run.flags == flags {
+	if e.run.n > 0 && e.run.vaddr+e.run.n*criu.PageSize == va {
 		e.run.n++
 		return nil
 	}
 	if err := e.flushRun(); err != nil {
 		return err
 	}
-	e.run.vaddr, e.run.n, e.run.flags = va, 1, flags
+	e.run.vaddr, e.run.n = va, 1
 	return nil
 }
 
@@ -266,7 +247,7 @@ func (e *Encoder) flushRun() error {
 	if e.run.n == 0 {
 		return nil
 	}
-	h := criu.PageIov{Cmd: criu.PSIovAddF, Flags: e.run.flags, NrPages: e.run.n, Vaddr: e.run.vaddr, DstID: e.dst}
+	h := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEParent, NrPages: e.run.n, Vaddr: e.run.vaddr, DstID: e.dst}
 	e.run.n = 0
 	return e.header(h)
 }
@@ -280,10 +261,6 @@ func (e *Encoder) sendRun(vaddr uint64, data []byte) error {
 		return err
 	}
 	n := uint64(len(data) / criu.PageSize)
-	if e.withheld() {
-		e.stats.Withheld += int64(n)
-		return e.header(criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PELazy, NrPages: n, Vaddr: vaddr, DstID: e.dst})
-	}
 	e.stats.Sent += int64(n)
 	if err := e.header(criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent | e.lazy, NrPages: n, Vaddr: vaddr, DstID: e.dst}); err != nil {
 		return err

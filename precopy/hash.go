@@ -3,8 +3,12 @@ package precopy
 import (
 	"crypto/rand"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/minio/highwayhash"
+
+	"github.com/phaul/phaul/criu"
 )
 
 // Sum is the keyed hash of one page.
@@ -28,3 +32,31 @@ func NewHasher() (*Hasher, error) {
 
 // Sum hashes one page.
 func (h *Hasher) Sum(page []byte) Sum { return highwayhash.Sum128(page, h.key[:]) }
+
+// parallelPages is the least pages SumAll shares among goroutines.
+const parallelPages = 64
+
+// SumAll hashes the pages of data (whole pages) into sums, on as many
+// goroutines as there are CPUs for long runs: the source hashes every
+// page while the tree is frozen.
+func (h *Hasher) SumAll(data []byte, sums []Sum) {
+	n := len(data) / criu.PageSize
+	workers := min(runtime.GOMAXPROCS(0), n/parallelPages)
+	if workers <= 1 {
+		for i := range n {
+			sums[i] = h.Sum(data[i*criu.PageSize : (i+1)*criu.PageSize])
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	per := (n + workers - 1) / workers
+	for start := 0; start < n; start += per {
+		end := min(start+per, n)
+		wg.Go(func() {
+			for i := start; i < end; i++ {
+				sums[i] = h.Sum(data[i*criu.PageSize : (i+1)*criu.PageSize])
+			}
+		})
+	}
+	wg.Wait()
+}

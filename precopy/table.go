@@ -66,8 +66,9 @@ func (t *Table) begin() {
 	}
 }
 
-// match reports whether the newest image holds sum at (dst, vaddr).
-func (t *Table) match(dst, vaddr uint64, sum Sum) bool {
+// Match reports whether the newest image holds sum at (dst, vaddr): the
+// destination has that page's bytes.
+func (t *Table) Match(dst, vaddr uint64, sum Sum) bool {
 	k, i := split(vaddr)
 	b := t.images[dst][k]
 	return b != nil && b.has&(1<<i) != 0 && b.sums[i] == sum

@@ -11,8 +11,7 @@ const (
 	// (Round, RoundDone, EndRounds, RoundsEnded; round streams). 4: SourceFacts.held
 	// (locks, FIFOs and pty masters, judged by the destination), restore_pids,
 	// pid_ns. 5, 6: carried files, moved addresses, post-copy. 7: post-copy
-	// after pre-copy rounds (PE_PARENT|PE_LAZY entries in the pages
-	// stream, AllPages.held).
+	// after pre-copy rounds (HeldPages, AllPages.held).
 	ProtocolVersion = 7
 
 	// MaxFrameSize bounds one control-stream message.

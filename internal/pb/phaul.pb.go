@@ -73,7 +73,7 @@ func (x Verdict_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Verdict_Result.Descriptor instead.
 func (Verdict_Result) EnumDescriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27, 0}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29, 0}
 }
 
 // Envelope is the one message type on the control stream: exactly one of
@@ -105,6 +105,7 @@ type Envelope struct {
 	//	*Envelope_LeaseAsk
 	//	*Envelope_LeaseGrant
 	//	*Envelope_AllPages
+	//	*Envelope_HeldPages
 	Msg           isEnvelope_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -354,6 +355,15 @@ func (x *Envelope) GetAllPages() *AllPages {
 	return nil
 }
 
+func (x *Envelope) GetHeldPages() *HeldPages {
+	if x != nil {
+		if x, ok := x.Msg.(*Envelope_HeldPages); ok {
+			return x.HeldPages
+		}
+	}
+	return nil
+}
+
 type isEnvelope_Msg interface {
 	isEnvelope_Msg()
 }
@@ -450,6 +460,10 @@ type Envelope_AllPages struct {
 	AllPages *AllPages `protobuf:"bytes,23,opt,name=all_pages,json=allPages,proto3,oneof"`
 }
 
+type Envelope_HeldPages struct {
+	HeldPages *HeldPages `protobuf:"bytes,24,opt,name=held_pages,json=heldPages,proto3,oneof"`
+}
+
 func (*Envelope_Hello) isEnvelope_Msg() {}
 
 func (*Envelope_Welcome) isEnvelope_Msg() {}
@@ -495,6 +509,8 @@ func (*Envelope_LeaseAsk) isEnvelope_Msg() {}
 func (*Envelope_LeaseGrant) isEnvelope_Msg() {}
 
 func (*Envelope_AllPages) isEnvelope_Msg() {}
+
+func (*Envelope_HeldPages) isEnvelope_Msg() {}
 
 // HostInfo describes one side.
 type HostInfo struct {
@@ -1081,6 +1097,116 @@ func (x *AllPages) GetHeld() int64 {
 	return 0
 }
 
+// HeldPages says which lazy pages the destination holds unchanged from the
+// pre-copy rounds (source to destination, post-copy after rounds, once the
+// copy runs; in as many messages as the runs need): it serves them to its
+// copy itself, from the round images.
+type HeldPages struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Runs          []*HeldRun             `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldPages) Reset() {
+	*x = HeldPages{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldPages) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldPages) ProtoMessage() {}
+
+func (x *HeldPages) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldPages.ProtoReflect.Descriptor instead.
+func (*HeldPages) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HeldPages) GetRuns() []*HeldRun {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
+// HeldRun is pages [vaddr, vaddr + pages * 4096) of task pid (as CRIU sees
+// it, as in a page request).
+type HeldRun struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Vaddr         uint64                 `protobuf:"varint,2,opt,name=vaddr,proto3" json:"vaddr,omitempty"`
+	Pages         uint64                 `protobuf:"varint,3,opt,name=pages,proto3" json:"pages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldRun) Reset() {
+	*x = HeldRun{}
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldRun) ProtoMessage() {}
+
+func (x *HeldRun) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldRun.ProtoReflect.Descriptor instead.
+func (*HeldRun) Descriptor() ([]byte, []int) {
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HeldRun) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *HeldRun) GetVaddr() uint64 {
+	if x != nil {
+		return x.Vaddr
+	}
+	return 0
+}
+
+func (x *HeldRun) GetPages() uint64 {
+	if x != nil {
+		return x.Pages
+	}
+	return 0
+}
+
 // Carry is a file of the tree that the destination lacks or has in another
 // version, which the source sends after the dump (the tree frozen, its
 // files still) and the destination puts in place before the restore.
@@ -1097,7 +1223,7 @@ type Carry struct {
 
 func (x *Carry) Reset() {
 	*x = Carry{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1235,7 @@ func (x *Carry) String() string {
 func (*Carry) ProtoMessage() {}
 
 func (x *Carry) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[9]
+	mi := &file_internal_pb_phaul_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1248,7 @@ func (x *Carry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Carry.ProtoReflect.Descriptor instead.
 func (*Carry) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{9}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Carry) GetPath() string {
@@ -1180,7 +1306,7 @@ type CarriedFile struct {
 
 func (x *CarriedFile) Reset() {
 	*x = CarriedFile{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1318,7 @@ func (x *CarriedFile) String() string {
 func (*CarriedFile) ProtoMessage() {}
 
 func (x *CarriedFile) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[10]
+	mi := &file_internal_pb_phaul_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1331,7 @@ func (x *CarriedFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CarriedFile.ProtoReflect.Descriptor instead.
 func (*CarriedFile) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{10}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CarriedFile) GetPath() string {
@@ -1285,7 +1411,7 @@ type Terminal struct {
 
 func (x *Terminal) Reset() {
 	*x = Terminal{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1423,7 @@ func (x *Terminal) String() string {
 func (*Terminal) ProtoMessage() {}
 
 func (x *Terminal) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[11]
+	mi := &file_internal_pb_phaul_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1436,7 @@ func (x *Terminal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Terminal.ProtoReflect.Descriptor instead.
 func (*Terminal) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{11}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Terminal) GetKey() string {
@@ -1352,7 +1478,7 @@ type CgroupLimit struct {
 
 func (x *CgroupLimit) Reset() {
 	*x = CgroupLimit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1490,7 @@ func (x *CgroupLimit) String() string {
 func (*CgroupLimit) ProtoMessage() {}
 
 func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[12]
+	mi := &file_internal_pb_phaul_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1503,7 @@ func (x *CgroupLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupLimit.ProtoReflect.Descriptor instead.
 func (*CgroupLimit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{12}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CgroupLimit) GetFile() string {
@@ -1405,7 +1531,7 @@ type CgroupRoot struct {
 
 func (x *CgroupRoot) Reset() {
 	*x = CgroupRoot{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1543,7 @@ func (x *CgroupRoot) String() string {
 func (*CgroupRoot) ProtoMessage() {}
 
 func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[13]
+	mi := &file_internal_pb_phaul_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1556,7 @@ func (x *CgroupRoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CgroupRoot.ProtoReflect.Descriptor instead.
 func (*CgroupRoot) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{13}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CgroupRoot) GetControllers() string {
@@ -1459,7 +1585,7 @@ type Ready struct {
 
 func (x *Ready) Reset() {
 	*x = Ready{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1597,7 @@ func (x *Ready) String() string {
 func (*Ready) ProtoMessage() {}
 
 func (x *Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[14]
+	mi := &file_internal_pb_phaul_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1610,7 @@ func (x *Ready) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ready.ProtoReflect.Descriptor instead.
 func (*Ready) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{14}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ready) GetCgroupRoots() []*CgroupRoot {
@@ -1515,7 +1641,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1653,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[15]
+	mi := &file_internal_pb_phaul_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1666,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{15}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1564,7 +1690,7 @@ type RoundDone struct {
 
 func (x *RoundDone) Reset() {
 	*x = RoundDone{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1702,7 @@ func (x *RoundDone) String() string {
 func (*RoundDone) ProtoMessage() {}
 
 func (x *RoundDone) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[16]
+	mi := &file_internal_pb_phaul_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1715,7 @@ func (x *RoundDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundDone.ProtoReflect.Descriptor instead.
 func (*RoundDone) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{16}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RoundDone) GetNumber() uint32 {
@@ -1620,7 +1746,7 @@ type EndRounds struct {
 
 func (x *EndRounds) Reset() {
 	*x = EndRounds{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1758,7 @@ func (x *EndRounds) String() string {
 func (*EndRounds) ProtoMessage() {}
 
 func (x *EndRounds) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[17]
+	mi := &file_internal_pb_phaul_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1771,7 @@ func (x *EndRounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndRounds.ProtoReflect.Descriptor instead.
 func (*EndRounds) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{17}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EndRounds) GetKeep() uint32 {
@@ -1665,7 +1791,7 @@ type RoundsEnded struct {
 
 func (x *RoundsEnded) Reset() {
 	*x = RoundsEnded{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1803,7 @@ func (x *RoundsEnded) String() string {
 func (*RoundsEnded) ProtoMessage() {}
 
 func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[18]
+	mi := &file_internal_pb_phaul_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1816,7 @@ func (x *RoundsEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundsEnded.ProtoReflect.Descriptor instead.
 func (*RoundsEnded) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{18}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
 }
 
 // ImagesSent follows the end of the images stream (source to
@@ -1707,7 +1833,7 @@ type ImagesSent struct {
 
 func (x *ImagesSent) Reset() {
 	*x = ImagesSent{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1845,7 @@ func (x *ImagesSent) String() string {
 func (*ImagesSent) ProtoMessage() {}
 
 func (x *ImagesSent) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[19]
+	mi := &file_internal_pb_phaul_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1858,7 @@ func (x *ImagesSent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImagesSent.ProtoReflect.Descriptor instead.
 func (*ImagesSent) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{19}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ImagesSent) GetFiles() uint32 {
@@ -1781,7 +1907,7 @@ type Restored struct {
 
 func (x *Restored) Reset() {
 	*x = Restored{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1919,7 @@ func (x *Restored) String() string {
 func (*Restored) ProtoMessage() {}
 
 func (x *Restored) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[20]
+	mi := &file_internal_pb_phaul_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1932,7 @@ func (x *Restored) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restored.ProtoReflect.Descriptor instead.
 func (*Restored) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{20}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Restored) GetPid() int32 {
@@ -1874,7 +2000,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1886,7 +2012,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[21]
+	mi := &file_internal_pb_phaul_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1899,7 +2025,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{21}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
 }
 
 // Done says the destination copy runs (destination to source).
@@ -1912,7 +2038,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2050,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[22]
+	mi := &file_internal_pb_phaul_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2063,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{22}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Done) GetPid() int32 {
@@ -1957,7 +2083,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2095,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[23]
+	mi := &file_internal_pb_phaul_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2108,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{23}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Abort) GetReason() string {
@@ -2004,7 +2130,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2142,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[24]
+	mi := &file_internal_pb_phaul_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2155,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{24}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Failure) GetPhase() string {
@@ -2081,7 +2207,7 @@ type Check struct {
 
 func (x *Check) Reset() {
 	*x = Check{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2219,7 @@ func (x *Check) String() string {
 func (*Check) ProtoMessage() {}
 
 func (x *Check) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[25]
+	mi := &file_internal_pb_phaul_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2232,7 @@ func (x *Check) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Check.ProtoReflect.Descriptor instead.
 func (*Check) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{25}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Check) GetFacts() *SourceFacts {
@@ -2210,7 +2336,7 @@ type CheckReport struct {
 
 func (x *CheckReport) Reset() {
 	*x = CheckReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2348,7 @@ func (x *CheckReport) String() string {
 func (*CheckReport) ProtoMessage() {}
 
 func (x *CheckReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[26]
+	mi := &file_internal_pb_phaul_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2361,7 @@ func (x *CheckReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckReport.ProtoReflect.Descriptor instead.
 func (*CheckReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{26}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckReport) GetVerdicts() []*Verdict {
@@ -2266,7 +2392,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2404,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[27]
+	mi := &file_internal_pb_phaul_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2417,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{27}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Verdict) GetCheck() string {
@@ -2369,7 +2495,7 @@ type SourceFacts struct {
 
 func (x *SourceFacts) Reset() {
 	*x = SourceFacts{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2381,7 +2507,7 @@ func (x *SourceFacts) String() string {
 func (*SourceFacts) ProtoMessage() {}
 
 func (x *SourceFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[28]
+	mi := &file_internal_pb_phaul_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2394,7 +2520,7 @@ func (x *SourceFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceFacts.ProtoReflect.Descriptor instead.
 func (*SourceFacts) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{28}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SourceFacts) GetHost() *HostInfo {
@@ -2512,7 +2638,7 @@ type Held struct {
 
 func (x *Held) Reset() {
 	*x = Held{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2524,7 +2650,7 @@ func (x *Held) String() string {
 func (*Held) ProtoMessage() {}
 
 func (x *Held) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[29]
+	mi := &file_internal_pb_phaul_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2537,7 +2663,7 @@ func (x *Held) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Held.ProtoReflect.Descriptor instead.
 func (*Held) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{29}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Held) GetKind() string {
@@ -2628,7 +2754,7 @@ type FileFact struct {
 
 func (x *FileFact) Reset() {
 	*x = FileFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2640,7 +2766,7 @@ func (x *FileFact) String() string {
 func (*FileFact) ProtoMessage() {}
 
 func (x *FileFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[30]
+	mi := &file_internal_pb_phaul_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2653,7 +2779,7 @@ func (x *FileFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFact.ProtoReflect.Descriptor instead.
 func (*FileFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{30}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FileFact) GetPath() string {
@@ -2756,7 +2882,7 @@ type SocketFact struct {
 
 func (x *SocketFact) Reset() {
 	*x = SocketFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +2894,7 @@ func (x *SocketFact) String() string {
 func (*SocketFact) ProtoMessage() {}
 
 func (x *SocketFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[31]
+	mi := &file_internal_pb_phaul_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +2907,7 @@ func (x *SocketFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketFact.ProtoReflect.Descriptor instead.
 func (*SocketFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{31}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SocketFact) GetFamily() string {
@@ -2853,7 +2979,7 @@ type Need struct {
 
 func (x *Need) Reset() {
 	*x = Need{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +2991,7 @@ func (x *Need) String() string {
 func (*Need) ProtoMessage() {}
 
 func (x *Need) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[32]
+	mi := &file_internal_pb_phaul_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +3004,7 @@ func (x *Need) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Need.ProtoReflect.Descriptor instead.
 func (*Need) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{32}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Need) GetKind() string {
@@ -2926,7 +3052,7 @@ type TaskFact struct {
 
 func (x *TaskFact) Reset() {
 	*x = TaskFact{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[33]
+	mi := &file_internal_pb_phaul_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2938,7 +3064,7 @@ func (x *TaskFact) String() string {
 func (*TaskFact) ProtoMessage() {}
 
 func (x *TaskFact) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[33]
+	mi := &file_internal_pb_phaul_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2951,7 +3077,7 @@ func (x *TaskFact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFact.ProtoReflect.Descriptor instead.
 func (*TaskFact) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{33}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TaskFact) GetPid() int32 {
@@ -3050,7 +3176,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[34]
+	mi := &file_internal_pb_phaul_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3188,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[34]
+	mi := &file_internal_pb_phaul_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3201,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{34}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatusRequest) GetProtocolVersion() uint32 {
@@ -3100,7 +3226,7 @@ type StatusReport struct {
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[35]
+	mi := &file_internal_pb_phaul_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3112,7 +3238,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[35]
+	mi := &file_internal_pb_phaul_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3125,7 +3251,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{35}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatusReport) GetProtocolVersion() uint32 {
@@ -3176,7 +3302,7 @@ type MigrationState struct {
 
 func (x *MigrationState) Reset() {
 	*x = MigrationState{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[36]
+	mi := &file_internal_pb_phaul_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3188,7 +3314,7 @@ func (x *MigrationState) String() string {
 func (*MigrationState) ProtoMessage() {}
 
 func (x *MigrationState) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[36]
+	mi := &file_internal_pb_phaul_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3201,7 +3327,7 @@ func (x *MigrationState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationState.ProtoReflect.Descriptor instead.
 func (*MigrationState) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{36}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MigrationState) GetId() string {
@@ -3295,7 +3421,7 @@ type Resolve struct {
 
 func (x *Resolve) Reset() {
 	*x = Resolve{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[37]
+	mi := &file_internal_pb_phaul_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3307,7 +3433,7 @@ func (x *Resolve) String() string {
 func (*Resolve) ProtoMessage() {}
 
 func (x *Resolve) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[37]
+	mi := &file_internal_pb_phaul_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3320,7 +3446,7 @@ func (x *Resolve) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolve.ProtoReflect.Descriptor instead.
 func (*Resolve) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{37}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Resolve) GetProtocolVersion() uint32 {
@@ -3357,7 +3483,7 @@ type Resolved struct {
 
 func (x *Resolved) Reset() {
 	*x = Resolved{}
-	mi := &file_internal_pb_phaul_proto_msgTypes[38]
+	mi := &file_internal_pb_phaul_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3369,7 +3495,7 @@ func (x *Resolved) String() string {
 func (*Resolved) ProtoMessage() {}
 
 func (x *Resolved) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_pb_phaul_proto_msgTypes[38]
+	mi := &file_internal_pb_phaul_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3382,7 +3508,7 @@ func (x *Resolved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resolved.ProtoReflect.Descriptor instead.
 func (*Resolved) Descriptor() ([]byte, []int) {
-	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{38}
+	return file_internal_pb_phaul_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Resolved) GetMigrationId() string {
@@ -3417,7 +3543,7 @@ var File_internal_pb_phaul_proto protoreflect.FileDescriptor
 
 const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\n" +
-	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\x8d\t\n" +
+	"\x17internal/pb/phaul.proto\x12\bphaul.v1\"\xc3\t\n" +
 	"\bEnvelope\x12'\n" +
 	"\x05hello\x18\x01 \x01(\v2\x0f.phaul.v1.HelloH\x00R\x05hello\x12-\n" +
 	"\awelcome\x18\x02 \x01(\v2\x11.phaul.v1.WelcomeH\x00R\awelcome\x12-\n" +
@@ -3446,7 +3572,9 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\tlease_ask\x18\x15 \x01(\v2\x12.phaul.v1.LeaseAskH\x00R\bleaseAsk\x127\n" +
 	"\vlease_grant\x18\x16 \x01(\v2\x14.phaul.v1.LeaseGrantH\x00R\n" +
 	"leaseGrant\x121\n" +
-	"\tall_pages\x18\x17 \x01(\v2\x12.phaul.v1.AllPagesH\x00R\ballPagesB\x05\n" +
+	"\tall_pages\x18\x17 \x01(\v2\x12.phaul.v1.AllPagesH\x00R\ballPages\x124\n" +
+	"\n" +
+	"held_pages\x18\x18 \x01(\v2\x13.phaul.v1.HeldPagesH\x00R\theldPagesB\x05\n" +
 	"\x03msg\"\x9f\x01\n" +
 	"\bHostInfo\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x16\n" +
@@ -3493,7 +3621,13 @@ const file_internal_pb_phaul_proto_rawDesc = "" +
 	"\bAllPages\x12\x14\n" +
 	"\x05pages\x18\x01 \x01(\x03R\x05pages\x12\x14\n" +
 	"\x05nanos\x18\x02 \x01(\x03R\x05nanos\x12\x12\n" +
-	"\x04held\x18\x03 \x01(\x03R\x04held\"\x7f\n" +
+	"\x04held\x18\x03 \x01(\x03R\x04held\"2\n" +
+	"\tHeldPages\x12%\n" +
+	"\x04runs\x18\x01 \x03(\v2\x11.phaul.v1.HeldRunR\x04runs\"G\n" +
+	"\aHeldRun\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
+	"\x05vaddr\x18\x02 \x01(\x04R\x05vaddr\x12\x14\n" +
+	"\x05pages\x18\x03 \x01(\x04R\x05pages\"\x7f\n" +
 	"\x05Carry\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x10\n" +
 	"\x03how\x18\x02 \x01(\tR\x03how\x12\x12\n" +
@@ -3715,7 +3849,7 @@ func file_internal_pb_phaul_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_pb_phaul_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_internal_pb_phaul_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_internal_pb_phaul_proto_goTypes = []any{
 	(Verdict_Result)(0),    // 0: phaul.v1.Verdict.Result
 	(*Envelope)(nil),       // 1: phaul.v1.Envelope
@@ -3727,86 +3861,90 @@ var file_internal_pb_phaul_proto_goTypes = []any{
 	(*LeaseAsk)(nil),       // 7: phaul.v1.LeaseAsk
 	(*LeaseGrant)(nil),     // 8: phaul.v1.LeaseGrant
 	(*AllPages)(nil),       // 9: phaul.v1.AllPages
-	(*Carry)(nil),          // 10: phaul.v1.Carry
-	(*CarriedFile)(nil),    // 11: phaul.v1.CarriedFile
-	(*Terminal)(nil),       // 12: phaul.v1.Terminal
-	(*CgroupLimit)(nil),    // 13: phaul.v1.CgroupLimit
-	(*CgroupRoot)(nil),     // 14: phaul.v1.CgroupRoot
-	(*Ready)(nil),          // 15: phaul.v1.Ready
-	(*Round)(nil),          // 16: phaul.v1.Round
-	(*RoundDone)(nil),      // 17: phaul.v1.RoundDone
-	(*EndRounds)(nil),      // 18: phaul.v1.EndRounds
-	(*RoundsEnded)(nil),    // 19: phaul.v1.RoundsEnded
-	(*ImagesSent)(nil),     // 20: phaul.v1.ImagesSent
-	(*Restored)(nil),       // 21: phaul.v1.Restored
-	(*Commit)(nil),         // 22: phaul.v1.Commit
-	(*Done)(nil),           // 23: phaul.v1.Done
-	(*Abort)(nil),          // 24: phaul.v1.Abort
-	(*Failure)(nil),        // 25: phaul.v1.Failure
-	(*Check)(nil),          // 26: phaul.v1.Check
-	(*CheckReport)(nil),    // 27: phaul.v1.CheckReport
-	(*Verdict)(nil),        // 28: phaul.v1.Verdict
-	(*SourceFacts)(nil),    // 29: phaul.v1.SourceFacts
-	(*Held)(nil),           // 30: phaul.v1.Held
-	(*FileFact)(nil),       // 31: phaul.v1.FileFact
-	(*SocketFact)(nil),     // 32: phaul.v1.SocketFact
-	(*Need)(nil),           // 33: phaul.v1.Need
-	(*TaskFact)(nil),       // 34: phaul.v1.TaskFact
-	(*StatusRequest)(nil),  // 35: phaul.v1.StatusRequest
-	(*StatusReport)(nil),   // 36: phaul.v1.StatusReport
-	(*MigrationState)(nil), // 37: phaul.v1.MigrationState
-	(*Resolve)(nil),        // 38: phaul.v1.Resolve
-	(*Resolved)(nil),       // 39: phaul.v1.Resolved
+	(*HeldPages)(nil),      // 10: phaul.v1.HeldPages
+	(*HeldRun)(nil),        // 11: phaul.v1.HeldRun
+	(*Carry)(nil),          // 12: phaul.v1.Carry
+	(*CarriedFile)(nil),    // 13: phaul.v1.CarriedFile
+	(*Terminal)(nil),       // 14: phaul.v1.Terminal
+	(*CgroupLimit)(nil),    // 15: phaul.v1.CgroupLimit
+	(*CgroupRoot)(nil),     // 16: phaul.v1.CgroupRoot
+	(*Ready)(nil),          // 17: phaul.v1.Ready
+	(*Round)(nil),          // 18: phaul.v1.Round
+	(*RoundDone)(nil),      // 19: phaul.v1.RoundDone
+	(*EndRounds)(nil),      // 20: phaul.v1.EndRounds
+	(*RoundsEnded)(nil),    // 21: phaul.v1.RoundsEnded
+	(*ImagesSent)(nil),     // 22: phaul.v1.ImagesSent
+	(*Restored)(nil),       // 23: phaul.v1.Restored
+	(*Commit)(nil),         // 24: phaul.v1.Commit
+	(*Done)(nil),           // 25: phaul.v1.Done
+	(*Abort)(nil),          // 26: phaul.v1.Abort
+	(*Failure)(nil),        // 27: phaul.v1.Failure
+	(*Check)(nil),          // 28: phaul.v1.Check
+	(*CheckReport)(nil),    // 29: phaul.v1.CheckReport
+	(*Verdict)(nil),        // 30: phaul.v1.Verdict
+	(*SourceFacts)(nil),    // 31: phaul.v1.SourceFacts
+	(*Held)(nil),           // 32: phaul.v1.Held
+	(*FileFact)(nil),       // 33: phaul.v1.FileFact
+	(*SocketFact)(nil),     // 34: phaul.v1.SocketFact
+	(*Need)(nil),           // 35: phaul.v1.Need
+	(*TaskFact)(nil),       // 36: phaul.v1.TaskFact
+	(*StatusRequest)(nil),  // 37: phaul.v1.StatusRequest
+	(*StatusReport)(nil),   // 38: phaul.v1.StatusReport
+	(*MigrationState)(nil), // 39: phaul.v1.MigrationState
+	(*Resolve)(nil),        // 40: phaul.v1.Resolve
+	(*Resolved)(nil),       // 41: phaul.v1.Resolved
 }
 var file_internal_pb_phaul_proto_depIdxs = []int32{
 	3,  // 0: phaul.v1.Envelope.hello:type_name -> phaul.v1.Hello
 	4,  // 1: phaul.v1.Envelope.welcome:type_name -> phaul.v1.Welcome
 	6,  // 2: phaul.v1.Envelope.prepare:type_name -> phaul.v1.Prepare
-	15, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
-	20, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
-	21, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
-	22, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
-	23, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
-	24, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
-	25, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
-	26, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
-	27, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
-	35, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
-	36, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
-	38, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
-	39, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
-	16, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
-	17, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
-	18, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
-	19, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
+	17, // 3: phaul.v1.Envelope.ready:type_name -> phaul.v1.Ready
+	22, // 4: phaul.v1.Envelope.images_sent:type_name -> phaul.v1.ImagesSent
+	23, // 5: phaul.v1.Envelope.restored:type_name -> phaul.v1.Restored
+	24, // 6: phaul.v1.Envelope.commit:type_name -> phaul.v1.Commit
+	25, // 7: phaul.v1.Envelope.done:type_name -> phaul.v1.Done
+	26, // 8: phaul.v1.Envelope.abort:type_name -> phaul.v1.Abort
+	27, // 9: phaul.v1.Envelope.failure:type_name -> phaul.v1.Failure
+	28, // 10: phaul.v1.Envelope.check:type_name -> phaul.v1.Check
+	29, // 11: phaul.v1.Envelope.check_report:type_name -> phaul.v1.CheckReport
+	37, // 12: phaul.v1.Envelope.status_request:type_name -> phaul.v1.StatusRequest
+	38, // 13: phaul.v1.Envelope.status_report:type_name -> phaul.v1.StatusReport
+	40, // 14: phaul.v1.Envelope.resolve:type_name -> phaul.v1.Resolve
+	41, // 15: phaul.v1.Envelope.resolved:type_name -> phaul.v1.Resolved
+	18, // 16: phaul.v1.Envelope.round:type_name -> phaul.v1.Round
+	19, // 17: phaul.v1.Envelope.round_done:type_name -> phaul.v1.RoundDone
+	20, // 18: phaul.v1.Envelope.end_rounds:type_name -> phaul.v1.EndRounds
+	21, // 19: phaul.v1.Envelope.rounds_ended:type_name -> phaul.v1.RoundsEnded
 	7,  // 20: phaul.v1.Envelope.lease_ask:type_name -> phaul.v1.LeaseAsk
 	8,  // 21: phaul.v1.Envelope.lease_grant:type_name -> phaul.v1.LeaseGrant
 	9,  // 22: phaul.v1.Envelope.all_pages:type_name -> phaul.v1.AllPages
-	2,  // 23: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
-	2,  // 24: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
-	5,  // 25: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
-	12, // 26: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
-	13, // 27: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
-	10, // 28: phaul.v1.Prepare.carry:type_name -> phaul.v1.Carry
-	14, // 29: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
-	29, // 30: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
-	28, // 31: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
-	0,  // 32: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
-	10, // 33: phaul.v1.Verdict.carry:type_name -> phaul.v1.Carry
-	2,  // 34: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
-	31, // 35: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
-	32, // 36: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
-	33, // 37: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
-	5,  // 38: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
-	34, // 39: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
-	30, // 40: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
-	2,  // 41: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
-	37, // 42: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	10, // 23: phaul.v1.Envelope.held_pages:type_name -> phaul.v1.HeldPages
+	2,  // 24: phaul.v1.Hello.host:type_name -> phaul.v1.HostInfo
+	2,  // 25: phaul.v1.Welcome.host:type_name -> phaul.v1.HostInfo
+	5,  // 26: phaul.v1.Prepare.cgroups:type_name -> phaul.v1.CgroupSet
+	14, // 27: phaul.v1.Prepare.terminals:type_name -> phaul.v1.Terminal
+	15, // 28: phaul.v1.Prepare.limits:type_name -> phaul.v1.CgroupLimit
+	12, // 29: phaul.v1.Prepare.carry:type_name -> phaul.v1.Carry
+	11, // 30: phaul.v1.HeldPages.runs:type_name -> phaul.v1.HeldRun
+	16, // 31: phaul.v1.Ready.cgroup_roots:type_name -> phaul.v1.CgroupRoot
+	31, // 32: phaul.v1.Check.facts:type_name -> phaul.v1.SourceFacts
+	30, // 33: phaul.v1.CheckReport.verdicts:type_name -> phaul.v1.Verdict
+	0,  // 34: phaul.v1.Verdict.result:type_name -> phaul.v1.Verdict.Result
+	12, // 35: phaul.v1.Verdict.carry:type_name -> phaul.v1.Carry
+	2,  // 36: phaul.v1.SourceFacts.host:type_name -> phaul.v1.HostInfo
+	33, // 37: phaul.v1.SourceFacts.files:type_name -> phaul.v1.FileFact
+	34, // 38: phaul.v1.SourceFacts.sockets:type_name -> phaul.v1.SocketFact
+	35, // 39: phaul.v1.SourceFacts.needs:type_name -> phaul.v1.Need
+	5,  // 40: phaul.v1.SourceFacts.cgroups:type_name -> phaul.v1.CgroupSet
+	36, // 41: phaul.v1.SourceFacts.tasks:type_name -> phaul.v1.TaskFact
+	32, // 42: phaul.v1.SourceFacts.held:type_name -> phaul.v1.Held
+	2,  // 43: phaul.v1.StatusReport.host:type_name -> phaul.v1.HostInfo
+	39, // 44: phaul.v1.StatusReport.migrations:type_name -> phaul.v1.MigrationState
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_internal_pb_phaul_proto_init() }
@@ -3838,6 +3976,7 @@ func file_internal_pb_phaul_proto_init() {
 		(*Envelope_LeaseAsk)(nil),
 		(*Envelope_LeaseGrant)(nil),
 		(*Envelope_AllPages)(nil),
+		(*Envelope_HeldPages)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3845,7 +3984,7 @@ func file_internal_pb_phaul_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_pb_phaul_proto_rawDesc), len(file_internal_pb_phaul_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,113 @@
+package postcopy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/phaul/phaul/criu"
+	"github.com/phaul/phaul/internal/pagemap"
+	"github.com/phaul/phaul/precopy"
+)
+
+// Run is a range of task Pid's pages, [Start, End).
+type Run struct{ Pid, Start, End uint64 }
+
+// Pages is the run's page count.
+func (r Run) Pages() uint64 { return (r.End - r.Start) / criu.PageSize }
+
+// classifyChunk is how many pages Classify hashes at once.
+const classifyChunk = 256
+
+// Classify finds, among the lazy pages of the snapshot in dir, those the
+// destination holds unchanged from pre-copy rounds: each page hashed with
+// h and looked up in the rounds' table t (by image and address, as the
+// rounds recorded it). The source runs it after the restore, while the
+// copy runs, so that the freeze does not wait for it; it returns the
+// runs held, in address order per task.
+func Classify(ctx context.Context, dir string, h *precopy.Hasher, t *precopy.Table) ([]Run, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	var runs []Run
+	for _, path := range names {
+		pid, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "pagemap-"), ".img"), 10, 31)
+		if err != nil {
+			continue // shared memory: never lazy
+		}
+		if runs, err = classifyTask(ctx, dir, path, pid, h, t, runs); err != nil {
+			return nil, fmt.Errorf("classify %s: %w", filepath.Base(path), err)
+		}
+	}
+	return runs, nil
+}
+
+func classifyTask(ctx context.Context, dir, path string, pid uint64, h *precopy.Hasher, t *precopy.Table, runs []Run) ([]Run, error) {
+	pm, err := pagemap.Read(path)
+	if err != nil {
+		return nil, err
+	}
+	pages, err := mapPages(filepath.Join(dir, fmt.Sprintf("pages-%d.img", pm.PagesID)))
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Munmap(pages) //nolint:errcheck
+	dst := criu.PageDst(criu.PSTypePid, pid)
+	sums := make([]precopy.Sum, classifyChunk)
+	for _, e := range pm.Entries {
+		if e.Flags != criu.PEPresent|criu.PELazy {
+			continue
+		}
+		if (e.Off+e.Pages())*criu.PageSize > uint64(len(pages)) {
+			return nil, fmt.Errorf("entry at %#x: beyond the pages image", e.Start)
+		}
+		for done := uint64(0); done < e.Pages(); {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			n := min(e.Pages()-done, classifyChunk)
+			off := (e.Off + done) * criu.PageSize
+			h.SumAll(pages[off:off+n*criu.PageSize], sums[:n])
+			for i := range n {
+				va := e.Start + (done+i)*criu.PageSize
+				if !t.Match(dst, va, sums[i]) {
+					continue
+				}
+				if k := len(runs) - 1; k >= 0 && runs[k].Pid == pid && runs[k].End == va {
+					runs[k].End += criu.PageSize
+				} else {
+					runs = append(runs, Run{Pid: pid, Start: va, End: va + criu.PageSize})
+				}
+			}
+			done += n
+		}
+	}
+	return runs, nil
+}
+
+// mapPages maps a pages image to read, its page tables filled at once (a
+// tmpfs file's pages are in memory: no copy, and no fault per page).
+func mapPages(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		return nil, err
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("map %s: %w", path, err)
+	}
+	return m, nil
+}
