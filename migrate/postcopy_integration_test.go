@@ -3,6 +3,7 @@ package migrate_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -86,6 +87,16 @@ func assertPostcopyCleaned(t *testing.T, h *twohosts.Hosts, svc *twohosts.Servic
 	}
 }
 
+// awaitLog waits (up to a minute) until the service has logged what.
+func awaitLog(t *testing.T, svc *twohosts.Service, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(svc.Log(), what); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the service never logged %s:\n%s", what, svc.Log())
+		}
+	}
+}
+
 // running are the workload's tasks on host that run: not stopped, not
 // dying. They are found by their name, not their command line: a copy
 // restored with lazy pages may not have the page of its arguments yet,
@@ -142,9 +153,13 @@ func TestPostcopyFaults(t *testing.T) {
 		name  string
 		fault func(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service, migrate *exec.Cmd)
 		after func(t *testing.T, h *twohosts.Hosts, svc *twohosts.Service)
+		// rounds: pre-copy rounds first, on the link unshaped; the
+		// link is slowed as b restores, while the changed pages still
+		// have to cross (the workload dirties 20000 pages a second).
+		rounds bool
 	}{
 		{"link cut", func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service, _ *exec.Cmd) { h.LinkDown(t) },
-			func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service) { h.LinkUp(t) }},
+			func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service) { h.LinkUp(t) }, false},
 		{"service killed", func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service, _ *exec.Cmd) { svc.Kill() },
 			func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service) {
 				// Restarted, it cleans up what its keeper killed.
@@ -154,32 +169,44 @@ func TestPostcopyFaults(t *testing.T) {
 						t.Fatalf("the restarted service did not clean up:\n%s", svc.Log())
 					}
 				}
-			}},
-		{"agent killed", func(t *testing.T, _ *twohosts.Hosts, _ *twohosts.Service, m *exec.Cmd) { m.Process.Kill() }, nil},
+			}, false},
+		{"agent killed", func(t *testing.T, _ *twohosts.Hosts, _ *twohosts.Service, m *exec.Cmd) { m.Process.Kill() }, nil, false},
 		{"the destination's lazy-pages daemon killed", func(t *testing.T, _ *twohosts.Hosts, _ *twohosts.Service, _ *exec.Cmd) {
 			if out, err := exec.Command("pkill", "-KILL", "-f", "lazy-pages --page-server").CombinedOutput(); err != nil {
 				t.Fatalf("pkill: %v %s", err, out)
 			}
-		}, nil},
+		}, nil, false},
 		{"destination stalled", func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service, _ *exec.Cmd) {
 			syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGSTOP)
 		}, func(t *testing.T, _ *twohosts.Hosts, svc *twohosts.Service) {
 			syscall.Kill(svc.Cmd.Process.Pid, syscall.SIGCONT)
-		}},
+		}, false},
+		{"after rounds: link cut", func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service, _ *exec.Cmd) { h.LinkDown(t) },
+			func(t *testing.T, h *twohosts.Hosts, _ *twohosts.Service) { h.LinkUp(t) }, true},
 	}
 	for _, c := range cells {
 		t.Run(c.name, func(t *testing.T) {
 			h := twohosts.New(t)
 			svc := h.StartService(t)
-			w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child", "--listen", "0.0.0.0:9000", "--mem", "32", "--dirty", "500"}})
-			// 32 MiB at 16 Mbit/s: the pages follow for some 15 s.
-			if out, err := h.Command("a", "tc", "qdisc", "add", "dev", h.Link("a"), "root", "tbf", "rate", "16mbit", "burst", "32kb", "latency", "50ms").CombinedOutput(); err != nil {
-				t.Fatalf("tc: %v %s", err, out)
+			dirty, flags := "500", []string{"--postcopy", "--lease", "2s"}
+			if c.rounds {
+				dirty, flags = "20000", append(flags, "--precopy=on")
+			}
+			w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--child", "--listen", "0.0.0.0:9000", "--mem", "32", "--dirty", dirty}})
+			// 32 MiB at 16 Mbit/s: the pages follow for some 15 s
+			// (after the rounds: what changed, 8 MB and more, 4 s).
+			shape := func() {
+				if out, err := h.Command("a", "tc", "qdisc", "add", "dev", h.Link("a"), "root", "tbf", "rate", "16mbit", "burst", "32kb", "latency", "50ms").CombinedOutput(); err != nil {
+					t.Fatalf("tc: %v %s", err, out)
+				}
+			}
+			if !c.rounds {
+				shape()
 			}
 			before, _ := testutil.ReadState(w.State)
 			source := filepath.Join(h.Dir, "source")
-			cmd := h.Command("a", filepath.Join(h.Bin, "phaul"), "migrate", "--json", "--tls-dir", h.TLS,
-				"--work-dir", source, "--timeout", "30s", "--postcopy", "--lease", "2s", strconv.Itoa(w.Pid), svc.Addr)
+			cmd := h.Command("a", append(append([]string{filepath.Join(h.Bin, "phaul"), "migrate", "--json", "--tls-dir", h.TLS,
+				"--work-dir", source, "--timeout", "30s"}, flags...), strconv.Itoa(w.Pid), svc.Addr)...)
 			var out, errb bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &errb
 			if err := cmd.Start(); err != nil {
@@ -187,11 +214,11 @@ func TestPostcopyFaults(t *testing.T) {
 			}
 			stop := make(chan struct{})
 			seen := watchCopies(h, stop)
-			for deadline := time.Now().Add(60 * time.Second); !strings.Contains(svc.Log(), "phase=pages"); time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("the service never logged phase=pages:\n%s", svc.Log())
-				}
+			if c.rounds {
+				awaitLog(t, svc, "phase=restore")
+				shape()
 			}
+			awaitLog(t, svc, "phase=pages")
 			if len(running(h, "b")) == 0 || len(h.Copies(w, "a")) != 1 || len(running(h, "a")) != 0 {
 				t.Fatalf("before the fault: %v running on b, %v on a (%v running)", running(h, "b"), h.Copies(w, "a"), running(h, "a"))
 			}
@@ -202,6 +229,13 @@ func TestPostcopyFaults(t *testing.T) {
 			}
 			err := cmd.Wait()
 			t.Logf("phaul migrate: %v\n%s", err, errb.String())
+			var rep struct{ Precopy string }
+			if c.rounds && (json.Unmarshal(out.Bytes(), &rep) != nil || rep.Precopy != "rounds") {
+				t.Errorf("pre-copy %q, want the rounds kept: %s", rep.Precopy, out.String())
+			}
+			if c.rounds {
+				t.Logf("report: %s", out.String())
+			}
 			if d := migrate.PendingDecisions(source); len(d) > 0 {
 				out, err := h.Command("a", filepath.Join(h.Bin, "phaul"), "resolve", "--tls-dir", h.TLS, "--work-dir", source, d[0].ID).CombinedOutput()
 				t.Logf("phaul resolve: %v %s", err, out)
