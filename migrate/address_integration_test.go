@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phaul/phaul/internal/testutil"
 	"github.com/phaul/phaul/internal/twohosts"
 	"github.com/phaul/phaul/netmove"
 )
@@ -226,5 +227,30 @@ func TestMoveAddressRollback(t *testing.T) {
 	}
 	if copies := h.Copies(w, "b"); len(copies) > 0 {
 		t.Errorf("copies on b: %v", copies)
+	}
+}
+
+// Post-copy cannot move addresses yet: refused with that reason before
+// anything is copied or frozen, also when pre-copy rounds were asked for;
+// the tree goes on on a, its address with it.
+func TestPostcopyRefusesMovedAddress(t *testing.T) {
+	h := twohosts.New(t)
+	service := netip.MustParsePrefix("10.77.0.10/24")
+	serviceSetup(t, h, service)
+	svc := h.StartService(t)
+	w := h.StartWorkload(t, twohosts.WorkloadOptions{Args: []string{"--listen", "10.77.0.10:7000"}})
+	st, _ := testutil.ReadState(w.State)
+	r := h.Migrate(t, context.Background(), w.Pid, svc.Addr, "--postcopy", "--precopy=on", "--move-address", service.String())
+	if r.ExitCode == 0 || !strings.Contains(r.Str("error"), "--postcopy cannot move addresses yet") {
+		t.Fatalf("exit %d, error %q: want the refusal", r.ExitCode, r.Str("error"))
+	}
+	if r.Report["rounds"] != nil || !r.Bool("source_running") {
+		t.Errorf("rounds %v, source running %v: want no round, the tree running", r.Report["rounds"], r.Report["source_running"])
+	}
+	if _, err := testutil.WaitCount(w.State, st.Count+5, 5*time.Second); err != nil {
+		t.Errorf("the tree does not count on: %v", err)
+	}
+	if !holds(t, h, "a", service.Addr()) || holds(t, h, "b", service.Addr()) {
+		t.Error("the address left a")
 	}
 }

@@ -246,13 +246,15 @@ type lazyAsk struct {
 // dead or committed.
 func (in *incoming) relayLazy() {
 	asked := make(chan lazyAsk, 1024) // the commands taken, in order
-	go in.forwardAsks(asked)
+	answering := make(chan struct{})  // closed when the answers end
+	go in.forwardAsks(asked, answering)
 	in.answerAsks(asked)
+	close(answering)
 }
 
 // forwardAsks reads the daemon's commands into asked, and sends those
-// the source answers to it.
-func (in *incoming) forwardAsks(asked chan<- lazyAsk) {
+// the source answers to it, until answering is closed.
+func (in *incoming) forwardAsks(asked chan<- lazyAsk, answering <-chan struct{}) {
 	pc := in.pc
 	defer close(asked)
 	var hdr [criu.PageIovSize]byte
@@ -279,7 +281,11 @@ func (in *incoming) forwardAsks(asked chan<- lazyAsk) {
 				return
 			}
 		}
-		asked <- a
+		select {
+		case asked <- a:
+		case <-answering:
+			return
+		}
 		if h.Cmd != criu.PSIovGet {
 			return
 		}
@@ -327,6 +333,9 @@ func (in *incoming) answerHeld(h criu.PageIov, buf []byte) (int, error) {
 	pc := in.pc
 	want := min(h.NrPages, postcopy.MaxAnswer)
 	n, err := pc.held.Read(h.DstID, h.Vaddr, buf[:want*criu.PageSize])
+	if err == nil && n == 0 {
+		err = fmt.Errorf("no page of task %d at %#x", h.DstID, h.Vaddr)
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -188,10 +188,6 @@ func (m *source) dumpPostcopy(ctx context.Context, plan *precopyPlan) error {
 	o := m.o
 	defer m.warm.release()
 	m.setPhase("dump")
-	if err := m.postcopyRefusal(); err != nil {
-		m.abort(err)
-		return m.refuse(err)
-	}
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		m.abort(err)
 		return m.refuse(err)
@@ -262,8 +258,8 @@ type heldFinder struct {
 }
 
 // maxHeldRuns bounds the runs of one HeldPages message (about 20 bytes
-// each: well inside a frame).
-const maxHeldRuns = 64 << 10
+// each: a lease grant never waits long behind one).
+const maxHeldRuns = 4096
 
 // start classifies the snapshot's lazy pages and sends the held runs,
 // unless it has started already.
@@ -271,18 +267,21 @@ func (f *heldFinder) start(ctx context.Context) {
 	if f.cancel != nil {
 		return
 	}
-	ctx, f.cancel = context.WithCancel(ctx)
+	// stop cancels the search, and the sending between messages: a
+	// message is never cut short on the control stream.
+	search, cancel := context.WithCancel(ctx)
+	f.cancel = cancel
 	f.done = make(chan struct{})
 	go func() {
 		defer close(f.done)
 		t0 := time.Now()
-		runs, err := postcopy.Classify(ctx, f.dir, f.plan.hasher, f.plan.table)
+		runs, err := postcopy.Classify(search, f.dir, f.plan.hasher, f.plan.table)
 		if err != nil {
 			f.m.log.Warn("could not find the pages the destination holds: it fetches them all", "err", err)
 			return
 		}
 		var pages int64
-		for len(runs) > 0 {
+		for len(runs) > 0 && search.Err() == nil {
 			n := min(len(runs), maxHeldRuns)
 			msg := &pb.HeldPages{}
 			for _, r := range runs[:n] {

@@ -69,8 +69,9 @@ func (m *source) rounds(ctx context.Context) (*precopyPlan, int, error) {
 	rule := precopy.Rule{MaxDowntime: m.o.MaxDowntime, Room: m.room / 4096}
 	if m.o.Postcopy {
 		// The snapshot is dumped into fresh memory (a tmpfs work
-		// directory) while the tree is frozen: the memory the tree
-		// takes, touched while it runs, is given back just before.
+		// directory, or the page cache) while the tree is frozen: the
+		// memory the tree takes, touched while it runs, is given back
+		// just before.
 		m.warm = warm(uint64(m.rss))
 	}
 	var done []precopy.RoundStats

@@ -345,6 +345,12 @@ func (m *source) run(ctx context.Context) error {
 	}
 	m.r.Checks += Duration(time.Since(t0))
 
+	if o.Postcopy {
+		if err := m.postcopyRefusal(); err != nil {
+			m.abort(err)
+			return m.refuse(err)
+		}
+	}
 	plan, err := m.precopy(ctx)
 	if err != nil {
 		m.warm.release()

@@ -93,8 +93,9 @@ func classifyTask(ctx context.Context, dir, path string, pid uint64, h *precopy.
 	return runs, nil
 }
 
-// mapPages maps a pages image to read, its page tables filled at once (a
-// tmpfs file's pages are in memory: no copy, and no fault per page).
+// mapPages maps a pages image to read, its page tables filled at once
+// (the snapshot was just written: its pages are in memory, in a tmpfs or
+// the page cache; no copy, and no fault per page).
 func mapPages(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -57,32 +58,39 @@ func (h *Held) Add(runs []Run) error {
 	if len(runs) > 0 && h.chain == nil {
 		return errors.New("held pages: no round images to hold them")
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	added := map[uint64]bool{}
+	// Checked on copies of the tasks' runs, which replace them only if
+	// all is well: a refused message changes nothing.
+	h.mu.RLock()
+	next := map[uint64]*pagemap.Image{}
 	var pages int64
 	for _, r := range runs {
 		if r.Start%criu.PageSize != 0 || r.End%criu.PageSize != 0 || r.End <= r.Start || r.Pages() > maxRunPages {
+			h.mu.RUnlock()
 			return fmt.Errorf("held pages: bad run %#x-%#x of task %d", r.Start, r.End, r.Pid)
 		}
-		im := h.runs[r.Pid]
+		im := next[r.Pid]
 		if im == nil {
 			im = &pagemap.Image{}
-			h.runs[r.Pid] = im
+			if old := h.runs[r.Pid]; old != nil {
+				im.Entries = slices.Clone(old.Entries)
+			}
+			next[r.Pid] = im
 		}
 		im.Entries = append(im.Entries, pagemap.Entry{Start: r.Start, End: r.End, Flags: criu.PELazy})
-		added[r.Pid] = true
 		pages += int64(r.Pages())
 	}
-	for pid := range added {
-		es := h.runs[pid].Entries
-		slices.SortFunc(es, func(a, b pagemap.Entry) int { return cmp.Compare(a.Start, b.Start) })
-		for i := 1; i < len(es); i++ {
-			if es[i].Start < es[i-1].End {
-				return fmt.Errorf("held pages: runs of task %d overlap at %#x", pid, es[i].Start)
+	h.mu.RUnlock()
+	for pid, im := range next {
+		slices.SortFunc(im.Entries, func(a, b pagemap.Entry) int { return cmp.Compare(a.Start, b.Start) })
+		for i := 1; i < len(im.Entries); i++ {
+			if im.Entries[i].Start < im.Entries[i-1].End {
+				return fmt.Errorf("held pages: runs of task %d overlap at %#x", pid, im.Entries[i].Start)
 			}
 		}
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	maps.Copy(h.runs, next)
 	h.pages += pages
 	return nil
 }

@@ -113,6 +113,10 @@ func TestHeldRefuses(t *testing.T) {
 			if err := h.Add(c.runs); err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("Add = %v, want %q", err, c.want)
 			}
+			// A refused message changes nothing.
+			if held, _ := h.Split(pid, criu.PageSize, 1); held || h.Pages() != 0 {
+				t.Errorf("after a refused message: page 1 held %v, %d pages", held, h.Pages())
+			}
 		})
 	}
 	// A page not in the rounds' images: Read fails, it does not make

@@ -1098,9 +1098,9 @@ func (x *AllPages) GetHeld() int64 {
 }
 
 // HeldPages says which lazy pages the destination holds unchanged from the
-// pre-copy rounds (source to destination, post-copy after rounds, once the
-// copy runs; in as many messages as the runs need): it serves them to its
-// copy itself, from the round images.
+// pre-copy rounds (source to destination, post-copy after rounds, from the
+// first LeaseGrant on; in as many messages as the runs need, at most 4096
+// runs each): it serves them to its copy itself, from the round images.
 type HeldPages struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Runs          []*HeldRun             `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
