@@ -3,6 +3,7 @@ package postcopy
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,7 +16,7 @@ import (
 
 // heldDump writes a dump whose parent chain holds pages 1, 2 and 6 of
 // task pid, in two levels.
-func heldDump(t *testing.T) string {
+func heldDump(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	writeImages(t, filepath.Join(dir, "parent", "parent"), []pagemap.Entry{
@@ -170,4 +171,60 @@ func TestClassify(t *testing.T) {
 	if !slices.Equal(runs, want) {
 		t.Errorf("runs %#x, want %#x", runs, want)
 	}
+}
+
+// FuzzHeld feeds arbitrary runs (what a HeldPages message says) to Add
+// and asks for arbitrary pages: nothing panics, what Add accepts is
+// sorted without overlaps, and a request not held goes to the source for
+// at least one page and no more than asked.
+func FuzzHeld(f *testing.F) {
+	f.Add([]byte{5, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0})
+	f.Add(bytes.Repeat([]byte{5, 0xff}, 40))
+	dir := heldDump(f)
+	base, err := OpenHeld(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { base.Close() })
+	f.Fuzz(func(t *testing.T, data []byte) {
+		h := &Held{chain: base.chain, runs: map[uint64]*pagemap.Image{}}
+		var runs []Run
+		for ; len(data) >= 17; data = data[17:] {
+			start := binary.LittleEndian.Uint64(data[1:])
+			if data[0]&0x80 == 0 {
+				start *= criu.PageSize // else unaligned, most likely
+			}
+			pages := binary.LittleEndian.Uint64(data[9:]) % 64
+			runs = append(runs, Run{Pid: uint64(data[0] % 8), Start: start, End: start + pages*criu.PageSize})
+		}
+		for i := 0; i < len(runs); i += 3 {
+			if err := h.Add(runs[i:min(i+3, len(runs))]); err != nil {
+				continue
+			}
+		}
+		var total int64
+		for pid, im := range h.runs {
+			for i, e := range im.Entries {
+				total += int64(e.Pages())
+				if i > 0 && e.Start < im.Entries[i-1].End {
+					t.Fatalf("task %d: runs overlap at %#x", pid, e.Start)
+				}
+			}
+		}
+		if total != h.Pages() {
+			t.Fatalf("Pages %d, runs hold %d", h.Pages(), total)
+		}
+		buf := make([]byte, 4*criu.PageSize)
+		for _, r := range runs {
+			for _, va := range []uint64{r.Start, r.End, r.Start - criu.PageSize} {
+				held, n := h.Split(r.Pid, va, 4)
+				if !held && (n < 1 || n > 4) {
+					t.Fatalf("Split(%d, %#x, 4) = %v, %d", r.Pid, va, held, n)
+				}
+				if held {
+					h.Read(r.Pid, va, buf) //nolint:errcheck // pages the rounds lack fail: not a panic
+				}
+			}
+		}
+	})
 }
