@@ -23,13 +23,13 @@ import (
 // in, as its phases run:
 //
 //   - restore: the rounds' images opened, if any (postcopy.OpenHeld); a
-//     first lease asked and granted; the lease keeper started (a process of its own:
-//     postcopy.Keeper), holding the lazy-pages socket too, so that the
-//     daemon never sees it end before the copy is dead; CRIU's
+//     first lease asked and granted; the lease keeper started (a process
+//     of its own: postcopy.Keeper), holding the lazy-pages socket too, so
+//     that the daemon never sees it end before the copy is dead; CRIU's
 //     lazy-pages daemon started on that socket, relayed to a lazy stream
 //     to the source (the pages it holds, once the source said which:
-//     HeldPages, the relay answers itself); CRIU
-//     restores with lazy pages and the copy runs at once; Restored;
+//     HeldPages, the relay answers itself); CRIU restores with lazy pages
+//     and the copy runs at once; Restored;
 //   - pages: the lease renewed every fifth of it (from the first grant
 //     on, through the restore), until the daemon has every page (it
 //     exits 0); AllPages;

@@ -31,10 +31,9 @@ import (
 //     its lease asks, until it says every page has arrived (AllPages);
 //     after pre-copy rounds it also finds, from the first grant on (as
 //     the destination restores), the lazy pages it holds unchanged from
-//     the rounds
-//     (postcopy.Classify) and says so (HeldPages): the destination serves
-//     those itself, so that only what changed crosses after the restore,
-//     and nothing is added to the freeze;
+//     the rounds (postcopy.Classify) and says so (HeldPages): the
+//     destination serves those itself, so that only what changed crosses
+//     after the restore, and nothing is added to the freeze;
 //   - commit: the decision recorded, Commit; on Done the stopped tree is
 //     killed and the snapshot removed.
 //
@@ -248,7 +247,7 @@ func (m *source) handOver(ctx context.Context, dir string, g *postcopy.Grantor, 
 }
 
 // heldFinder finds the lazy pages the destination holds from the rounds
-// and says so (HeldPages), once the copy runs, beside the grants.
+// and says so (HeldPages), beside the grants.
 type heldFinder struct {
 	m      *source
 	dir    string
