@@ -168,8 +168,12 @@ func (r *Report) WriteText(w io.Writer) {
 	}
 	r.writePrecopy(w)
 	if r.Postcopy {
-		fmt.Fprintf(w, "  post-copy  %d pages before the restore, %d after it (%d held from the rounds, %d fetched), the last %v after the restore\n",
-			r.EagerPages, r.LazyPages, r.LazyHeld, r.LazyFetched, r.AllPagesAfter)
+		held := ""
+		if r.LazyHeld > 0 {
+			held = fmt.Sprintf("%d served on the destination from the rounds, ", r.LazyHeld)
+		}
+		fmt.Fprintf(w, "  post-copy  %d pages before the restore, %d after it (%s%d fetched), the last %v after the restore\n",
+			r.EagerPages, r.LazyPages, held, r.LazyFetched, r.AllPagesAfter)
 	}
 	fmt.Fprintf(w, "  connect    %v\n  checks     %v\n  dump       %v\n  transfer   %v\n  restore    %v\n  downtime   %v\n  total      %v\n",
 		r.Connect, r.Checks, r.Dump, r.Transfer, r.Restore, r.Downtime, r.Total)
