@@ -10,7 +10,7 @@
 //   - phaul: `phaul migrate --json` to phaul-service on host b, with
 //     pre-copy as it comes (auto);
 //   - phaul-off: the same with --precopy=off, every page while frozen;
-//   - phaul-post: the same with --postcopy: restored before its memory
+//   - phaul-post: --postcopy --precopy=off: restored before its memory
 //     crossed, the pages following (the run ends once the last has
 //     arrived, and the memory is verified after it);
 //   - phaul-prepost: --postcopy --precopy=on: pre-copy rounds first, so

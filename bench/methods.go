@@ -19,7 +19,7 @@ import (
 const (
 	methodPhaul    = "phaul"         // phaul migrate as it comes: pre-copy (auto)
 	methodPhaulOff = "phaul-off"     // phaul migrate --precopy=off
-	methodPostcopy = "phaul-post"    // phaul migrate --postcopy
+	methodPostcopy = "phaul-post"    // phaul migrate --postcopy --precopy=off
 	methodPrePost  = "phaul-prepost" // phaul migrate --postcopy --precopy=on
 	methodCRIU     = "criu"
 	methodManual   = "manual"

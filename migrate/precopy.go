@@ -29,8 +29,6 @@ func (m *source) precopy(ctx context.Context) (*precopyPlan, error) {
 	var plan *precopyPlan
 	keep := 0
 	switch {
-	case m.o.Postcopy && m.o.Precopy == "off":
-		m.r.Precopy = "off: post-copy (--precopy=on runs rounds first)"
 	case m.o.Precopy == "off":
 		m.r.Precopy = "off: --precopy=off"
 	case m.o.Precopy == "auto" && m.rss < precopy.MinTree:

@@ -142,9 +142,6 @@ func Migrate(ctx context.Context, o Options) (*Report, error) {
 	if o.Lease <= 0 {
 		o.Lease = DefaultLease
 	}
-	if o.Postcopy && o.Precopy != "on" {
-		o.Precopy = "off" // rounds first only when asked for
-	}
 	switch o.Precopy {
 	case "":
 		o.Precopy = "auto"

@@ -246,7 +246,7 @@ or -v, nor when stderr is not a terminal. Then the report goes to stdout
 		checkFlags(fs)
 		fs.String("work-dir", "/var/tmp/phaul", "where the source writes its (small) image files and CRIU's log")
 		fs.BoolP("quiet", "q", false, "print nothing on success (no report, no progress bar); errors still go to stderr")
-		fs.String("precopy", "auto", "copy the memory while the tree runs, in rounds, so that the freeze sends only what changed: auto (unless the tree is smaller than 64 MiB), on, or off (every page while frozen). With --postcopy, rounds run only with on: then only the pages changed since the last round follow the restore from the source")
+		fs.String("precopy", "auto", "copy the memory while the tree runs, in rounds, so that the freeze sends only what changed: auto (unless the tree is smaller than 64 MiB), on, or off (every page while frozen). With --postcopy the rounds run before the freeze just the same, and then only the pages changed since the last round follow the restore from the source")
 		fs.Duration("max-downtime", precopy.DefaultMaxDowntime, "pre-copy's stop rule: end the rounds once what changed in the last one would cross the link in this time")
 		fs.Duration("lease", migrate.DefaultLease, "with --postcopy: how long the destination's copy may run without hearing from the source (the source waits this and 1s more before resuming its own tree after a failure)")
 	},
