@@ -28,9 +28,9 @@ const classifyChunk = 256
 // Classify finds, among the lazy pages of the snapshot in dir, those the
 // destination holds unchanged from pre-copy rounds: each page hashed with
 // h and looked up in the rounds' table t (by image and address, as the
-// rounds recorded it). The source runs it after the restore, while the
-// copy runs, so that the freeze does not wait for it; it returns the
-// runs held, in address order per task.
+// rounds recorded it). The source runs it as the destination restores
+// and its copy runs, so that the freeze does not wait for it; it returns
+// the runs held, in address order per task.
 func Classify(ctx context.Context, dir string, h *precopy.Hasher, t *precopy.Table) ([]Run, error) {
 	names, err := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
 	if err != nil {
