@@ -191,10 +191,12 @@ type incoming struct {
 	sourceHost    string
 	// Post-copy (postcopy_dest.go): its state, the pages fetched, the
 	// control messages read while the copy runs.
-	pc                *postcopyState
-	pcFetched, pcHeld atomic.Int64 // pages from the source, and held here
-	pcMsgs            chan *pb.Envelope
-	pcErrs            chan error
+	pc *postcopyState
+	// Pages from the source (of them, fetched ahead of the daemon's
+	// requests), and held here.
+	pcFetched, pcAhead, pcHeld atomic.Int64
+	pcMsgs                     chan *pb.Envelope
+	pcErrs                     chan error
 }
 
 // Serve runs one migration on sess until it is done, failed or in doubt.

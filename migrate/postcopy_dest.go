@@ -57,6 +57,7 @@ type postcopyState struct {
 	sock   *os.File // the relay's end of the daemon's socket
 	stream io.ReadWriteCloser
 	held   *postcopy.Held // the lazy pages served here, from the rounds
+	ahead  postcopy.Ahead // pages fetched ahead of the daemon's requests
 	start  time.Time      // the restore began
 	// committed: the keeper stopped guarding; the copy is the workload.
 	committed bool
@@ -171,7 +172,7 @@ func (in *incoming) postcopy(ctx context.Context) error {
 		return in.fail("pages", err)
 	}
 	all := &pb.AllPages{Pages: in.pcFetched.Load(), Held: in.pcHeld.Load(), Nanos: int64(time.Since(pc.start))}
-	in.log.Info("every page has arrived", "fetched", all.Pages, "held", all.Held, "after", time.Duration(all.Nanos))
+	in.log.Info("every page has arrived", "fetched", all.Pages, "ahead", in.pcAhead.Load(), "held", all.Held, "after", time.Duration(all.Nanos))
 	if err := in.send(ctx, &pb.Envelope{Msg: &pb.Envelope_AllPages{AllPages: all}}); err != nil {
 		return err
 	}
@@ -236,6 +237,11 @@ func (in *incoming) startLazy(ctx context.Context) error {
 type lazyAsk struct {
 	h    criu.PageIov
 	held bool
+	// give is how many of the pages asked of the source go to the
+	// daemon (the rest were asked ahead: postcopy.Ahead); ahead, pages
+	// fetched ahead before, which answer it instead.
+	give  uint64
+	ahead []byte
 }
 
 // relayLazy copies the daemon's page requests to the source and the
@@ -265,15 +271,9 @@ func (in *incoming) forwardAsks(asked chan<- lazyAsk, answering <-chan struct{})
 		}
 		a := lazyAsk{h: h}
 		if h.Cmd == criu.PSIovGet {
-			var n uint64
-			if a.held, n = pc.held.Split(h.DstID, h.Vaddr, h.NrPages); !a.held && n < h.NrPages {
-				// Only up to the next held page: the daemon asks
-				// again for the rest, which is then answered here.
-				h.NrPages = n
-				h.Append(hdr[:0])
-			}
+			in.planAsk(&a, &hdr)
 		}
-		if !a.held {
+		if !a.held && a.ahead == nil {
 			if h.Cmd == criu.PSIovGet {
 				pc.ask()
 			}
@@ -292,6 +292,31 @@ func (in *incoming) forwardAsks(asked chan<- lazyAsk, answering <-chan struct{})
 	}
 }
 
+// planAsk decides how a page request is answered: held pages here, pages
+// fetched ahead before here too; the others by the source, only up to the
+// next held page (the daemon asks again for the rest, which is then
+// answered here), and for a background request a whole answer's worth
+// (postcopy.Ahead). hdr is rewritten to what goes to the source.
+func (in *incoming) planAsk(a *lazyAsk, hdr *[criu.PageIovSize]byte) {
+	pc := in.pc
+	h := a.h
+	var n uint64
+	if a.held, n = pc.held.Split(h.DstID, h.Vaddr, h.NrPages); a.held {
+		return
+	}
+	if a.ahead = pc.ahead.Take(h.DstID, h.Vaddr, min(n, postcopy.MaxAnswer)); a.ahead != nil {
+		return
+	}
+	a.give = n
+	if n >= postcopy.AheadFrom && n < postcopy.MaxAnswer {
+		_, n = pc.held.Split(h.DstID, h.Vaddr, postcopy.MaxAnswer)
+	}
+	if n != h.NrPages {
+		h.NrPages = n
+		h.Append(hdr[:0])
+	}
+}
+
 // answerAsks passes the answers to the daemon, in the order it asked.
 func (in *incoming) answerAsks(asked <-chan lazyAsk) {
 	pc := in.pc
@@ -306,24 +331,62 @@ func (in *incoming) answerAsks(asked <-chan lazyAsk) {
 				return
 			}
 			in.pcHeld.Add(int64(n))
+		case a.ahead != nil:
+			if err := in.answerPages(a.h, a.ahead); err != nil {
+				return
+			}
+			in.pcFetched.Add(int64(len(a.ahead) / criu.PageSize))
+			in.pcAhead.Add(int64(len(a.ahead) / criu.PageSize))
 		case a.h.Cmd != criu.PSIovGet:
 			io.CopyN(pc.sock, pc.stream, 4) //nolint:errcheck // the daemon sees a short answer
 			return
 		default:
-			h, err := criu.ReadLazyAnswer(pc.stream, &hdr)
+			n, err := in.answerFromSource(a, &hdr)
 			if err != nil {
 				return
 			}
-			if _, err := pc.sock.Write(hdr[:]); err != nil {
-				return
-			}
-			if _, err := io.CopyN(pc.sock, pc.stream, h.DataLen()); err != nil {
-				return
-			}
 			pc.answered()
-			in.pcFetched.Add(int64(h.NrPages))
+			in.pcFetched.Add(int64(n))
 		}
 	}
+}
+
+// answerFromSource reads the source's answer to a request and passes on
+// the pages the daemon asked for; those asked ahead it keeps.
+func (in *incoming) answerFromSource(a lazyAsk, hdr *[criu.PageIovSize]byte) (uint64, error) {
+	pc := in.pc
+	h, err := criu.ReadLazyAnswer(pc.stream, hdr)
+	if err != nil {
+		return 0, err
+	}
+	give := min(h.NrPages, a.give)
+	if give == h.NrPages {
+		if _, err := pc.sock.Write(hdr[:]); err != nil {
+			return 0, err
+		}
+		_, err := io.CopyN(pc.sock, pc.stream, h.DataLen())
+		return give, err
+	}
+	// The pages ahead are put by before the daemon has its answer, and
+	// with it the turn to ask for them.
+	pages := make([]byte, h.DataLen())
+	if _, err := io.ReadFull(pc.stream, pages); err != nil {
+		return 0, err
+	}
+	pc.ahead.Put(h.DstID, h.Vaddr+give*criu.PageSize, pages[give*criu.PageSize:])
+	return give, in.answerPages(h, pages[:give*criu.PageSize])
+}
+
+// answerPages answers a request with pages from vaddr, as the source
+// would.
+func (in *incoming) answerPages(h criu.PageIov, pages []byte) error {
+	pc := in.pc
+	ans := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(len(pages) / criu.PageSize), Vaddr: h.Vaddr, DstID: h.DstID}
+	if _, err := pc.sock.Write(ans.Append(nil)); err != nil {
+		return err
+	}
+	_, err := pc.sock.Write(pages)
+	return err
 }
 
 // answerHeld answers a request for held pages from the rounds' images:
@@ -339,12 +402,7 @@ func (in *incoming) answerHeld(h criu.PageIov, buf []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	ans := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(n), Vaddr: h.Vaddr, DstID: h.DstID}
-	if _, err := pc.sock.Write(ans.Append(nil)); err != nil {
-		return 0, err
-	}
-	_, err = pc.sock.Write(buf[:n*criu.PageSize])
-	return n, err
+	return n, in.answerPages(h, buf[:n*criu.PageSize])
 }
 
 // restoreLazily restores the tree with lazy pages: it runs at once, under

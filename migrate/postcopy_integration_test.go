@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -67,9 +68,23 @@ func TestMigratePostcopy(t *testing.T) {
 			case c.rounds && (r.Str("precopy") != "rounds" || held < lazy/2):
 				t.Errorf("precopy %q, lazy %v, held %v: want most lazy pages held from the rounds", r.Str("precopy"), lazy, held)
 			}
+			// Without rounds most pages came ahead of the daemon's
+			// background requests, a whole answer at a time.
+			if m := regexp.MustCompile(`every page has arrived.* ahead=(\d+)`).FindStringSubmatch(svc.Log()); !c.rounds && (m == nil || mustAtoi(t, m[1]) < int(lazy)/2) {
+				t.Errorf("pages fetched ahead: %v, want most of the %v", m, lazy)
+			}
 			assertPostcopyCleaned(t, h, svc, r)
 		})
 	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // assertPostcopyCleaned checks that the snapshot and the decision are
