@@ -199,6 +199,13 @@ func ParseLazyAnswer(b []byte) (PageIov, error) {
 	return h, nil
 }
 
+// LazyAnswer is the header of the answer to page request req with n
+// pages (ParseLazyAnswer's format): PS_IOV_ADD_F with PE_PRESENT, the
+// request's vaddr and dst_id.
+func LazyAnswer(req PageIov, n uint64) PageIov {
+	return PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: n, Vaddr: req.Vaddr, DstID: req.DstID}
+}
+
 // ReadLazyAnswer reads and checks one answer to a PS_IOV_GET from r (the
 // header only; DataLen bytes of pages follow it).
 func ReadLazyAnswer(r io.Reader, buf *[PageIovSize]byte) (PageIov, error) {

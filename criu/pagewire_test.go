@@ -155,6 +155,7 @@ func TestParseLazyAnswer(t *testing.T) {
 		ok   bool
 	}{
 		{"answer", PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: 3, Vaddr: 0x1000, DstID: 77}, true},
+		{"LazyAnswer's", LazyAnswer(PageIov{Cmd: PSIovGet, NrPages: 8, Vaddr: 0x1000, DstID: 77}, 3), true},
 		{"lazy flag too", PageIov{Cmd: PSIovAddF, Flags: PEPresent | PELazy, NrPages: 3, Vaddr: 0x1000, DstID: 77}, false},
 		{"not present", PageIov{Cmd: PSIovAddF, Flags: PEParent, NrPages: 3, Vaddr: 0x1000, DstID: 77}, false},
 		{"no pid", PageIov{Cmd: PSIovAddF, Flags: PEPresent, NrPages: 3, Vaddr: 0x1000}, false},

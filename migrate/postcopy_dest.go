@@ -381,8 +381,7 @@ func (in *incoming) answerFromSource(a lazyAsk, hdr *[criu.PageIovSize]byte) (ui
 // would.
 func (in *incoming) answerPages(h criu.PageIov, pages []byte) error {
 	pc := in.pc
-	ans := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(len(pages) / criu.PageSize), Vaddr: h.Vaddr, DstID: h.DstID}
-	if _, err := pc.sock.Write(ans.Append(nil)); err != nil {
+	if _, err := pc.sock.Write(criu.LazyAnswer(h, uint64(len(pages)/criu.PageSize)).Append(nil)); err != nil {
 		return err
 	}
 	_, err := pc.sock.Write(pages)

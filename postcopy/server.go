@@ -59,8 +59,7 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, snap *Snapshot, stats *
 		if err != nil {
 			return fmt.Errorf("page request for %d pages at %#x of task %d: %w", h.NrPages, h.Vaddr, h.DstID, err)
 		}
-		ans := criu.PageIov{Cmd: criu.PSIovAddF, Flags: criu.PEPresent, NrPages: uint64(n), Vaddr: h.Vaddr, DstID: h.DstID}
-		_ = ans.Append(buf[:0]) // into buf, before the pages
+		_ = criu.LazyAnswer(h, uint64(n)).Append(buf[:0]) // into buf, before the pages
 		if _, err := conn.Write(buf[:criu.PageIovSize+n*criu.PageSize]); err != nil {
 			return fmt.Errorf("page answer: %w", err)
 		}
