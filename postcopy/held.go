@@ -81,11 +81,8 @@ func (h *Held) Add(runs []Run) error {
 	}
 	h.mu.RUnlock()
 	for pid, im := range next {
-		slices.SortFunc(im.Entries, func(a, b pagemap.Entry) int { return cmp.Compare(a.Start, b.Start) })
-		for i := 1; i < len(im.Entries); i++ {
-			if im.Entries[i].Start < im.Entries[i-1].End {
-				return fmt.Errorf("held pages: runs of task %d overlap at %#x", pid, im.Entries[i].Start)
-			}
+		if err := im.Sort(); err != nil {
+			return fmt.Errorf("held pages: runs of task %d: %w", pid, err)
 		}
 	}
 	h.mu.Lock()

@@ -103,13 +103,22 @@ func Read(path string) (*Image, error) {
 		}
 		pm.Entries = append(pm.Entries, e)
 	}
+	if err := pm.Sort(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pm, nil
+}
+
+// Sort sorts the entries by address, as Find needs them; entries that
+// overlap are an error.
+func (pm *Image) Sort() error {
 	slices.SortFunc(pm.Entries, func(a, b Entry) int { return cmpU64(a.Start, b.Start) })
 	for i := 1; i < len(pm.Entries); i++ {
 		if pm.Entries[i].Start < pm.Entries[i-1].End {
-			return nil, fmt.Errorf("%s: entries overlap at %#x", path, pm.Entries[i].Start)
+			return fmt.Errorf("entries overlap at %#x", pm.Entries[i].Start)
 		}
 	}
-	return pm, nil
+	return nil
 }
 
 // Find is the index of the entry holding address va, or -1.
