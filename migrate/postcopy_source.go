@@ -240,7 +240,7 @@ func (m *source) handOver(ctx context.Context, dir string, g *postcopy.Grantor, 
 	go func() { served <- m.serveLazy(ctx, snap) }()
 	var held *heldFinder
 	if plan != nil {
-		held = &heldFinder{m: m, dir: dir, plan: plan}
+		held = &heldFinder{m: m, snap: snap, plan: plan}
 		defer held.stop()
 	}
 	return m.grantUntilAllPages(ctx, g, served, held)
@@ -250,7 +250,7 @@ func (m *source) handOver(ctx context.Context, dir string, g *postcopy.Grantor, 
 // and says so (HeldPages), beside the grants.
 type heldFinder struct {
 	m      *source
-	dir    string
+	snap   *postcopy.Snapshot
 	plan   *precopyPlan
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -274,7 +274,7 @@ func (f *heldFinder) start(ctx context.Context) {
 	go func() {
 		defer close(f.done)
 		t0 := time.Now()
-		runs, err := postcopy.Classify(search, f.dir, f.plan.hasher, f.plan.table)
+		runs, err := postcopy.Classify(search, f.snap, f.plan.hasher, f.plan.table)
 		if err != nil {
 			f.m.log.Warn("could not find the pages the destination holds: it fetches them all", "err", err)
 			return

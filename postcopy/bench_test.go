@@ -39,8 +39,8 @@ func roundTable(tb testing.TB, h *precopy.Hasher, data []byte) *precopy.Table {
 }
 
 // writeLazySnapshot writes a snapshot of task 1 holding data at 0x10000,
-// all lazy, into a directory in dir.
-func writeLazySnapshot(tb testing.TB, dir string, data []byte) string {
+// all lazy, into a directory in dir, and opens it.
+func writeLazySnapshot(tb testing.TB, dir string, data []byte) *Snapshot {
 	tb.Helper()
 	snap, err := os.MkdirTemp(dir, "snapshot-")
 	if err != nil {
@@ -53,7 +53,12 @@ func writeLazySnapshot(tb testing.TB, dir string, data []byte) string {
 			tb.Fatal(err)
 		}
 	}
-	return snap
+	s, err := OpenSnapshot(snap)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
 }
 
 // BenchmarkClassify is the source's work after the restore of a

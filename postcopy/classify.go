@@ -3,16 +3,13 @@ package postcopy
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/phaul/phaul/criu"
-	"github.com/phaul/phaul/internal/pagemap"
 	"github.com/phaul/phaul/precopy"
 )
 
@@ -25,41 +22,30 @@ func (r Run) Pages() uint64 { return (r.End - r.Start) / criu.PageSize }
 // classifyChunk is how many pages Classify hashes at once.
 const classifyChunk = 256
 
-// Classify finds, among the lazy pages of the snapshot in dir, those the
-// destination holds unchanged from pre-copy rounds: each page hashed with
-// h and looked up in the rounds' table t (by image and address, as the
-// rounds recorded it). The source runs it as the destination restores
-// and its copy runs, so that the freeze does not wait for it; it returns
-// the runs held, in address order per task.
-func Classify(ctx context.Context, dir string, h *precopy.Hasher, t *precopy.Table) ([]Run, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
-	if err != nil {
-		return nil, err
-	}
-	slices.Sort(names)
+// Classify finds, among the lazy pages of snap, those the destination
+// holds unchanged from pre-copy rounds: each page hashed with h and
+// looked up in the rounds' table t (by image and address, as the rounds
+// recorded it). The source runs it as the destination restores and its
+// copy runs, so that the freeze does not wait for it; it returns the
+// runs held, in address order per task.
+func Classify(ctx context.Context, snap *Snapshot, h *precopy.Hasher, t *precopy.Table) ([]Run, error) {
 	var runs []Run
-	for _, path := range names {
-		pid, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "pagemap-"), ".img"), 10, 31)
-		if err != nil {
-			continue // shared memory: never lazy
-		}
-		if runs, err = classifyTask(ctx, dir, path, pid, h, t, runs); err != nil {
-			return nil, fmt.Errorf("classify %s: %w", filepath.Base(path), err)
+	for _, pid := range slices.Sorted(maps.Keys(snap.tasks)) {
+		var err error
+		if runs, err = classifyTask(ctx, snap.tasks[pid], pid, h, t, runs); err != nil {
+			return nil, fmt.Errorf("classify task %d: %w", pid, err)
 		}
 	}
 	return runs, nil
 }
 
-func classifyTask(ctx context.Context, dir, path string, pid uint64, h *precopy.Hasher, t *precopy.Table, runs []Run) ([]Run, error) {
-	pm, err := pagemap.Read(path)
-	if err != nil {
-		return nil, err
-	}
-	pages, err := mapPages(filepath.Join(dir, fmt.Sprintf("pages-%d.img", pm.PagesID)))
+func classifyTask(ctx context.Context, task *taskPages, pid uint64, h *precopy.Hasher, t *precopy.Table, runs []Run) ([]Run, error) {
+	pages, err := mapPages(task.pages)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Munmap(pages) //nolint:errcheck
+	pm := task.pm
 	dst := criu.PageDst(criu.PSTypePid, pid)
 	sums := make([]precopy.Sum, classifyChunk)
 	for _, e := range pm.Entries {
@@ -96,19 +82,14 @@ func classifyTask(ctx context.Context, dir, path string, pid uint64, h *precopy.
 // mapPages maps a pages image to read, its page tables filled at once
 // (the snapshot was just written: its pages are in memory, in a tmpfs or
 // the page cache; no copy, and no fault per page).
-func mapPages(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+func mapPages(f *os.File) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil || fi.Size() == 0 {
 		return nil, err
 	}
 	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
-		return nil, fmt.Errorf("map %s: %w", path, err)
+		return nil, fmt.Errorf("map %s: %w", f.Name(), err)
 	}
 	return m, nil
 }
