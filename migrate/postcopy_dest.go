@@ -506,7 +506,7 @@ func (in *incoming) leaseLoop(ctx context.Context) {
 func heldRuns(m *pb.HeldPages) []postcopy.Run {
 	runs := make([]postcopy.Run, 0, len(m.Runs))
 	for _, r := range m.Runs {
-		if r.Pages > 1<<28 {
+		if r.Pages > postcopy.MaxRunPages {
 			r.Pages = 0 // refused by Held.Add, without overflowing
 		}
 		runs = append(runs, postcopy.Run{Pid: uint64(r.Pid), Start: r.Vaddr, End: r.Vaddr + r.Pages*criu.PageSize})

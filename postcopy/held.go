@@ -31,9 +31,9 @@ type Held struct {
 	pages int64
 }
 
-// maxRunPages bounds one run (as the page-server headers bound a
+// MaxRunPages bounds one run (as the page-server headers bound a
 // request).
-const maxRunPages = 1 << 28
+const MaxRunPages = 1 << 28
 
 // OpenHeld opens the round images the dump in dir builds on (its
 // "parent" link), to read held pages from. A dump without them can hold
@@ -64,7 +64,7 @@ func (h *Held) Add(runs []Run) error {
 	next := map[uint64]*pagemap.Image{}
 	var pages int64
 	for _, r := range runs {
-		if r.Start%criu.PageSize != 0 || r.End%criu.PageSize != 0 || r.End <= r.Start || r.Pages() > maxRunPages {
+		if r.Start%criu.PageSize != 0 || r.End%criu.PageSize != 0 || r.End <= r.Start || r.Pages() > MaxRunPages {
 			h.mu.RUnlock()
 			return fmt.Errorf("held pages: bad run %#x-%#x of task %d", r.Start, r.End, r.Pid)
 		}

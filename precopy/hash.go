@@ -41,22 +41,20 @@ const parallelPages = 64
 // page while the tree is frozen.
 func (h *Hasher) SumAll(data []byte, sums []Sum) {
 	n := len(data) / criu.PageSize
-	workers := min(runtime.GOMAXPROCS(0), n/parallelPages)
-	if workers <= 1 {
-		for i := range n {
+	sum := func(from, to int) {
+		for i := from; i < to; i++ {
 			sums[i] = h.Sum(data[i*criu.PageSize : (i+1)*criu.PageSize])
 		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), n/parallelPages)
+	if workers <= 1 {
+		sum(0, n)
 		return
 	}
 	var wg sync.WaitGroup
 	per := (n + workers - 1) / workers
 	for start := 0; start < n; start += per {
-		end := min(start+per, n)
-		wg.Go(func() {
-			for i := start; i < end; i++ {
-				sums[i] = h.Sum(data[i*criu.PageSize : (i+1)*criu.PageSize])
-			}
-		})
+		wg.Go(func() { sum(start, min(start+per, n)) })
 	}
 	wg.Wait()
 }
