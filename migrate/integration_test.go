@@ -568,15 +568,17 @@ func TestSourceLostAfterRestoreKeepsStoppedCopy(t *testing.T) {
 	}
 }
 
-// waitLog waits a little for the service to log s.
-func waitLog(svc *twohosts.Service, s string) bool {
-	for i := 0; i < 300; i++ {
-		if strings.Contains(svc.Log(), s) {
-			return true
+// waitLog waits a little (3 s) for the service to log s.
+func waitLog(svc *twohosts.Service, s string) bool { return waitLogFor(svc, s, 3*time.Second) }
+
+// waitLogFor waits up to d for the service to log s.
+func waitLogFor(svc *twohosts.Service, s string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); !strings.Contains(svc.Log(), s); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
-	return false
+	return true
 }
 
 // TestLogsFollowOneMigrationAcrossHosts: with JSON logs on both sides

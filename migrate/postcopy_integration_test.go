@@ -106,10 +106,8 @@ func assertPostcopyCleaned(t *testing.T, h *twohosts.Hosts, svc *twohosts.Servic
 // awaitLog waits (up to a minute) until the service has logged what.
 func awaitLog(t *testing.T, svc *twohosts.Service, what string) {
 	t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(svc.Log(), what); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the service never logged %s:\n%s", what, svc.Log())
-		}
+	if !waitLogFor(svc, what, time.Minute) {
+		t.Fatalf("the service never logged %s:\n%s", what, svc.Log())
 	}
 }
 
