@@ -76,3 +76,22 @@ func TestDropTCP(t *testing.T) {
 		}
 	}
 }
+
+func TestSolicitedNode(t *testing.T) {
+	igmp6 := "1    lo              ff020000000000000000000000000001     1 0000000C 0\n" +
+		"4    eth0            ff0200000000000000000001ff000010     1 00000004 0\n"
+	for _, c := range []struct {
+		ip    string
+		index int
+		want  bool
+	}{
+		{"fd00:77::10", 4, true},
+		{"2001:db8::abcd:ef00:10", 4, true}, // only the low 24 bits
+		{"fd00:77::10", 1, false},           // another interface
+		{"fd00:77::11", 4, false},
+	} {
+		if got := inGroup(igmp6, c.index, solicitedNode(netip.MustParseAddr(c.ip))); got != c.want {
+			t.Errorf("%s on %d: in its solicited-node group %v, want %v", c.ip, c.index, got, c.want)
+		}
+	}
+}
